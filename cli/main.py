@@ -8,6 +8,15 @@ import click
 # Each module exposes `register(group)`; kept as names so that `saegov --help` imports no torch.
 _COMMAND_MODULES = [
     "cli.toyworld",
+    "cli.db",
+    "cli.actors",
+    "cli.base_models",
+    "cli.saes",
+    "cli.concepts",
+    "cli.mappings",
+    "cli.reviews",
+    "cli.blocklists",
+    "cli.audit",
 ]
 
 

@@ -1,0 +1,34 @@
+"""`saegov review propose|approve|reject|revoke MAPPING --justification TEXT`."""
+from __future__ import annotations
+
+import click
+
+from cli.common import actor_option, emit, json_option, open_store, registry_command, subgroup
+
+
+def register(root: click.Group) -> None:
+    grp = subgroup(root, "review", "Review workflow: draft -> proposed -> approved | rejected; approved -> revoked.")
+
+    for action, helptext in (
+        ("propose", "Propose a draft mapping for approval (engineers)."),
+        ("approve", "Approve a proposed mapping (reviewers; never your own)."),
+        ("reject", "Reject a proposed mapping (reviewers)."),
+        ("revoke", "Revoke an approved mapping; published blocklists holding it become revoked."),
+    ):
+        grp.command(action, help=helptext)(_make(action))
+
+
+def _make(action: str):  # type: ignore[no-untyped-def]
+    @click.argument("mapping_id", type=int)
+    @click.option("--justification", "-j", required=True, help="Why (required).")
+    @actor_option
+    @json_option
+    @registry_command
+    def cmd(mapping_id: int, justification: str, actor: str | None, as_json: bool) -> None:
+        rec = open_store().review(mapping_id, action, actor, justification)
+        if as_json:
+            emit(rec, True)
+        else:
+            click.echo(f"mapping {rec.id} ({rec.concept}) is now {rec.state}")
+
+    return cmd

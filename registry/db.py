@@ -1,0 +1,136 @@
+"""Workspace, database URL, engine set-up, migrations and the schema-version check."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+
+from registry.errors import ConfigError, SchemaOutOfDate
+
+ENV_HOME = "SAEGOV_HOME"
+ENV_DATABASE_URL = "SAEGOV_DATABASE_URL"
+UPGRADE_HINT = "run `saegov db upgrade`"
+
+
+def workspace_home() -> Path:
+    """`SAEGOV_HOME`, default `./.saegov`."""
+    return Path(os.environ.get(ENV_HOME) or ".saegov")
+
+
+def database_url() -> str:
+    """`SAEGOV_DATABASE_URL`, default SQLite `registry.db` in the workspace."""
+    url = os.environ.get(ENV_DATABASE_URL)
+    if url:
+        return url
+    return f"sqlite:///{(workspace_home() / 'registry.db').resolve()}"
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    """Foreign keys on, and every transaction `BEGIN IMMEDIATE` (one writer at a time)."""
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # let us emit BEGIN ourselves
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA foreign_keys = ON")
+        cur.execute("PRAGMA busy_timeout = 30000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def make_engine(url: str | None = None, **kwargs: Any) -> Engine:
+    """An engine for `url` (default: `database_url()`); a bad URL is a `ConfigError`."""
+    url = url or database_url()
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(f"invalid database URL {url!r}") from None
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise ConfigError(f"unsupported database {backend!r}: use sqlite:/// or postgresql+psycopg://")
+    if backend == "postgresql" and parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if backend == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        parent = Path(parsed.database).expanduser().parent
+        if not parent.exists():
+            try:
+                parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"cannot create workspace {parent}: {exc.strerror}") from None
+    try:
+        engine = create_engine(parsed, **kwargs)
+    except (ArgumentError, NoSuchModuleError, ImportError) as exc:
+        raise ConfigError(f"invalid database URL {url!r}: {exc}") from None
+    if backend == "sqlite":
+        _sqlite_setup(engine)
+    return engine
+
+
+def alembic_config(url: str | None = None) -> Any:
+    """Alembic config pointing at the migrations shipped inside the package."""
+    from alembic.config import Config
+
+    import migrations
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    if url:
+        cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    try:
+        with engine.connect() as conn:
+            if not inspect(conn).has_table("alembic_version"):
+                return None
+            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    except SQLAlchemyError as exc:
+        raise ConfigError(f"cannot open database: {_first_line(exc)}") from None
+
+
+def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str]:
+    """Migrate to `revision`; returns (revision before, revision after)."""
+    from alembic import command
+
+    before = current_revision(engine)
+    cfg = alembic_config()
+    try:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+    except SQLAlchemyError as exc:
+        raise ConfigError(f"migration failed: {_first_line(exc)}") from None
+    return before, current_revision(engine) or ""
+
+
+def check_schema(engine: Engine) -> None:
+    """Refuse to work on an unmigrated or stale schema."""
+    current = current_revision(engine)
+    head = head_revision()
+    if current is None:
+        raise SchemaOutOfDate(f"database is not initialised; {UPGRADE_HINT}")
+    if current != head:
+        raise SchemaOutOfDate(
+            f"database schema is at revision {current}, this saegov needs {head}; {UPGRADE_HINT}"
+        )
+
+
+def _first_line(exc: BaseException) -> str:
+    msg = str(getattr(exc, "orig", None) or exc).strip()
+    return msg.splitlines()[0] if msg else type(exc).__name__

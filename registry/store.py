@@ -1,0 +1,820 @@
+"""The store: every read and write of the registry. One transaction per call; every write locks
+the audit chain head first (so writers are serialised and the chain cannot fork) and appends its
+audit event in the same transaction. Returns detached pydantic records (registry.records).
+
+Used by the CLI and, from Python, by training / scoring / deployment code:
+
+    store = Store.open()                       # SAEGOV_DATABASE_URL / SAEGOV_HOME; checks schema
+    sae = store.register_sae_version(name=..., hook_point=..., ..., actor="alice")
+    m = store.create_mapping(sae.id, "red", spec, actor="alice")
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+
+from registry import audit, workflow
+from registry.artifacts import inspect_sae_folder
+from registry.db import check_schema, make_engine
+from registry.errors import (
+    AlreadyExists,
+    ConfigError,
+    NotFound,
+    PermissionDenied,
+    RegistryError,
+    ValidationFailed,
+)
+from registry.models import (
+    CONCEPT_KINDS,
+    ROLES,
+    Actor,
+    AuditEvent,
+    AuditHead,
+    BaseModel,
+    Blocklist,
+    BlocklistDraftEntry,
+    BlocklistVersion,
+    BlocklistVersionEntry,
+    Concept,
+    Deployment,
+    FeatureMapping,
+    Generation,
+    MappingFeature,
+    Review,
+    SAEVersion,
+)
+from registry.records import (
+    ActorRecord,
+    AuditEventRecord,
+    BaseModelRecord,
+    BlocklistEntryRecord,
+    BlocklistRecord,
+    BlocklistVersionRecord,
+    BlocklistVersionSummary,
+    ConceptRecord,
+    DeploymentRecord,
+    GenerationRecord,
+    MappingRecord,
+    ReviewRecord,
+    SAERecord,
+)
+from registry.schemas import Checkpoint, FeatureEntry, MappingSpec, parse_json_model
+from registry.timeutil import utcnow
+
+SAERef = int | str  # id, "ID", "name@version" or "name" (latest version)
+_SHA256_RE = "0123456789abcdef"
+
+
+@dataclass
+class _Tx:
+    session: Session
+    head: AuditHead
+    actor: Actor
+
+    def log(self, action: str, subject: str, payload: dict[str, Any]) -> None:
+        audit.append_event(self.session, self.head, self.actor.name, action, subject, payload)
+
+
+def _check_sha256(value: str, what: str) -> str:
+    value = value.strip().lower()
+    if len(value) != 64 or any(c not in _SHA256_RE for c in value):
+        raise ValidationFailed(f"{what} must be 64 hex characters (sha256)")
+    return value
+
+
+class Store:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def open(cls, url: str | None = None, check: bool = True) -> Store:
+        engine = make_engine(url)
+        if check:
+            check_schema(engine)
+        return cls(engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- transactions ------------------------------------------------------------------------
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        try:
+            with self._sessions() as s, s.begin():
+                yield s
+        except OperationalError as exc:
+            raise ConfigError(f"database error: {_first_line(exc)}") from None
+
+    @contextmanager
+    def _write(self, actor: str | None, action: str) -> Iterator[_Tx]:
+        """One transaction: lock the chain head, resolve and authorise the actor, run, commit."""
+        try:
+            with self._sessions() as s, s.begin():
+                head = audit.lock_head(s)
+                row = self._actor_row(s, actor)
+                workflow.require_role(row.name, row.role, action)
+                yield _Tx(s, head, row)
+        except IntegrityError as exc:
+            raise AlreadyExists(f"conflict: {_first_line(exc)}") from None
+        except OperationalError as exc:
+            raise ConfigError(f"database error: {_first_line(exc)}") from None
+
+    @staticmethod
+    def _actor_row(s: Session, name: str | None) -> Actor:
+        if not name:
+            raise PermissionDenied("no actor given: pass --actor NAME or set SAEGOV_ACTOR")
+        row = s.scalar(select(Actor).where(Actor.name == name))
+        if row is None:
+            raise PermissionDenied(f"unknown actor {name!r}")
+        return row
+
+    def check_actor(self, name: str | None) -> ActorRecord:
+        """Resolve an identity (raises `PermissionDenied` for a missing or unknown one)."""
+        with self._read() as s:
+            return _actor(self._actor_row(s, name))
+
+    # --- actors ------------------------------------------------------------------------------
+
+    def add_actor(self, name: str, role: str, actor: str | None) -> ActorRecord:
+        """Add an actor. The very first actor needs no identity and always becomes admin."""
+        name = name.strip()
+        if not name:
+            raise ValidationFailed("actor name must not be empty")
+        if role not in ROLES:
+            raise ValidationFailed(f"unknown role {role!r}; one of {', '.join(ROLES)}")
+        try:
+            with self._sessions() as s, s.begin():
+                head = audit.lock_head(s)
+                first = s.scalar(select(func.count()).select_from(Actor)) == 0
+                if first:
+                    creator, role = None, "admin"
+                else:
+                    creator = self._actor_row(s, actor)
+                    workflow.require_role(creator.name, creator.role, "actor.add")
+                if s.scalar(select(Actor).where(Actor.name == name)):
+                    raise AlreadyExists(f"actor {name!r} already exists")
+                row = Actor(name=name, role=role, created_by_id=creator.id if creator else None)
+                s.add(row)
+                s.flush()
+                audit.append_event(s, head, creator.name if creator else name, "actor.add",
+                                   f"actor:{name}", {"name": name, "role": role, "first": first})
+                return _actor(row)
+        except IntegrityError as exc:
+            raise AlreadyExists(f"conflict: {_first_line(exc)}") from None
+
+    def list_actors(self) -> list[ActorRecord]:
+        with self._read() as s:
+            return [_actor(a) for a in s.scalars(select(Actor).order_by(Actor.id))]
+
+    # --- base models -------------------------------------------------------------------------
+
+    def register_base_model(self, name: str, source: str, content_hash: str,
+                            actor: str | None) -> BaseModelRecord:
+        content_hash = _check_sha256(content_hash, "base model content hash")
+        with self._write(actor, "base_model.register") as tx:
+            if tx.session.scalar(select(BaseModel).where(BaseModel.name == name)):
+                raise AlreadyExists(f"base model {name!r} already exists")
+            row = BaseModel(name=name, source=source, content_hash=content_hash,
+                            created_by_id=tx.actor.id)
+            tx.session.add(row)
+            tx.session.flush()
+            tx.log("base_model.register", f"base_model:{name}",
+                   {"id": row.id, "name": name, "source": source, "content_hash": content_hash})
+            return _base_model(row, tx.actor.name)
+
+    def list_base_models(self) -> list[BaseModelRecord]:
+        with self._read() as s:
+            rows = s.execute(select(BaseModel, Actor.name).join(Actor, BaseModel.created_by_id == Actor.id)
+                             .order_by(BaseModel.id))
+            return [_base_model(b, n) for b, n in rows]
+
+    def get_base_model(self, name: str) -> BaseModelRecord:
+        with self._read() as s:
+            row = s.scalar(select(BaseModel).where(BaseModel.name == name))
+            if row is None:
+                raise NotFound(f"unknown base model {name!r}")
+            return _base_model(row, s.get(Actor, row.created_by_id).name)  # type: ignore[union-attr]
+
+    # --- SAE versions ------------------------------------------------------------------------
+
+    def register_sae_version(
+        self, *, name: str, hook_point: str, d_in: int, n_latents: int, k: int,
+        architecture: str, config: dict[str, Any], weights_uri: str, weights_sha256: str,
+        actor: str | None, cfg_sha256: str | None = None, metrics: dict[str, Any] | None = None,
+        base_model: str | None = None, activation_dataset_hash: str | None = None,
+        mlflow_run_id: str | None = None, mlflow_model_version: str | None = None,
+        version: int | None = None,
+    ) -> SAERecord:
+        """Register a new SAE version (version = next integer for `name` unless given)."""
+        weights_sha256 = _check_sha256(weights_sha256, "weights sha256")
+        if not name or "@" in name:
+            raise ValidationFailed(f"invalid SAE name {name!r} (non-empty, no '@')")
+        if min(d_in, n_latents, k) <= 0 or k > n_latents:
+            raise ValidationFailed("d_in, n_latents and k must be positive, k <= n_latents")
+        if not hook_point:
+            raise ValidationFailed("a hook point is required")
+        with self._write(actor, "sae.register") as tx:
+            s = tx.session
+            bm = None
+            if base_model is not None:
+                bm = s.scalar(select(BaseModel).where(BaseModel.name == base_model))
+                if bm is None:
+                    raise NotFound(f"unknown base model {base_model!r}")
+            latest = s.scalar(select(func.max(SAEVersion.version)).where(SAEVersion.name == name))
+            if version is None:
+                version = (latest or 0) + 1
+            elif s.scalar(select(SAEVersion).where(SAEVersion.name == name, SAEVersion.version == version)):
+                raise AlreadyExists(f"SAE {name}@{version} already exists")
+            row = SAEVersion(
+                name=name, version=version, hook_point=hook_point, d_in=d_in, n_latents=n_latents,
+                k=k, architecture=architecture, config=config, weights_uri=weights_uri,
+                weights_sha256=weights_sha256, cfg_sha256=cfg_sha256, metrics=metrics or {},
+                base_model_id=bm.id if bm else None, activation_dataset_hash=activation_dataset_hash,
+                mlflow_run_id=mlflow_run_id, mlflow_model_version=mlflow_model_version,
+                created_by_id=tx.actor.id,
+            )
+            s.add(row)
+            s.flush()
+            rec = _sae(row, tx.actor.name, bm)
+            tx.log("sae.register", f"sae:{row.id}", rec.to_json() | {"created_at": None})
+            return rec
+
+    def import_sae_folder(self, folder: str | Path, actor: str | None, *, hook_point: str | None = None,
+                          name: str | None = None, base_model: str | None = None,
+                          **lineage: Any) -> SAERecord:
+        """Validate and register a reference-format SAE folder (cfg.json + sae.safetensors)."""
+        info = inspect_sae_folder(Path(folder))
+        hook_point = hook_point or info.config_raw.get("hookpoint") or info.config_raw.get("hook_point")
+        if not hook_point and "blocks" in info.folder.name:  # reference layout: folder per hook point
+            hook_point = info.folder.name
+        if not hook_point:
+            raise ValidationFailed("no hook point: pass --hookpoint (e.g. up_blocks.1.attentions.1)")
+        cfg = info.config
+        return self.register_sae_version(
+            name=name or info.folder.name, hook_point=str(hook_point), d_in=cfg.d_in,
+            n_latents=cfg.n_latents, k=cfg.k,
+            architecture="batch-topk" if cfg.batch_topk else "topk", config=info.config_raw,
+            weights_uri=info.folder.as_uri(), weights_sha256=info.weights_sha256,
+            cfg_sha256=info.cfg_sha256, actor=actor, base_model=base_model, **lineage,
+        )
+
+    def update_sae_lineage(self, sae: SAERef, actor: str | None, *,
+                           metrics: dict[str, Any] | None = None, mlflow_run_id: str | None = None,
+                           mlflow_model_version: str | None = None) -> SAERecord:
+        """Fill in lineage known only after registration (metrics merged, MLflow IDs set once)."""
+        with self._write(actor, "sae.register") as tx:
+            row = self._sae_row(tx.session, sae)
+            changes: dict[str, Any] = {}
+            for field, value in (("mlflow_run_id", mlflow_run_id), ("mlflow_model_version", mlflow_model_version)):
+                if value is None:
+                    continue
+                current = getattr(row, field)
+                if current not in (None, value):
+                    raise ValidationFailed(f"SAE {row.name}@{row.version} already has {field} {current!r}")
+                setattr(row, field, value)
+                changes[field] = value
+            if metrics:
+                row.metrics = {**(row.metrics or {}), **metrics}
+                changes["metrics"] = metrics
+            tx.session.flush()
+            tx.log("sae.update", f"sae:{row.id}", changes)
+            return _sae(row, row.created_by.name, row.base_model)
+
+    @staticmethod
+    def _sae_row(s: Session, ref: SAERef) -> SAEVersion:
+        row: SAEVersion | None
+        if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+            row = s.get(SAEVersion, int(ref))
+        elif "@" in ref:
+            name, _, ver = ref.rpartition("@")
+            if not ver.isdigit():
+                raise NotFound(f"bad SAE reference {ref!r} (use ID, NAME or NAME@VERSION)")
+            row = s.scalar(select(SAEVersion).where(SAEVersion.name == name, SAEVersion.version == int(ver)))
+        else:
+            row = s.scalar(select(SAEVersion).where(SAEVersion.name == ref)
+                           .order_by(SAEVersion.version.desc()).limit(1))
+        if row is None:
+            raise NotFound(f"unknown SAE {ref!r}")
+        return row
+
+    def get_sae(self, ref: SAERef) -> SAERecord:
+        with self._read() as s:
+            row = self._sae_row(s, ref)
+            return _sae(row, row.created_by.name, row.base_model)
+
+    def list_saes(self) -> list[SAERecord]:
+        with self._read() as s:
+            rows = s.scalars(select(SAEVersion).options(selectinload(SAEVersion.created_by),
+                                                        selectinload(SAEVersion.base_model))
+                             .order_by(SAEVersion.id))
+            return [_sae(r, r.created_by.name, r.base_model) for r in rows]
+
+    # --- concepts ----------------------------------------------------------------------------
+
+    def add_concept(self, name: str, kind: str, actor: str | None, description: str = "",
+                    prompts: Sequence[str] = ()) -> ConceptRecord:
+        name = name.strip()
+        if not name:
+            raise ValidationFailed("concept name must not be empty")
+        if kind not in CONCEPT_KINDS:
+            raise ValidationFailed(f"unknown concept kind {kind!r}; one of {', '.join(CONCEPT_KINDS)}")
+        prompts = [p for p in prompts]
+        if not all(isinstance(p, str) and p.strip() for p in prompts):
+            raise ValidationFailed("prompts must be non-empty strings")
+        with self._write(actor, "concept.add") as tx:
+            if tx.session.scalar(select(Concept).where(Concept.name == name)):
+                raise AlreadyExists(f"concept {name!r} already exists")
+            row = Concept(name=name, kind=kind, description=description, prompts=prompts,
+                          created_by_id=tx.actor.id)
+            tx.session.add(row)
+            tx.session.flush()
+            tx.log("concept.add", f"concept:{name}",
+                   {"id": row.id, "name": name, "kind": kind, "description": description,
+                    "prompts": prompts})
+            return _concept(row, tx.actor.name)
+
+    def get_concept(self, name: str) -> ConceptRecord:
+        with self._read() as s:
+            row = s.scalar(select(Concept).where(Concept.name == name))
+            if row is None:
+                raise NotFound(f"unknown concept {name!r}")
+            return _concept(row, row.created_by.name)
+
+    def list_concepts(self, kind: str | None = None) -> list[ConceptRecord]:
+        with self._read() as s:
+            q = select(Concept).options(selectinload(Concept.created_by)).order_by(Concept.id)
+            if kind:
+                q = q.where(Concept.kind == kind)
+            return [_concept(r, r.created_by.name) for r in s.scalars(q)]
+
+    # --- mappings ----------------------------------------------------------------------------
+
+    def create_mapping(self, sae: SAERef, concept: str | None, spec: MappingSpec,
+                       actor: str | None, evidence: Sequence[dict[str, Any]] | None = None) -> MappingRecord:
+        """Store a draft mapping of `concept` (default: spec.concept) to features of `sae`."""
+        concept = concept or spec.concept
+        if concept != spec.concept:
+            raise ValidationFailed(f"mapping is for concept {spec.concept!r}, not {concept!r}")
+        with self._write(actor, "mapping.create") as tx:
+            s = tx.session
+            sae_row = self._sae_row(s, sae)
+            crow = s.scalar(select(Concept).where(Concept.name == concept))
+            if crow is None:
+                raise NotFound(f"unknown concept {concept!r}")
+            top = spec.max_feature_id()
+            if top >= sae_row.n_latents:
+                raise ValidationFailed(
+                    f"feature {top} is outside SAE {sae_row.name}@{sae_row.version} "
+                    f"(width {sae_row.n_latents})")
+            spec_json = spec.to_json_dict()
+            ev = [e.model_dump(mode="json") for e in spec.evidence] + list(evidence or [])
+            row = FeatureMapping(
+                concept_id=crow.id, sae_id=sae_row.id, state="draft",
+                selection_rule=spec.selection.rule, tau=spec.selection.tau,
+                top_n=spec.selection.top_n, gamma=spec.gamma, scheduler=spec.scheduler,
+                num_steps=spec.num_steps, spec=spec_json,
+                spec_sha256=hashlib.sha256(audit.canonical_json(spec_json).encode()).hexdigest(),
+                evidence=ev, created_by_id=tx.actor.id,
+            )
+            s.add(row)
+            s.flush()
+            s.add_all(MappingFeature(mapping_id=row.id, timestep=t, feature_id=e.feature,
+                                     score=e.score, scale=e.scale, gate=e.gate)
+                      for t, entries in spec.timesteps.items() for e in entries)
+            s.flush()
+            s.refresh(row)
+            tx.log("mapping.create", f"mapping:{row.id}",
+                   {"id": row.id, "concept": concept, "sae_id": sae_row.id,
+                    "spec_sha256": row.spec_sha256, "evidence": ev})
+            return _mapping(row, with_features=True)
+
+    def import_mapping_file(self, path: str | Path, sae: SAERef, actor: str | None) -> MappingRecord:
+        try:
+            raw = Path(path).read_bytes()
+        except OSError as exc:
+            raise ValidationFailed(f"{path}: cannot read ({exc.strerror})") from None
+        spec = parse_json_model(MappingSpec, raw, str(path))
+        return self.create_mapping(sae, None, spec, actor)
+
+    @staticmethod
+    def _mapping_row(s: Session, mapping_id: int | str) -> FeatureMapping:
+        try:
+            mid = int(mapping_id)
+        except (TypeError, ValueError):
+            raise NotFound(f"bad mapping id {mapping_id!r}") from None
+        row = s.get(FeatureMapping, mid)
+        if row is None:
+            raise NotFound(f"unknown mapping {mid}")
+        return row
+
+    def get_mapping(self, mapping_id: int | str, with_features: bool = True) -> MappingRecord:
+        with self._read() as s:
+            return _mapping(self._mapping_row(s, mapping_id), with_features)
+
+    def list_mappings(self, state: str | None = None, concept: str | None = None,
+                      sae: SAERef | None = None) -> list[MappingRecord]:
+        with self._read() as s:
+            q = (select(FeatureMapping).options(selectinload(FeatureMapping.reviews).selectinload(Review.actor),
+                                                selectinload(FeatureMapping.concept),
+                                                selectinload(FeatureMapping.sae),
+                                                selectinload(FeatureMapping.created_by))
+                 .order_by(FeatureMapping.id))
+            if state:
+                q = q.where(FeatureMapping.state == state)
+            if concept:
+                q = q.join(Concept).where(Concept.name == concept)
+            if sae is not None:
+                q = q.where(FeatureMapping.sae_id == self._sae_row(s, sae).id)
+            rows = list(s.scalars(q))
+            counts = dict(s.execute(select(MappingFeature.mapping_id, func.count())
+                                    .group_by(MappingFeature.mapping_id)).all())
+            return [_mapping(r, False, counts.get(r.id, 0)) for r in rows]
+
+    # --- review ------------------------------------------------------------------------------
+
+    def review(self, mapping_id: int | str, action: str, actor: str | None,
+               justification: str | None) -> MappingRecord:
+        """propose | approve | reject | revoke, with the role and four-eyes rules."""
+        if action not in workflow.TRANSITIONS:
+            raise ValidationFailed(f"unknown review action {action!r}")
+        justification = workflow.require_justification(justification)
+        with self._write(actor, f"mapping.{action}") as tx:
+            s = tx.session
+            row = self._mapping_row(s, mapping_id)
+            new_state = workflow.next_state(row.id, row.state, action)
+            if action == "approve":
+                proposer = next((r.actor.name for r in reversed(row.reviews) if r.action == "propose"), None)
+                workflow.check_four_eyes(row.id, tx.actor.name, row.created_by.name, proposer)
+            review = Review(mapping_id=row.id, actor_id=tx.actor.id, action=action,
+                            from_state=row.state, to_state=new_state, justification=justification)
+            s.add(review)
+            row.state = new_state
+            s.flush()
+            payload: dict[str, Any] = {"mapping_id": row.id, "review_id": review.id,
+                                       "from": review.from_state, "to": new_state,
+                                       "justification": justification}
+            if action == "revoke":
+                now = utcnow()
+                hit = s.scalars(select(BlocklistVersion).join(BlocklistVersionEntry)
+                                .where(BlocklistVersionEntry.mapping_id == row.id,
+                                       BlocklistVersion.state == "published")).all()
+                for v in hit:
+                    v.state, v.revoked_at, v.revoked_by_mapping_id = "revoked", now, row.id
+                payload["revoked_blocklists"] = sorted(f"{v.blocklist.name}@{v.version}" for v in hit)
+            s.flush()
+            s.refresh(row)
+            tx.log(f"mapping.{action}", f"mapping:{row.id}", payload)
+            return _mapping(row, with_features=False)
+
+    def propose(self, mapping_id: int | str, actor: str | None, justification: str) -> MappingRecord:
+        return self.review(mapping_id, "propose", actor, justification)
+
+    def approve(self, mapping_id: int | str, actor: str | None, justification: str) -> MappingRecord:
+        return self.review(mapping_id, "approve", actor, justification)
+
+    def reject(self, mapping_id: int | str, actor: str | None, justification: str) -> MappingRecord:
+        return self.review(mapping_id, "reject", actor, justification)
+
+    def revoke(self, mapping_id: int | str, actor: str | None, justification: str) -> MappingRecord:
+        return self.review(mapping_id, "revoke", actor, justification)
+
+    # --- blocklists --------------------------------------------------------------------------
+
+    def _blocklist_row(self, s: Session, name: str) -> Blocklist:
+        row = s.scalar(select(Blocklist).where(Blocklist.name == name))
+        if row is None:
+            raise NotFound(f"unknown blocklist {name!r}")
+        return row
+
+    def create_blocklist(self, name: str, mapping_ids: Sequence[int], actor: str | None) -> BlocklistRecord:
+        """A new named blocklist whose draft holds `mapping_ids` (publish freezes versions)."""
+        name = name.strip()
+        if not name or "@" in name:
+            raise ValidationFailed(f"invalid blocklist name {name!r} (non-empty, no '@')")
+        with self._write(actor, "blocklist.create") as tx:
+            s = tx.session
+            if s.scalar(select(Blocklist).where(Blocklist.name == name)):
+                raise AlreadyExists(f"blocklist {name!r} already exists")
+            ids = sorted({self._mapping_row(s, m).id for m in mapping_ids})
+            row = Blocklist(name=name, created_by_id=tx.actor.id)
+            s.add(row)
+            s.flush()
+            s.add_all(BlocklistDraftEntry(blocklist_id=row.id, mapping_id=m) for m in ids)
+            s.flush()
+            tx.log("blocklist.create", f"blocklist:{name}", {"id": row.id, "mapping_ids": ids})
+            s.refresh(row)
+            return _blocklist(row)
+
+    def edit_blocklist(self, name: str, actor: str | None, add: Sequence[int] = (),
+                       remove: Sequence[int] = ()) -> BlocklistRecord:
+        """Add mappings to / remove mappings from the draft of the next version."""
+        with self._write(actor, "blocklist.edit") as tx:
+            s = tx.session
+            row = self._blocklist_row(s, name)
+            current = {e.mapping_id: e for e in row.draft_entries}
+            added = sorted({self._mapping_row(s, m).id for m in add} - set(current))
+            removed = sorted(set(int(m) for m in remove))
+            for m in removed:
+                if m not in current:
+                    raise NotFound(f"mapping {m} is not in the draft of blocklist {name!r}")
+                s.delete(current[m])
+            s.add_all(BlocklistDraftEntry(blocklist_id=row.id, mapping_id=m) for m in added)
+            s.flush()
+            tx.log("blocklist.edit", f"blocklist:{name}", {"added": added, "removed": removed})
+            s.refresh(row)
+            return _blocklist(row)
+
+    def publish_blocklist(self, name: str, actor: str | None) -> BlocklistVersionRecord:
+        """Freeze the draft as version N+1: every entry approved, all of one SAE version."""
+        with self._write(actor, "blocklist.publish") as tx:
+            s = tx.session
+            row = self._blocklist_row(s, name)
+            mappings = [self._mapping_row(s, e.mapping_id) for e in row.draft_entries]
+            if not mappings:
+                raise ValidationFailed(f"blocklist {name!r} has no mappings to publish")
+            for m in mappings:
+                if m.state != "approved":
+                    raise ValidationFailed(f"mapping {m.id} ({m.concept.name}) is {m.state}, not approved")
+            saes = {m.sae_id for m in mappings}
+            if len(saes) != 1:
+                raise ValidationFailed(f"blocklist {name!r} mixes SAE versions {sorted(saes)}")
+            approvals = {m.id: next(r for r in reversed(m.reviews) if r.action == "approve") for m in mappings}
+            content = [{"mapping_id": m.id, "concept": m.concept.name, "spec_sha256": m.spec_sha256,
+                        "approval_review_id": approvals[m.id].id} for m in mappings]
+            sae_row = mappings[0].sae
+            digest = hashlib.sha256(audit.canonical_json(
+                {"sae_weights_sha256": sae_row.weights_sha256, "entries": content}).encode()).hexdigest()
+            if row.versions and row.versions[-1].content_sha256 == digest:
+                raise ValidationFailed(
+                    f"blocklist {name!r}: nothing changed since version {row.versions[-1].version}")
+            version = (row.versions[-1].version if row.versions else 0) + 1
+            v = BlocklistVersion(blocklist_id=row.id, version=version, sae_id=sae_row.id,
+                                 content_sha256=digest, published_by_id=tx.actor.id)
+            s.add(v)
+            s.flush()
+            s.add_all(BlocklistVersionEntry(blocklist_version_id=v.id, mapping_id=m.id,
+                                            approval_review_id=approvals[m.id].id) for m in mappings)
+            s.flush()
+            s.refresh(v)
+            tx.log("blocklist.publish", f"blocklist:{name}@{version}",
+                   {"version_id": v.id, "sae_id": sae_row.id, "content_sha256": digest,
+                    "entries": content})
+            return _blocklist_version(v)
+
+    def describe_blocklist(self, name: str) -> BlocklistRecord:
+        with self._read() as s:
+            return _blocklist(self._blocklist_row(s, name))
+
+    def get_blocklist(self, name: str, version: int | None = None) -> BlocklistVersionRecord:
+        """A published version (default: the latest) with entries, features and approvals."""
+        with self._read() as s:
+            row = self._blocklist_row(s, name)
+            if not row.versions:
+                raise NotFound(f"blocklist {name!r} has no published version")
+            if version is None:
+                return _blocklist_version(row.versions[-1])
+            for v in row.versions:
+                if v.version == version:
+                    return _blocklist_version(v)
+            raise NotFound(f"blocklist {name!r} has no version {version}")
+
+    def list_blocklists(self) -> list[BlocklistRecord]:
+        with self._read() as s:
+            return [_blocklist(b) for b in s.scalars(select(Blocklist).order_by(Blocklist.id))]
+
+    # --- deployments and generations ---------------------------------------------------------
+
+    def record_deployment(self, *, blocklist: str, version: int, path: str, manifest_sha256: str,
+                          base_model_hash: str, actor: str | None,
+                          mlflow_model_version: str | None = None,
+                          details: dict[str, Any] | None = None) -> DeploymentRecord:
+        """Record a built deployment folder; refused for a revoked blocklist version."""
+        manifest_sha256 = _check_sha256(manifest_sha256, "manifest sha256")
+        base_model_hash = _check_sha256(base_model_hash, "base model hash")
+        with self._write(actor, "deployment.record") as tx:
+            s = tx.session
+            bl = self._blocklist_row(s, blocklist)
+            v = next((x for x in bl.versions if x.version == version), None)
+            if v is None:
+                raise NotFound(f"blocklist {blocklist!r} has no version {version}")
+            if v.state != "published":
+                raise ValidationFailed(f"blocklist {blocklist}@{version} is {v.state}")
+            row = Deployment(blocklist_version_id=v.id, sae_id=v.sae_id, base_model_hash=base_model_hash,
+                             path=path, manifest_sha256=manifest_sha256,
+                             mlflow_model_version=mlflow_model_version, details=details or {},
+                             built_by_id=tx.actor.id)
+            s.add(row)
+            s.flush()
+            s.refresh(row)
+            rec = _deployment(row)
+            tx.log("deployment.record", f"deployment:{row.id}", rec.to_json() | {"built_at": None})
+            return rec
+
+    def get_deployment(self, deployment_id: int) -> DeploymentRecord:
+        with self._read() as s:
+            row = s.get(Deployment, int(deployment_id))
+            if row is None:
+                raise NotFound(f"unknown deployment {deployment_id}")
+            return _deployment(row)
+
+    def list_deployments(self) -> list[DeploymentRecord]:
+        with self._read() as s:
+            return [_deployment(d) for d in s.scalars(select(Deployment).order_by(Deployment.id))]
+
+    def record_generation(self, *, deployment_id: int, prompt_sha256: str, seed: int,
+                          trace: dict[str, Any], actor: str | None) -> GenerationRecord:
+        """Record one generation's trace (stored as canonical JSON with its sha256)."""
+        prompt_sha256 = _check_sha256(prompt_sha256, "prompt sha256")
+        try:
+            trace_text = audit.canonical_json(trace)
+        except (TypeError, ValueError) as exc:
+            raise ValidationFailed(f"trace is not JSON-serialisable: {exc}") from None
+        digest = hashlib.sha256(trace_text.encode()).hexdigest()
+        with self._write(actor, "generation.record") as tx:
+            s = tx.session
+            if s.get(Deployment, int(deployment_id)) is None:
+                raise NotFound(f"unknown deployment {deployment_id}")
+            row = Generation(deployment_id=int(deployment_id), prompt_sha256=prompt_sha256,
+                             seed=int(seed), trace=trace_text, trace_sha256=digest,
+                             created_by_id=tx.actor.id)
+            s.add(row)
+            s.flush()
+            tx.log("generation.record", f"generation:{row.id}",
+                   {"deployment_id": int(deployment_id), "prompt_sha256": prompt_sha256,
+                    "seed": int(seed), "trace_sha256": digest})
+            return _generation(row, tx.actor.name)
+
+    def list_generations(self, deployment_id: int | None = None) -> list[GenerationRecord]:
+        with self._read() as s:
+            q = select(Generation).options(selectinload(Generation.created_by)).order_by(Generation.id)
+            if deployment_id is not None:
+                q = q.where(Generation.deployment_id == int(deployment_id))
+            return [_generation(g, g.created_by.name) for g in s.scalars(q)]
+
+    # --- audit -------------------------------------------------------------------------------
+
+    def audit_events(self, actor: str | None = None, subject: str | None = None,
+                     action: str | None = None, since_seq: int | None = None,
+                     limit: int | None = None) -> list[AuditEventRecord]:
+        """Filter the log; `subject`/`action` ending in `*` match as prefixes."""
+        with self._read() as s:
+            q = select(AuditEvent).order_by(AuditEvent.seq)
+            if actor:
+                q = q.where(AuditEvent.actor == actor)
+            for col, val in ((AuditEvent.subject, subject), (AuditEvent.action, action)):
+                if val:
+                    q = q.where(col.startswith(val[:-1], autoescape=True) if val.endswith("*") else col == val)
+            if since_seq is not None:
+                q = q.where(AuditEvent.seq >= since_seq)
+            if limit is not None:
+                q = q.limit(limit)
+            return [AuditEventRecord(seq=e.seq, created_at=e.created_at, actor=e.actor, action=e.action,
+                                     subject=e.subject, payload=json.loads(e.payload),
+                                     prev_hash=e.prev_hash, hash=e.hash) for e in s.scalars(q)]
+
+    def verify_audit(self, checkpoint: Checkpoint | None = None) -> audit.VerifyReport:
+        """Recompute the whole chain (raises `AuditVerificationError` at the first bad event)."""
+        try:
+            with self.engine.connect() as conn:
+                return audit.verify_rows(audit.iter_event_rows(conn), head=audit.read_head(conn),
+                                         checkpoint=checkpoint)
+        except SQLAlchemyError as exc:
+            raise ConfigError(f"database error: {_first_line(exc)}") from None
+
+    def audit_checkpoint(self) -> Checkpoint:
+        try:
+            with self.engine.connect() as conn:
+                return audit.make_checkpoint(conn)
+        except SQLAlchemyError as exc:
+            raise ConfigError(f"database error: {_first_line(exc)}") from None
+
+
+# --- row -> record ----------------------------------------------------------------------------
+
+def _first_line(exc: BaseException) -> str:
+    msg = str(getattr(exc, "orig", None) or exc).strip()
+    return msg.splitlines()[0] if msg else type(exc).__name__
+
+
+def _actor(a: Actor) -> ActorRecord:
+    return ActorRecord(id=a.id, name=a.name, role=a.role, created_at=a.created_at)
+
+
+def _base_model(b: BaseModel, creator: str) -> BaseModelRecord:
+    return BaseModelRecord(id=b.id, name=b.name, source=b.source, content_hash=b.content_hash,
+                           created_by=creator, created_at=b.created_at)
+
+
+def _sae(r: SAEVersion, creator: str, bm: BaseModel | None) -> SAERecord:
+    return SAERecord(
+        id=r.id, ref=f"{r.name}@{r.version}", name=r.name, version=r.version, hook_point=r.hook_point,
+        d_in=r.d_in, n_latents=r.n_latents, k=r.k, architecture=r.architecture, config=r.config,
+        weights_uri=r.weights_uri, weights_sha256=r.weights_sha256, cfg_sha256=r.cfg_sha256,
+        metrics=r.metrics or {}, base_model=bm.name if bm else None,
+        base_model_hash=bm.content_hash if bm else None,
+        activation_dataset_hash=r.activation_dataset_hash, mlflow_run_id=r.mlflow_run_id,
+        mlflow_model_version=r.mlflow_model_version, created_by=creator, created_at=r.created_at)
+
+
+def _concept(c: Concept, creator: str) -> ConceptRecord:
+    return ConceptRecord(id=c.id, name=c.name, kind=c.kind, description=c.description or "",
+                         prompts=list(c.prompts or []), created_by=creator, created_at=c.created_at)
+
+
+def _review(r: Review) -> ReviewRecord:
+    return ReviewRecord(id=r.id, action=r.action, actor=r.actor.name, from_state=r.from_state,
+                        to_state=r.to_state, justification=r.justification, created_at=r.created_at)
+
+
+def _features(m: FeatureMapping) -> dict[int, list[FeatureEntry]]:
+    out: dict[int, list[FeatureEntry]] = {}
+    for f in m.features:
+        out.setdefault(f.timestep, []).append(
+            FeatureEntry(feature=f.feature_id, score=f.score, scale=f.scale, gate=f.gate))
+    return out
+
+
+def _mapping(m: FeatureMapping, with_features: bool, n_features: int | None = None) -> MappingRecord:
+    feats = _features(m) if with_features else None
+    if n_features is None:
+        n_features = len(m.features)
+    return MappingRecord(
+        id=m.id, concept=m.concept.name, concept_kind=m.concept.kind, sae_id=m.sae_id,
+        sae_ref=f"{m.sae.name}@{m.sae.version}", state=m.state, selection_rule=m.selection_rule,
+        tau=m.tau, top_n=m.top_n, gamma=m.gamma, scheduler=m.scheduler, num_steps=m.num_steps,
+        spec_sha256=m.spec_sha256, evidence=list(m.evidence or []), n_features=n_features,
+        created_by=m.created_by.name, created_at=m.created_at,
+        reviews=[_review(r) for r in m.reviews], timesteps=feats)
+
+
+def _blocklist(b: Blocklist) -> BlocklistRecord:
+    return BlocklistRecord(
+        id=b.id, name=b.name,
+        created_by=_session_actor_name(b, b.created_by_id), created_at=b.created_at,
+        draft_mapping_ids=[e.mapping_id for e in b.draft_entries],
+        versions=[BlocklistVersionSummary(
+            version=v.version, state=v.state, content_sha256=v.content_sha256,
+            n_entries=len(v.entries), published_by=v.published_by.name,
+            published_at=v.published_at, revoked_by_mapping_id=v.revoked_by_mapping_id)
+            for v in b.versions])
+
+
+def _session_actor_name(obj: Any, actor_id: int) -> str:
+    from sqlalchemy.orm import object_session
+
+    s = object_session(obj)
+    assert s is not None
+    a = s.get(Actor, actor_id)
+    return a.name if a else "?"
+
+
+def _blocklist_version(v: BlocklistVersion) -> BlocklistVersionRecord:
+    entries = []
+    for e in v.entries:
+        m = e.mapping
+        entries.append(BlocklistEntryRecord(
+            mapping_id=m.id, concept=m.concept.name, concept_kind=m.concept.kind,
+            mapping_state=m.state, approval_review_id=e.approval.id, approved_by=e.approval.actor.name,
+            approved_at=e.approval.created_at, gamma=m.gamma, scheduler=m.scheduler,
+            num_steps=m.num_steps, timesteps=_features(m)))
+    sae = _session_get(v, SAEVersion, v.sae_id)
+    return BlocklistVersionRecord(
+        id=v.id, name=v.blocklist.name, version=v.version, ref=f"{v.blocklist.name}@{v.version}",
+        state=v.state, sae_id=v.sae_id, sae_ref=f"{sae.name}@{sae.version}",
+        content_sha256=v.content_sha256, published_by=v.published_by.name,
+        published_at=v.published_at, revoked_at=v.revoked_at,
+        revoked_by_mapping_id=v.revoked_by_mapping_id, entries=entries)
+
+
+def _session_get(obj: Any, model: type, ident: int) -> Any:
+    from sqlalchemy.orm import object_session
+
+    s = object_session(obj)
+    assert s is not None
+    return s.get(model, ident)
+
+
+def _deployment(d: Deployment) -> DeploymentRecord:
+    v = d.blocklist_version
+    return DeploymentRecord(
+        id=d.id, blocklist=v.blocklist.name, blocklist_version=v.version, blocklist_state=v.state,
+        sae_id=d.sae_id, base_model_hash=d.base_model_hash, path=d.path,
+        manifest_sha256=d.manifest_sha256, mlflow_model_version=d.mlflow_model_version,
+        details=d.details or {}, built_by=d.built_by.name, built_at=d.built_at)
+
+
+def _generation(g: Generation, creator: str) -> GenerationRecord:
+    return GenerationRecord(id=g.id, deployment_id=g.deployment_id, prompt_sha256=g.prompt_sha256,
+                            seed=g.seed, trace=json.loads(g.trace), trace_sha256=g.trace_sha256,
+                            created_by=creator, created_at=g.created_at)
