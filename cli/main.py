@@ -12,6 +12,7 @@ _COMMAND_MODULES = [
     "cli.actors",
     "cli.base_models",
     "cli.saes",
+    "cli.sae_train",
     "cli.concepts",
     "cli.mappings",
     "cli.reviews",

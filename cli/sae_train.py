@@ -1,0 +1,94 @@
+"""`saegov sae train`: train a TopK SAE on an activation dataset, track it in MLflow and register
+it. Runs data-parallel when launched by torchrun:
+
+    torchrun --nproc_per_node 2 -m cli.sae_train --activations DIR ...
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cli.common import actor_option, fail, json_option, print_json, subgroup
+
+
+@click.command("train")
+@click.option("--activations", type=click.Path(path_type=Path), required=True,
+              help="Activation dataset folder (manifest.json + shards).")
+@click.option("--expansion", type=int, default=16, show_default=True, help="Latents = d_in x expansion.")
+@click.option("--num-latents", type=int, default=0, show_default=True, help="Overrides --expansion when > 0.")
+@click.option("--k", type=int, default=32, show_default=True, help="Active latents per token.")
+@click.option("--epochs", type=int, default=5, show_default=True)
+@click.option("--lr", type=float, default=None, help="Adam lr (default: 4e-4 * sqrt(20480 / latents)).")
+@click.option("--batch-tokens", type=int, default=4096, show_default=True, help="Tokens per step, all ranks.")
+@click.option("--dead-tokens", type=int, default=None,
+              help="A latent silent this long is dead (AuxK); default min(10M, run tokens / 20).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default=None, help="cpu / cuda (default: cuda if available).")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="SAE folder to write (default: $SAEGOV_HOME/saes/NAME-TIMESTAMP).")
+@click.option("--name", default=None, help="Registry name (default: sae-HOOKPOINT).")
+@click.option("--no-mlflow", is_flag=True, help="Do not track the run in MLflow.")
+@click.option("--no-register", is_flag=True, help="Do not register the SAE version in the registry.")
+@actor_option
+@json_option
+def train_cmd(activations: Path, expansion: int, num_latents: int, k: int, epochs: int, lr: float | None,
+              batch_tokens: int, dead_tokens: int | None, seed: int, device: str | None, out: Path | None,
+              name: str | None, no_mlflow: bool, no_register: bool, actor: str | None, as_json: bool) -> None:
+    """Train a TopK SAE (Batch-TopK + AuxK) on an activation dataset and register it."""
+    from pydantic import ValidationError
+
+    from governance.sae.data import DatasetError
+    from governance.sae.model import SaeLoadError
+    from governance.sae.pipeline import TrainRefused, train_and_record
+    from governance.sae.trainer import TrainConfig, dist_info
+
+    try:
+        cfg = TrainConfig(expansion_factor=expansion, num_latents=num_latents, k=k, epochs=epochs, lr=lr,
+                          batch_tokens=batch_tokens, dead_tokens=dead_tokens, seed=seed, device=device)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        fail(f"invalid option {'.'.join(map(str, err['loc']))}: {err['msg']}")
+    if not activations.is_dir():
+        fail(f"activation dataset {activations} is not a folder")
+    try:
+        from registry.errors import RegistryError
+    except ImportError:  # the registry is optional for --no-register runs
+        RegistryError = RuntimeError  # type: ignore[misc,assignment]  # noqa: N806
+
+    from cli.progress import stage_progress
+
+    try:
+        with stage_progress() as progress:
+            def on_step(step: int, total: int, m: dict[str, float]) -> None:
+                progress("train", step, total, {k_: m[k_] for k_ in ("fvu", "l0", "dead_pct", "lr")})
+
+            outcome = train_and_record(activations, cfg, out=out, name=name, actor=actor,
+                                       use_mlflow=not no_mlflow, register=not no_register, on_step=on_step)
+    except (DatasetError, SaeLoadError, TrainRefused, RegistryError) as exc:
+        fail(str(exc), getattr(exc, "exit_code", 1))
+    except ValueError as exc:  # e.g. a dataset smaller than one batch
+        fail(str(exc))
+    if dist_info()[0] != 0:
+        return
+    summary = outcome.summary()
+    if as_json:
+        print_json(summary)
+        return
+    m = summary["metrics"]
+    click.echo(f"SAE written to {summary['folder']}")
+    click.echo(f"  sha256 {summary['weights_sha256']}")
+    click.echo(f"  fvu {m['fvu']:.4f}  explained variance {m['explained_variance']:.4f}  l0 {m['l0']:.1f}  "
+               f"dead {m['dead_pct']:.2f}%  ({summary['steps']} steps, {m['tokens_per_s']:.0f} tokens/s)")
+    if summary["mlflow_run_id"]:
+        click.echo(f"  mlflow run {summary['mlflow_run_id']}  model version {summary['mlflow_model_version']}")
+    if summary["sae_ref"]:
+        click.echo(f"  registered as {summary['sae_ref']} (id {summary['sae_id']})")
+
+
+def register(root: click.Group) -> None:
+    subgroup(root, "sae", "Sparse autoencoder versions.").add_command(train_cmd)
+
+
+if __name__ == "__main__":  # torchrun -m cli.sae_train ...
+    train_cmd(prog_name="saegov sae train")
