@@ -1,0 +1,137 @@
+"""Exact, deterministic classifiers for the toy world's colour, shape and style.
+
+No training: colour is the nearest reference RGB of the saturated pixels, shape the best
+IoU against each shape's template fitted to the saturated pixels' bounding box, style a rule on
+the grey background's row/column structure.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from governance.toyworld.grammar import SHAPES
+from governance.toyworld.render import BG_DARK, BG_LIGHT, RGB, shape_mask
+
+SATURATION_MIN = 60  # max(rgb) - min(rgb) above which a pixel belongs to the shape
+
+
+@dataclass(frozen=True)
+class Prediction:
+    colour: str | None
+    shape: str | None
+    style: str | None
+
+
+def _as_array(image: object) -> np.ndarray:
+    arr = np.asarray(image)
+    if arr.ndim != 3 or arr.shape[2] < 3:
+        raise ValueError(f"expected an RGB image, got shape {arr.shape}")
+    return arr[:, :, :3].astype(np.float32)
+
+
+def saturated_mask(arr: np.ndarray) -> np.ndarray:
+    return (arr.max(axis=2) - arr.min(axis=2)) > SATURATION_MIN
+
+
+def classify_colour(image: object) -> str | None:
+    arr = _as_array(image)
+    mask = saturated_mask(arr)
+    if mask.sum() < 4:
+        return None
+    mean = arr[mask].mean(axis=0)
+    return min(RGB, key=lambda c: float(np.sum((mean - np.array(RGB[c], dtype=np.float32)) ** 2)))
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    """4-connected largest component, so stray saturated pixels do not stretch the bbox."""
+    h, w = mask.shape
+    labels = np.zeros((h, w), dtype=np.int32)
+    best, best_size, current = 0, 0, 0
+    for y0, x0 in zip(*np.nonzero(mask)):
+        if labels[y0, x0]:
+            continue
+        current += 1
+        stack, size = [(y0, x0)], 0
+        labels[y0, x0] = current
+        while stack:
+            y, x = stack.pop()
+            size += 1
+            for ny, nx in ((y + 1, x), (y - 1, x), (y, x + 1), (y, x - 1)):
+                if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not labels[ny, nx]:
+                    labels[ny, nx] = current
+                    stack.append((ny, nx))
+        if size > best_size:
+            best, best_size = current, size
+    return labels == best if best else mask
+
+
+def _template_params(shape: str, x0: float, x1: float, y0: float, y1: float) -> tuple[float, float, float]:
+    """(cx, cy, r) such that the shape's template fills the bounding box [x0, x1) x [y0, y1)."""
+    w, h = x1 - x0, y1 - y0
+    cx = (x0 + x1) / 2
+    if shape == "circle":
+        return cx, (y0 + y1) / 2, (w + h) / 4
+    if shape == "square":
+        return cx, (y0 + y1) / 2, (w + h) / 4 / 0.85
+    if shape == "triangle":
+        r = (w / 2 + h / 1.8) / 2
+        return cx, y0 + r, r
+    if shape == "cross":
+        return cx, (y0 + y1) / 2, (w + h) / 4
+    raise ValueError(shape)
+
+
+def shape_scores(image: object) -> dict[str, float]:
+    """IoU of the shape mask with each shape's best-fitting template."""
+    arr = _as_array(image)
+    mask = _largest_component(saturated_mask(arr))
+    if mask.sum() < 4:
+        return {s: 0.0 for s in SHAPES}
+    ys, xs = np.nonzero(mask)
+    x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+    scores: dict[str, float] = {}
+    for shape in SHAPES:
+        cx, cy, r = _template_params(shape, float(x0), float(x1), float(y0), float(y1))
+        best = 0.0
+        for dr in (-0.5, 0.0, 0.5):
+            tpl = shape_mask(shape, cx, cy, r + dr, mask.shape[0])
+            inter = np.logical_and(tpl, mask).sum()
+            union = np.logical_or(tpl, mask).sum()
+            best = max(best, float(inter) / float(max(union, 1)))
+        scores[shape] = best
+    return scores
+
+
+def classify_shape(image: object) -> str | None:
+    scores = shape_scores(image)
+    best = max(scores, key=lambda s: scores[s])
+    return best if scores[best] > 0 else None
+
+
+def classify_style(image: object) -> str:
+    """plain / striped / dotted from the background (shape pixels and their rim excluded)."""
+    arr = _as_array(image)
+    shape = saturated_mask(arr)
+    rim = shape.copy()
+    rim[1:] |= shape[:-1]
+    rim[:-1] |= shape[1:]
+    rim[:, 1:] |= shape[:, :-1]
+    rim[:, :-1] |= shape[:, 1:]
+    grey = arr.mean(axis=2)
+    dark = (grey < (BG_LIGHT + BG_DARK) / 2) & ~rim
+    bg = ~rim
+    dark_frac = dark.sum() / max(bg.sum(), 1)
+    if dark_frac < 0.06:
+        return "plain"
+    # Stripes: dark pixels fill whole rows; dots leave most of a dark row light.
+    rows = [(dark[y] & bg[y]).sum() / max(bg[y].sum(), 1) for y in range(arr.shape[0]) if bg[y].sum() >= 4]
+    rows_arr = np.array(rows)
+    dark_rows = rows_arr[rows_arr > 0.15]
+    if dark_rows.size == 0:
+        return "plain"
+    return "striped" if float(np.median(dark_rows)) > 0.7 else "dotted"
+
+
+def classify(image: object) -> Prediction:
+    return Prediction(classify_colour(image), classify_shape(image), classify_style(image))

@@ -1,0 +1,106 @@
+"""Measures the toy world's text-to-image quality with its exact classifiers."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import numpy as np
+
+from governance.toyworld.classify import classify
+from governance.toyworld.grammar import ToyPrompt, all_prompts
+
+# The documented generation defaults of the toy world.
+DEFAULT_STEPS = 25
+DEFAULT_GUIDANCE = 7.5
+DEFAULT_SEEDS = (0, 1, 2)
+
+
+@dataclass
+class EvalResult:
+    steps: int
+    guidance: float
+    seeds: tuple[int, ...]
+    n_images: int = 0
+    colour_correct: int = 0
+    shape_correct: int = 0
+    style_correct: int = 0
+    style_total: int = 0
+    seconds: float = 0.0
+    misses: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def colour_accuracy(self) -> float:
+        return self.colour_correct / max(self.n_images, 1)
+
+    @property
+    def shape_accuracy(self) -> float:
+        return self.shape_correct / max(self.n_images, 1)
+
+    @property
+    def style_accuracy(self) -> float:
+        return self.style_correct / max(self.style_total, 1)
+
+    @property
+    def seconds_per_image(self) -> float:
+        return self.seconds / max(self.n_images, 1)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "steps": self.steps,
+            "guidance": self.guidance,
+            "seeds": list(self.seeds),
+            "images": self.n_images,
+            "colour_accuracy": self.colour_accuracy,
+            "shape_accuracy": self.shape_accuracy,
+            "style_accuracy": self.style_accuracy,
+            "seconds_per_image": self.seconds_per_image,
+            "misses": dict(sorted(self.misses.items())),
+        }
+
+
+def generate(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: float) -> list[np.ndarray]:
+    """One image per (prompt, seed) pair, each from its own seeded generator."""
+    import torch
+
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    out = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, generator=gens, output_type="np")
+    return [(img * 255).round().clip(0, 255).astype(np.uint8) for img in out.images]
+
+
+def evaluate(
+    pipe,
+    prompts: Iterable[ToyPrompt] | None = None,
+    seeds: Iterable[int] = DEFAULT_SEEDS,
+    steps: int = DEFAULT_STEPS,
+    guidance: float = DEFAULT_GUIDANCE,
+    batch: int = 32,
+    progress: Callable[[int, int], None] | None = None,
+) -> EvalResult:
+    seeds = tuple(seeds)
+    plist = list(prompts) if prompts is not None else all_prompts()
+    jobs = [(p, s) for p in plist for s in seeds]
+    res = EvalResult(steps=steps, guidance=guidance, seeds=seeds)
+    pipe.set_progress_bar_config(disable=True)
+    t0 = time.perf_counter()
+    for start in range(0, len(jobs), batch):
+        chunk = jobs[start : start + batch]
+        images = generate(pipe, [p.text for p, _ in chunk], [s for _, s in chunk], steps, guidance)
+        for (p, _), img in zip(chunk, images):
+            pred = classify(img)
+            res.n_images += 1
+            res.colour_correct += pred.colour == p.colour
+            res.shape_correct += pred.shape == p.shape
+            if pred.colour != p.colour:
+                res.misses[f"colour:{p.colour}"] = res.misses.get(f"colour:{p.colour}", 0) + 1
+            if pred.shape != p.shape:
+                res.misses[f"shape:{p.shape}"] = res.misses.get(f"shape:{p.shape}", 0) + 1
+            if p.style is not None:
+                res.style_total += 1
+                res.style_correct += pred.style == p.style
+                if pred.style != p.style:
+                    res.misses[f"style:{p.style}"] = res.misses.get(f"style:{p.style}", 0) + 1
+        if progress:
+            progress(min(start + batch, len(jobs)), len(jobs))
+    res.seconds = time.perf_counter() - t0
+    return res

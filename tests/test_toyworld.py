@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli.main import saegov
+from governance.toyworld import model as tw
+from governance.toyworld.classify import classify, classify_colour, classify_shape, classify_style
+from governance.toyworld.grammar import COLOURS, SHAPES, STYLES, all_prompts, parse_prompt
+from governance.toyworld.render import render
+
+torch.set_num_threads(1)
+
+
+def test_grammar_lists_every_combination_and_parses_back() -> None:
+    prompts = all_prompts()
+    assert len(prompts) == len(COLOURS) * len(SHAPES) * (len(STYLES) + 1)
+    assert len({p.text for p in prompts}) == len(prompts)
+    for p in prompts:
+        assert parse_prompt(p.text) == p
+    assert parse_prompt("a red circle in striped style").style == "striped"
+    with pytest.raises(ValueError):
+        parse_prompt("a purple circle")
+
+
+def test_prompts_cli_json() -> None:
+    result = CliRunner().invoke(saegov, ["toyworld", "prompts", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert {"prompt": "a blue cross in dotted style", "colour": "blue", "shape": "cross", "style": "dotted"} in rows
+    assert {"prompt": "a red circle", "colour": "red", "shape": "circle", "style": None} in rows
+
+
+@pytest.mark.parametrize("kind", ["colour", "shape", "style"])
+def test_exact_classifiers_on_rendered_ground_truth(kind: str) -> None:
+    rng = np.random.default_rng(7)
+    n, correct = 600, 0
+    fn = {"colour": classify_colour, "shape": classify_shape, "style": classify_style}[kind]
+    for i in range(n):
+        c, s, st = COLOURS[i % 4], SHAPES[(i // 4) % 4], STYLES[(i // 16) % 3]
+        truth = {"colour": c, "shape": s, "style": st}[kind]
+        correct += fn(render(c, s, st, rng)) == truth
+    assert correct / n >= 0.99
+
+
+def test_classifier_rejects_blank_image() -> None:
+    blank = np.full((32, 32, 3), 205, dtype=np.uint8)
+    pred = classify(blank)
+    assert pred.colour is None and pred.shape is None and pred.style == "plain"
+
+
+def test_tokenizer_keeps_every_word_whole() -> None:
+    tok = tw.build_tokenizer()
+    ids = tok("a yellow triangle in dotted style").input_ids
+    assert len(ids) == 8  # bos + 6 words + eos
+    assert tok.decode(ids, skip_special_tokens=True).split() == ["a", "yellow", "triangle", "in", "dotted", "style"]
+
+
+def test_untrained_pipeline_round_trips_and_has_sd_hook_points(tmp_path: Path) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    tw.build_untrained_pipeline().save_pretrained(str(tmp_path / "p"))
+    pipe = StableDiffusionPipeline.from_pretrained(str(tmp_path / "p"))
+    pipe.set_progress_bar_config(disable=True)
+    shapes: dict[str, tuple[int, ...]] = {}
+    modules = dict(pipe.unet.named_modules())
+    def record(name: str):
+        def hook(module, args, out) -> None:
+            shapes[name] = tuple(out[0].shape)
+
+        return hook
+
+    names = ("up_blocks.1.attentions.1", "up_blocks.1.attentions.2")
+    handles = [modules[name].register_forward_hook(record(name)) for name in names]
+    try:
+        image = pipe("a red circle", num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images[0]
+    finally:
+        for h in handles:
+            h.remove()
+    assert image.size == (32, 32) and image.mode == "RGB"
+    assert type(modules["up_blocks.1.attentions.1"]).__name__ == "Transformer2DModel"
+    assert set(shapes) == set(names)
+    for shape in shapes.values():
+        assert shape[2:] == (8, 8) and shape[1] == tw.UNET_CHANNELS[1]
+
+
+def _small_cfg(**kw):
+    from governance.toyworld.train import TrainConfig
+
+    base = dict(vae_steps=6, vae_batch=8, pool_size=256, batch=16, max_steps=8, warmup=2, checkpoint_every_s=0.0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_training_resumes_exactly_after_interruption(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from governance.toyworld.train import Trainer
+
+    Trainer(tmp_path / "a", _small_cfg()).run()
+
+    class Stop(Exception):
+        pass
+
+    def crash(stage: str, step: int, total: int, metrics: dict[str, float]) -> None:
+        if stage == "unet" and step == 5:
+            raise Stop
+
+    with pytest.raises(Stop):
+        Trainer(tmp_path / "b", _small_cfg(), crash).run()
+    state = json.loads((tmp_path / "b" / "checkpoint" / "state.json").read_text())
+    assert state["stage"] == "unet" and state["step"] == 4
+    Trainer(tmp_path / "b", _small_cfg()).run()
+    a = load_file(str(tmp_path / "a" / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert a.keys() == b.keys()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+
+
+def test_training_recipe_lowers_the_loss(tmp_path: Path) -> None:
+    from governance.toyworld.train import Trainer
+
+    trainer = Trainer(tmp_path, _small_cfg(vae_steps=10, max_steps=60, batch=32, pool_size=512, lr=1e-3, warmup=5))
+    trainer.run()
+    first, last = np.mean(trainer.losses[:10]), np.mean(trainer.losses[-10:])
+    assert last < 0.8 * first, (first, last)
