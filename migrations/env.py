@@ -3,6 +3,7 @@ by pytest-alembic, and by developers through the top-level alembic.ini."""
 from __future__ import annotations
 
 from alembic import context
+from sqlalchemy import Engine
 
 from registry.db import database_url, make_engine
 from registry.models import Base
@@ -35,6 +36,11 @@ def run_migrations_offline() -> None:
 
 def run_migrations_online() -> None:
     connection = config.attributes.get("connection")
+    if isinstance(connection, Engine):  # pytest-alembic hands over an engine
+        with connection.connect() as conn:
+            _run(conn)
+            conn.commit()
+        return
     if connection is not None:
         _run(connection)
         return

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
@@ -177,6 +178,7 @@ def make_checkpoint(conn: Connection) -> Checkpoint:
             leaves.append(bytes.fromhex(row[7]))
             yield row
 
-    report = verify_rows(tap(iter_event_rows(conn)), head=read_head(conn))
+    with closing(iter_event_rows(conn)) as rows:
+        report = verify_rows(tap(rows), head=read_head(conn))
     return Checkpoint(size=report.size, head_hash=report.head_hash,
                       merkle_root=merkle_root(leaves), time=iso_utc(utcnow()))

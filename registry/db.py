@@ -62,8 +62,8 @@ def make_engine(url: str | None = None, **kwargs: Any) -> Engine:
         if not parent.exists():
             try:
                 parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise ConfigError(f"cannot create workspace {parent}: {exc.strerror}") from None
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"cannot create workspace {parent}: {exc}") from None
     try:
         engine = create_engine(parsed, **kwargs)
     except (ArgumentError, NoSuchModuleError, ImportError) as exc:

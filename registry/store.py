@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -686,9 +686,8 @@ class Store:
     def verify_audit(self, checkpoint: Checkpoint | None = None) -> audit.VerifyReport:
         """Recompute the whole chain (raises `AuditVerificationError` at the first bad event)."""
         try:
-            with self.engine.connect() as conn:
-                return audit.verify_rows(audit.iter_event_rows(conn), head=audit.read_head(conn),
-                                         checkpoint=checkpoint)
+            with self.engine.connect() as conn, closing(audit.iter_event_rows(conn)) as rows:
+                return audit.verify_rows(rows, head=audit.read_head(conn), checkpoint=checkpoint)
         except SQLAlchemyError as exc:
             raise ConfigError(f"database error: {_first_line(exc)}") from None
 
