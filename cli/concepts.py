@@ -35,7 +35,7 @@ def register(root: click.Group) -> None:
 
     @grp.command("add")
     @click.argument("name")
-    @click.option("--kind", type=click.Choice(["style", "object", "colour", "other"]), required=True)
+    @click.option("--kind", required=True, help="style, object, colour or other.")
     @click.option("--description", default="")
     @click.option("--prompts", "prompts_file", type=click.Path(path_type=Path),
                   help="Prompts file: one per line, or a JSON list.")

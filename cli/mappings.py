@@ -25,7 +25,7 @@ def register(root: click.Group) -> None:
         emit(open_store().import_mapping_file(file, sae_ref, actor), as_json, COLUMNS)
 
     @grp.command("list")
-    @click.option("--state", type=click.Choice(["draft", "proposed", "approved", "rejected", "revoked"]))
+    @click.option("--state", help="draft, proposed, approved, rejected or revoked.")
     @click.option("--concept")
     @click.option("--sae", "sae_ref")
     @json_option
@@ -35,10 +35,10 @@ def register(root: click.Group) -> None:
         emit(open_store().list_mappings(state, concept, sae_ref), as_json, COLUMNS)
 
     @grp.command("show")
-    @click.argument("mapping_id", type=int)
+    @click.argument("mapping_id")
     @json_option
     @registry_command
-    def show(mapping_id: int, as_json: bool) -> None:
+    def show(mapping_id: str, as_json: bool) -> None:
         """Show a mapping: features per timestep and its reviews."""
         from cli.common import print_table
 

@@ -19,12 +19,12 @@ def register(root: click.Group) -> None:
 
 
 def _make(action: str):  # type: ignore[no-untyped-def]
-    @click.argument("mapping_id", type=int)
-    @click.option("--justification", "-j", required=True, help="Why (required).")
+    @click.argument("mapping_id")
+    @click.option("--justification", "-j", default=None, help="Why (required).")
     @actor_option
     @json_option
     @registry_command
-    def cmd(mapping_id: int, justification: str, actor: str | None, as_json: bool) -> None:
+    def cmd(mapping_id: str, justification: str | None, actor: str | None, as_json: bool) -> None:
         rec = open_store().review(mapping_id, action, actor, justification)
         if as_json:
             emit(rec, True)
