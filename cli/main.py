@@ -18,6 +18,8 @@ _COMMAND_MODULES = [
     "cli.reviews",
     "cli.blocklists",
     "cli.audit",
+    "cli.activations",
+    "cli.scoring",
 ]
 
 
