@@ -30,7 +30,8 @@ def database_url() -> str:
 
 
 def _sqlite_setup(engine: Engine) -> None:
-    """Foreign keys on, and every transaction `BEGIN IMMEDIATE` (one writer at a time)."""
+    """Foreign keys on, WAL journal, and every transaction `BEGIN IMMEDIATE` (one writer at a
+    time, taken at the start so that the audit head read and the append cannot interleave)."""
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_conn: Any, _record: Any) -> None:
@@ -38,6 +39,8 @@ def _sqlite_setup(engine: Engine) -> None:
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA foreign_keys = ON")
         cur.execute("PRAGMA busy_timeout = 30000")
+        if cur.execute("PRAGMA journal_mode").fetchone()[0] not in ("wal", "memory"):
+            cur.execute("PRAGMA journal_mode = WAL")  # readers never block the writer
         cur.close()
 
     @event.listens_for(engine, "begin")
