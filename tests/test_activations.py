@@ -10,6 +10,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
+from collect_fixtures import toy_model  # noqa: F401  (pytest fixture)
 from governance.activations.collect import CollectConfig, CollectionError, collect
 from governance.activations.manifest import read_manifest
 from governance.basemodel import ModelLoadError, model_folder_hash, resolve_model_folder
@@ -28,15 +29,6 @@ torch.set_num_threads(1)
 
 PROMPTS = ["a red circle", "a blue square in striped style", "a green cross", "a yellow triangle"]
 HOOK = "up_blocks.1.attentions.1"
-
-
-@pytest.fixture(scope="module")
-def toy_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from governance.toyworld.model import build_untrained_pipeline
-
-    path = tmp_path_factory.mktemp("toy") / "pipeline"
-    build_untrained_pipeline(seed=0).save_pretrained(str(path))
-    return path
 
 
 def _cfg(model: Path, out: Path, **kw: object) -> CollectConfig:

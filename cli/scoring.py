@@ -1,0 +1,75 @@
+"""`saegov concept score NAME --sae ID`: select a concept's SAE features into a draft mapping."""
+from __future__ import annotations
+
+import click
+
+from cli.common import actor_option, fail, json_option, open_store, print_json, registry_command, subgroup
+
+
+def register(root: click.Group) -> None:
+    grp = subgroup(root, "concept", "Concepts (styles, objects, colours ...).")
+    grp.add_command(score_cmd)
+
+
+@click.command("score")
+@click.argument("name")
+@click.option("--sae", "sae_ref", required=True, help="SAE version: ID, NAME or NAME@VERSION.")
+@click.option("--tau", type=float, default=None, help="Percentile threshold per timestep (default 99.99).")
+@click.option("--top-n", type=int, default=None, help="Instead of --tau: the N best features per timestep.")
+@click.option("--multiplier", "gamma", type=float, default=-1.0, show_default=True,
+              help="gamma: selected features above their gate are scaled by gamma * mu(i, t, c).")
+@click.option("--steps", type=int, default=50, show_default=True)
+@click.option("--guidance", type=float, default=9.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Prompt j of every concept uses seed + j.")
+@click.option("--model", default=None, help="Base pipeline (default: the SAE's base model, else the toy world).")
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--device", default=None, help="cpu / cuda (default: cuda if available).")
+@click.option("--no-mlflow", is_flag=True, help="Do not record an MLflow run.")
+@actor_option
+@json_option
+@registry_command
+def score_cmd(name: str, sae_ref: str, tau: float | None, top_n: int | None, gamma: float, steps: int,
+              guidance: float, seed: int, model: str | None, batch_size: int, device: str | None,
+              no_mlflow: bool, actor: str | None, as_json: bool) -> None:
+    """Score concept NAME against the other concepts of its kind; store a draft feature mapping."""
+    import sys
+
+    from pydantic import ValidationError
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from cli.activations import _first_line, default_device
+    from governance.basemodel import ModelLoadError
+    from governance.concept_scoring import ScoreRequest, ScoringError, score_concept
+    from governance.hooks import HookPointError
+    from governance.sae.model import SaeLoadError
+
+    try:
+        req = ScoreRequest(concept=name, sae=sae_ref, tau=tau, top_n=top_n, gamma=gamma, steps=steps,
+                           guidance=guidance, seed=seed, model=model, batch_size=batch_size,
+                           device=device or default_device(), track=not no_mlflow)
+    except ValidationError as exc:
+        fail(_first_line(exc))
+    store = open_store()
+    try:
+        with Progress(TextColumn(f"score {name}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=Console(stderr=True), disable=not sys.stderr.isatty()) as bar:
+            task = bar.add_task("prompts", total=None)
+            out = score_concept(store, req, actor, progress=lambda d, t: bar.update(task, completed=d, total=t))
+    except (ScoringError, ModelLoadError, HookPointError, SaeLoadError) as exc:
+        fail(_first_line(exc))
+    m = out.mapping
+    if as_json:
+        print_json({"mapping_id": m.id, "state": m.state, "concept": m.concept, "sae": m.sae_ref,
+                    "n_features": m.n_features, "mlflow_run_id": out.mlflow_run_id,
+                    "skipped_concepts": out.skipped_concepts, "spec_sha256": m.spec_sha256})
+        return
+    per_t = {t: len(v) for t, v in out.spec.timesteps.items()}
+    click.echo(f"draft mapping {m.id}: concept {m.concept!r} on SAE {m.sae_ref}, {m.n_features} "
+               f"(timestep, feature) entries over {len(per_t)} timesteps "
+               f"({min(per_t.values())}-{max(per_t.values())} per timestep), "
+               f"{len({c.feature for c in out.choices})} distinct features"
+               + (f"; MLflow run {out.mlflow_run_id}" if out.mlflow_run_id else ""))
+    if out.skipped_concepts:
+        click.echo(f"note: concepts without prompts were left out of the contrast: {', '.join(out.skipped_concepts)}",
+                   err=True)

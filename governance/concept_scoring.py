@@ -1,0 +1,262 @@
+"""`concept score`: registry concepts -> statistics run -> selection -> draft mapping + MLflow run.
+
+The maths lives in governance.scoring, the pipeline run in governance.concept_stats; this module
+only wires them to the registry (through its Store API) and to MLflow, and refuses early (before
+any minutes of sampling) on requests that cannot give a meaningful mapping.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from governance.concept_stats import ConceptPrompts, ConceptStats, collect_concept_stats
+from governance.hashing import sha256_file
+from governance.scoring import FeatureChoice, choose_features
+
+HEATMAP_NAME = "score_heatmap.png"
+MAX_HEATMAP_ROWS = 48
+
+
+class ScoringError(ValueError):
+    """A scoring request that cannot be honoured; one line for the CLI."""
+
+
+class ScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    concept: str
+    sae: str
+    tau: float | None = Field(default=None, gt=0, lt=100)
+    top_n: int | None = Field(default=None, gt=0)
+    gamma: float = -1.0
+    steps: int = Field(default=50, gt=0)
+    guidance: float = 9.0
+    seed: int = 0
+    model: str | None = None
+    batch_size: int = Field(default=8, gt=0)
+    device: str = "cpu"
+    track: bool = True
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> ScoreRequest:
+        if self.tau is not None and self.top_n is not None:
+            raise ValueError("give --tau or --top-n, not both")
+        if self.tau is None and self.top_n is None:
+            self.tau = 99.99
+        return self
+
+
+@dataclass
+class ScoreOutcome:
+    mapping: Any  # registry.records.MappingRecord
+    spec: Any  # registry.schemas.MappingSpec
+    choices: list[FeatureChoice]
+    scores: torch.Tensor  # [n, T]
+    stats: ConceptStats
+    mlflow_run_id: str | None
+    heatmap_sha256: str | None
+    skipped_concepts: list[str]
+
+
+def uri_to_path(uri: str) -> Path:
+    if uri.startswith("file:"):
+        return Path(unquote(urlparse(uri).path))
+    return Path(uri)
+
+
+def sae_base_model_hash(sae_rec: Any) -> str | None:
+    cfg = sae_rec.config or {}
+    return sae_rec.base_model_hash or (cfg.get("saegov") or {}).get("base_model_hash")
+
+
+def default_model_for(store: Any, sae_rec: Any) -> str | None:
+    """The SAE's registered base model source, else the trained toy world."""
+    if sae_rec.base_model:
+        try:
+            return store.get_base_model(sae_rec.base_model).source
+        except Exception:  # noqa: BLE001 - fall through to the toy world
+            pass
+    try:
+        from governance.toyworld.paths import default_pipeline_path, is_trained
+    except ImportError:
+        return None
+    return str(default_pipeline_path()) if is_trained() else None
+
+
+def plan(store: Any, req: ScoreRequest) -> tuple[Any, list[ConceptPrompts], list[str]]:
+    """(target record, [target, peers...] prompts, skipped peer names) or a one-line refusal."""
+    target = store.get_concept(req.concept)
+    if not target.prompts:
+        raise ScoringError(f"concept {target.name!r} has no prompts; register it with `concept add --prompts`")
+    same_kind = [c for c in store.list_concepts(kind=target.kind) if c.name != target.name]
+    if not same_kind:
+        raise ScoringError(f"concept {target.name!r} is the only concept of kind {target.kind!r}; "
+                           "scoring contrasts it with the other concepts of its kind")
+    peers = [c for c in same_kind if c.prompts]
+    skipped = [c.name for c in same_kind if not c.prompts]
+    if not peers:
+        raise ScoringError(f"no other concept of kind {target.kind!r} has prompts ({', '.join(skipped)}); "
+                           "register them with `concept add --prompts`")
+    concepts = [ConceptPrompts(target.name, tuple(target.prompts))]
+    concepts += [ConceptPrompts(c.name, tuple(c.prompts)) for c in peers]
+    return target, concepts, skipped
+
+
+def build_spec(req: ScoreRequest, scheduler: str, choices: list[FeatureChoice], timesteps: list[int],
+               evidence: list[dict[str, Any]]) -> Any:
+    from registry.schemas import EvidenceRef, FeatureEntry, MappingSpec, Selection
+
+    per_t: dict[int, list[FeatureEntry]] = {t: [] for t in timesteps}
+    for c in choices:
+        per_t[c.timestep].append(FeatureEntry(feature=c.feature, score=c.score, scale=c.scale, gate=c.gate))
+    selection = Selection(rule="tau", tau=req.tau) if req.top_n is None else Selection(rule="top_n", top_n=req.top_n)
+    return MappingSpec(concept=req.concept, selection=selection, gamma=req.gamma, scheduler=scheduler,
+                       num_steps=req.steps, timesteps=per_t, evidence=[EvidenceRef(**e) for e in evidence])
+
+
+def heatmap_rows(scores: torch.Tensor, choices: list[FeatureChoice]) -> list[int]:
+    """Selected features first (by best score), then the next best-scoring ones for context."""
+    best = scores.max(dim=1).values
+    selected = sorted({c.feature for c in choices}, key=lambda i: (-float(best[i]), i))[:MAX_HEATMAP_ROWS]
+    rest = [i for i in torch.argsort(best, descending=True, stable=True).tolist() if i not in set(selected)]
+    return selected + rest[: max(0, min(MAX_HEATMAP_ROWS, max(16, 2 * len(selected))) - len(selected))]
+
+
+def render_heatmap(path: Path, scores: torch.Tensor, timesteps: list[int], choices: list[FeatureChoice],
+                   title: str) -> None:
+    """Features x timesteps score image; selected cells outlined. matplotlib if installed, else PIL."""
+    rows = heatmap_rows(scores, choices)
+    data = scores[rows].to(torch.float32).numpy()
+    chosen = {(c.feature, c.timestep) for c in choices}
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.patches import Rectangle
+    except ImportError:
+        _render_heatmap_pil(path, data, rows, timesteps, chosen)
+        return
+    lim = float(abs(data).max()) or 1.0
+    fig, ax = plt.subplots(figsize=(max(6, 0.18 * len(timesteps) + 2), max(3, 0.18 * len(rows) + 1.5)))
+    im = ax.imshow(data, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+    for r, f in enumerate(rows):
+        for col, t in enumerate(timesteps):
+            if (f, t) in chosen:
+                ax.add_patch(Rectangle((col - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="black", lw=1.2))
+    ax.set_yticks(range(len(rows)), [str(f) for f in rows], fontsize=6)
+    step = max(1, len(timesteps) // 20)
+    ax.set_xticks(range(0, len(timesteps), step), [str(t) for t in timesteps[::step]], fontsize=6, rotation=90)
+    ax.set_xlabel("timestep")
+    ax.set_ylabel("feature")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, label="score")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _render_heatmap_pil(path: Path, data: Any, rows: list[int], timesteps: list[int],
+                        chosen: set[tuple[int, int]]) -> None:
+    import numpy as np
+    from PIL import Image
+
+    cell = 8
+    lim = float(np.abs(data).max()) or 1.0
+    v = np.clip(data / lim, -1, 1)
+    rgb = np.zeros(data.shape + (3,), dtype=np.uint8)
+    rgb[..., 0] = (255 * np.where(v > 0, 1, 1 + v)).astype(np.uint8)  # red for positive
+    rgb[..., 2] = (255 * np.where(v < 0, 1, 1 - v)).astype(np.uint8)  # blue for negative
+    rgb[..., 1] = (255 * (1 - np.abs(v))).astype(np.uint8)
+    img = np.kron(rgb, np.ones((cell, cell, 1), dtype=np.uint8))
+    for r, f in enumerate(rows):
+        for col, t in enumerate(timesteps):
+            if (f, t) in chosen:
+                img[r * cell, col * cell:(col + 1) * cell] = 0
+                img[(r + 1) * cell - 1, col * cell:(col + 1) * cell] = 0
+                img[r * cell:(r + 1) * cell, col * cell] = 0
+                img[r * cell:(r + 1) * cell, (col + 1) * cell - 1] = 0
+    Image.fromarray(img).save(path)
+
+
+def score_concept(store: Any, req: ScoreRequest, actor: str | None,
+                  progress: Callable[[int, int], None] | None = None) -> ScoreOutcome:
+    """Score `req.concept` against the other concepts of its kind and store a draft mapping."""
+    from governance.basemodel import load_pipeline, model_folder_hash
+    from governance.sae.model import TopKSAE
+
+    store.check_actor(actor)  # refuse before minutes of sampling, not after
+    target, concepts, skipped = plan(store, req)
+    sae_rec = store.get_sae(req.sae)
+    sae = TopKSAE.load(uri_to_path(sae_rec.weights_uri), expected_sha256=sae_rec.weights_sha256,
+                       device=req.device)
+    model = req.model or default_model_for(store, sae_rec)
+    if model is None:
+        raise ScoringError("give --model (the SAE names no registered base model and no toy world is installed)")
+    pipe, folder = load_pipeline(model, device=req.device)
+    model_hash = model_folder_hash(folder)
+    expected = sae_base_model_hash(sae_rec)
+    if expected and expected != model_hash:
+        raise ScoringError(f"model {model!r} (sha256 {model_hash[:12]}) is not the base model SAE "
+                           f"{sae_rec.ref} was trained on ({expected[:12]})")
+
+    stats = collect_concept_stats(pipe, sae, sae_rec.hook_point, concepts, steps=req.steps,
+                                  guidance=req.guidance, seed=req.seed, batch_size=req.batch_size,
+                                  progress=progress)
+    choices, scores = choose_features(stats.mu, stats.counts, 0, stats.timesteps, req.gamma,
+                                      tau=req.tau, top_n=req.top_n)
+    scheduler = type(pipe.scheduler).__name__
+    params = {
+        "request": req.model_dump(mode="json"), "base_model": model, "base_model_hash": model_hash,
+        "sae": {"id": sae_rec.id, "ref": sae_rec.ref, "weights_sha256": sae_rec.weights_sha256,
+                "hook_point": sae_rec.hook_point, "n_latents": sae_rec.n_latents, "k": sae_rec.k},
+        "concept": {"name": target.name, "kind": target.kind, "prompts": len(target.prompts)},
+        "contrast_concepts": ",".join(c.name for c in concepts[1:]), "skipped_concepts": ",".join(skipped),
+        "scheduler": scheduler, "scheduler_config": json.dumps(dict(pipe.scheduler.config), default=str),
+        "timesteps": len(stats.timesteps),
+    }
+    evidence: list[dict[str, Any]] = []
+    run_id = heat_sha = None
+    tracker = None
+    if req.track:
+        from governance.tracking import Tracker
+
+        tracker = Tracker("concept-score", model_hash, run_name=f"score {target.name} on {sae_rec.ref}",
+                          tags={"saegov.concept": target.name, "saegov.sae_id": str(sae_rec.id),
+                                "saegov.sae_ref": sae_rec.ref})
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            art = Path(tmp)
+            render_heatmap(art / HEATMAP_NAME, scores, stats.timesteps, choices,
+                           f"{target.name} vs {len(concepts) - 1} {target.kind} concepts, SAE {sae_rec.ref}")
+            heat_sha = sha256_file(art / HEATMAP_NAME)
+            if tracker is not None:
+                run_id = tracker.run_id
+                tracker.log_params(params)
+                per_t = [sum(1 for c in choices if c.timestep == t) for t in stats.timesteps]
+                tracker.log_metrics({"n_selected": len(choices), "n_unique_features": len({c.feature for c in choices}),
+                                     "max_score": float(scores.max()), "mean_selected_per_timestep": sum(per_t) / len(per_t)})
+                evidence = [{"kind": "mlflow_run", "ref": run_id},
+                            {"kind": "score_heatmap", "ref": f"runs:/{run_id}/scoring/{HEATMAP_NAME}", "sha256": heat_sha}]
+            spec = build_spec(req, scheduler, choices, stats.timesteps, evidence)
+            (art / "mapping.json").write_text(json.dumps(spec.to_json_dict(), indent=2, sort_keys=True) + "\n")
+            if tracker is not None:
+                tracker.log_artifacts(art, "scoring")
+        mapping = store.create_mapping(sae_rec.id, target.name, spec, actor)
+        if tracker is not None:
+            tracker.set_tags({"saegov.mapping_id": mapping.id})
+            tracker.finish("FINISHED")
+    except BaseException:
+        if tracker is not None:
+            tracker.finish("FAILED")
+        raise
+    return ScoreOutcome(mapping=mapping, spec=spec, choices=choices, scores=scores, stats=stats,
+                        mlflow_run_id=run_id, heatmap_sha256=heat_sha, skipped_concepts=skipped)
