@@ -220,3 +220,15 @@ def test_payload_is_stored_as_hashed_text(chain: Store) -> None:
     with chain.engine.connect() as conn:
         payload = conn.execute(text("SELECT payload FROM audit_events WHERE seq = 7")).scalar_one()
     assert payload == audit.canonical_json(json.loads(payload))
+
+
+@pytest.mark.parametrize("odd", ['quote " and \\\\ backslash', "newline\nand\ttab\x01", "ünïcødé ✓ \u2028", ""])
+def test_verify_recomputes_exactly_what_append_hashed(odd: str) -> None:
+    rows, prev = [], audit.GENESIS_HASH
+    for seq in (1, 2):
+        args = (seq, prev, "2025-01-01T00:00:00.000000Z" + odd, "a" + odd, odd, "s" + odd, '{"x":"' + odd + '"}')
+        h = audit.event_hash(*args)
+        rows.append((*args, h))
+        prev = h
+    rows = [(seq, t, a, ac, s, p, ph, h) for seq, ph, t, a, ac, s, p, h in rows]
+    assert audit.verify_rows(rows).size == 2
