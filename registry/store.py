@@ -655,6 +655,13 @@ class Store:
                     "seed": int(seed), "trace_sha256": digest})
             return _generation(row, tx.actor.name)
 
+    def get_generation(self, generation_id: int) -> GenerationRecord:
+        with self._read() as s:
+            row = s.get(Generation, int(generation_id))
+            if row is None:
+                raise NotFound(f"unknown generation {generation_id}")
+            return _generation(row, row.created_by.name)
+
     def list_generations(self, deployment_id: int | None = None) -> list[GenerationRecord]:
         with self._read() as s:
             q = select(Generation).options(selectinload(Generation.created_by)).order_by(Generation.id)

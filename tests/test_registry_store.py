@@ -188,6 +188,9 @@ def test_deployments_and_generations(store: Store, tmp_path: Path) -> None:
     g = store.record_generation(deployment_id=d.id, prompt_sha256=SHA, seed=188,
                                 trace={"calls": [{"t": 981, "suppressed": [1]}]}, actor="erin")
     assert store.list_generations(d.id)[0].trace == {"calls": [{"t": 981, "suppressed": [1]}]}
+    assert store.get_generation(g.id).seed == 188 and store.get_deployment(d.id).path == "/tmp/dep"
+    with pytest.raises(NotFound):
+        store.get_generation(999)
     assert g.trace_sha256 == hashlib.sha256(b'{"calls":[{"suppressed":[1],"t":981}]}').hexdigest()
     with pytest.raises(NotFound):
         store.record_generation(deployment_id=99, prompt_sha256=SHA, seed=1, trace={}, actor="erin")
