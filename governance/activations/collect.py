@@ -243,9 +243,17 @@ def collect(cfg: CollectConfig, progress: Progress | None = None) -> ActivationM
     device = cfg.device
     if world > 1 and device.startswith("cuda"):
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
-    cfg = cfg.model_copy(update={"device": device})
     dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[cfg.dtype]
     pipe, folder = load_pipeline(cfg.model, device=device, dtype=dtype)
+    resolve_hook_point(pipe.unet, cfg.hook_point)  # a bad hook point fails before hashing GBs
+    return collect_with_pipeline(pipe, model_folder_hash(folder), cfg.model_copy(update={"device": device}),
+                                 progress)
+
+
+def collect_with_pipeline(pipe: Any, base_model_hash: str, cfg: CollectConfig,
+                          progress: Progress | None = None) -> ActivationManifest:
+    """`collect` on an already loaded pipeline whose weights hash to `base_model_hash`."""
+    rank, world = dist_info()
     block = resolve_hook_point(pipe.unet, cfg.hook_point)
     vae_factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
     default_px = int(pipe.unet.config.sample_size) * vae_factor
@@ -254,7 +262,7 @@ def collect(cfg: CollectConfig, progress: Progress | None = None) -> ActivationM
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
     params = CollectionParams(
-        base_model=str(cfg.model), base_model_hash=model_folder_hash(folder), hook_point=cfg.hook_point,
+        base_model=str(cfg.model), base_model_hash=base_model_hash, hook_point=cfg.hook_point,
         steps=cfg.steps, guidance=cfg.guidance, seed=cfg.seed, height=cfg.height, width=cfg.width,
         prompts_sha256=prompts_sha256(cfg.prompts), n_prompts=len(cfg.prompts),
         prompts_per_shard=cfg.prompts_per_shard,
