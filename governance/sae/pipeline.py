@@ -98,7 +98,7 @@ def _train_and_record(activations: str | Path, cfg: TrainConfig, out: str | Path
         _check_out(out_path)
         if register:
             store = store or _open_store()
-            store.check_actor(actor)  # fail before hours of training, not after
+            _check_may_register(store, actor)  # fail before hours of training, not after
     tracker = None
     if lead and use_mlflow:
         from governance.tracking import Tracker
@@ -159,6 +159,13 @@ def _train_and_record(activations: str | Path, cfg: TrainConfig, out: str | Path
         if tracker is not None:
             tracker.finish("FAILED")
         raise
+
+
+def _check_may_register(store: Any, actor: str | None) -> None:
+    from registry.workflow import require_role
+
+    who = store.check_actor(actor)
+    require_role(who.name, who.role, "sae.register")
 
 
 def _open_store() -> Any:
