@@ -20,6 +20,7 @@ _COMMAND_MODULES = [
     "cli.audit",
     "cli.activations",
     "cli.scoring",
+    "cli.deploy",
 ]
 
 

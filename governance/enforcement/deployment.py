@@ -1,0 +1,285 @@
+"""Building and verifying deployment folders.
+
+A deployment is a normal diffusers folder (`save_pretrained` layout) plus `saegov/`:
+`sae/` (cfg.json + sae.safetensors), `blocklist.json`, and `manifest.json` (sha256 of every
+other file, base model hash, SAE, blocklist name@version, approvals, generation defaults,
+built by/at) signed with Ed25519. Loading verifies all of it and refuses on any mismatch.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from governance.enforcement import signing
+from governance.enforcement.spec import (
+    Approval, BlockedConcept, BlocklistSpec, GenerationDefaults, Manifest, ManifestPayload, SaeRef, Signature,
+)
+from governance.hashing import sha256_bytes, sha256_file
+from registry.audit import canonical_json
+
+SAEGOV_DIR = "saegov"
+MANIFEST = f"{SAEGOV_DIR}/manifest.json"
+DEFAULT_GUIDANCE = 7.5
+
+
+class DeploymentError(ValueError):
+    """A deployment that cannot be built, or that fails verification (one-line message)."""
+
+
+@dataclass
+class VerifiedDeployment:
+    path: Path
+    manifest: Manifest
+    manifest_sha256: str
+    blocklist: BlocklistSpec
+    registry_checked: bool
+    deployment_id: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def _hash_tree(root: Path) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): sha256_file(p)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.relative_to(root).as_posix() != MANIFEST
+    }
+
+
+def blocklist_spec_from_record(bl: Any, sae: Any) -> BlocklistSpec:
+    """The deployment's blocklist.json from a registry BlocklistVersionRecord + SAERecord."""
+    entries = []
+    for e in bl.entries:
+        entries.append(BlockedConcept(
+            concept=e.concept, kind=e.concept_kind, mapping_id=e.mapping_id, gamma=e.gamma,
+            scheduler=e.scheduler, num_steps=e.num_steps,
+            approval=Approval(review_id=e.approval_review_id, by=e.approved_by,
+                              at=e.approved_at.isoformat() if e.approved_at else None,
+                              justification=getattr(e, "approval_justification", None)),
+            timesteps=e.timesteps,
+        ))
+    return BlocklistSpec(
+        name=bl.name, version=bl.version, content_sha256=bl.content_sha256,
+        sae=SaeRef(id=sae.id, ref=sae.ref, hook_point=sae.hook_point, weights_sha256=sae.weights_sha256),
+        entries=entries,
+    )
+
+
+def _uri_to_path(uri: str) -> Path:
+    from urllib.parse import unquote, urlparse
+
+    if uri.startswith("file:"):
+        return Path(unquote(urlparse(uri).path))
+    return Path(uri)
+
+
+def build_deployment(store: Any, blocklist: str, version: int | None, model: str, out: Path, actor: str,
+                     guidance: float | None = None, error_mode: str = "faithful") -> tuple[Path, Any]:
+    """Build `out` from a published blocklist; returns (path, DeploymentRecord)."""
+    import diffusers
+
+    from governance.basemodel import load_pipeline, model_folder_hash
+    from governance.sae.model import TopKSAE
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise DeploymentError(f"output folder {out} exists and is not empty")
+    store.check_actor(actor)
+    bl = store.get_blocklist(blocklist, version)
+    if bl.state != "published":
+        raise DeploymentError(f"blocklist {bl.ref} is {bl.state}; only published versions can be deployed")
+    if not bl.entries:
+        raise DeploymentError(f"blocklist {bl.ref} is empty")
+    for e in bl.entries:
+        if e.mapping_state != "approved" or e.approval_review_id is None:
+            raise DeploymentError(f"mapping {e.mapping_id} ({e.concept}) of {bl.ref} is {e.mapping_state}, not approved")
+    schedulers = {(e.scheduler, e.num_steps) for e in bl.entries}
+    if len(schedulers) != 1:
+        raise DeploymentError(f"mappings of {bl.ref} were scored with different schedules: {sorted(schedulers)}")
+    scheduler_name, num_steps = schedulers.pop()
+    sae_rec = store.get_sae(bl.sae_id)
+    sae_dir = _uri_to_path(sae_rec.weights_uri)
+    try:
+        sae = TopKSAE.load(sae_dir, expected_sha256=sae_rec.weights_sha256)
+    except Exception as exc:  # noqa: BLE001 - any load problem is one line
+        raise DeploymentError(f"SAE {sae_rec.ref}: {exc}") from None
+    pipe, folder = load_pipeline(model)
+    base_hash = model_folder_hash(folder)
+    if sae_rec.base_model_hash and sae_rec.base_model_hash != base_hash:
+        raise DeploymentError(f"model {model} (hash {base_hash[:12]}) is not the base model of SAE {sae_rec.ref} "
+                              f"(hash {sae_rec.base_model_hash[:12]})")
+    sched_cls = getattr(diffusers, scheduler_name, None)
+    if sched_cls is None:
+        raise DeploymentError(f"unknown scheduler {scheduler_name!r} in the mappings")
+    pipe.scheduler = sched_cls.from_config(pipe.scheduler.config)
+    spec = blocklist_spec_from_record(bl, sae_rec)
+    spec = _with_justifications(store, spec)
+    if guidance is None:
+        guidance = _scored_guidance(store, bl) or DEFAULT_GUIDANCE
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        pipe.save_pretrained(str(tmp), safe_serialization=True)
+        sg = tmp / SAEGOV_DIR
+        sg.mkdir()
+        sae_sha = sae.save(sg / "sae")
+        if sae_sha != sae_rec.weights_sha256:
+            raise DeploymentError(f"SAE {sae_rec.ref} re-saved with a different hash (dtype or layout changed)")
+        (sg / "blocklist.json").write_text(canonical_json(spec.model_dump(mode="json")) + "\n")
+        payload = ManifestPayload(
+            files=_hash_tree(tmp), base_model_hash=base_hash, sae=spec.sae, blocklist=bl.ref,
+            blocklist_sha256=bl.content_sha256, mapping_ids=[e.mapping_id for e in bl.entries],
+            approval_review_ids=[int(e.approval_review_id) for e in bl.entries],
+            defaults=GenerationDefaults(scheduler=scheduler_name, num_inference_steps=num_steps, guidance_scale=guidance),
+            error_mode=error_mode, built_by=actor, built_at=_utc_now(),
+        )
+        key = signing.load_or_create_key()
+        message = canonical_json(payload.model_dump(mode="json")).encode()
+        manifest = Manifest(payload=payload, signature=Signature(public_key=signing.public_hex(key), value=signing.sign(key, message)))
+        manifest_bytes = (canonical_json(manifest.model_dump(mode="json")) + "\n").encode()
+        (tmp / MANIFEST).write_bytes(manifest_bytes)
+        mlflow_version = _log_to_mlflow(tmp, bl, sae_rec, base_hash, actor)
+        record = store.record_deployment(
+            blocklist=bl.name, version=bl.version, path=str(out.resolve()), manifest_sha256=sha256_bytes(manifest_bytes),
+            base_model_hash=base_hash, actor=actor, mlflow_model_version=mlflow_version,
+            details={"model": str(model), "defaults": payload.defaults.model_dump(), "public_key": manifest.signature.public_key},
+        )
+        if out.exists():
+            out.rmdir()  # empty (checked above)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out, record
+
+
+def _with_justifications(store: Any, spec: BlocklistSpec) -> BlocklistSpec:
+    entries = []
+    for e in spec.entries:
+        if e.mapping_id is not None and e.approval.justification is None:
+            m = store.get_mapping(e.mapping_id, with_features=False)
+            app = m.approval
+            if app is not None:
+                e = e.model_copy(update={"approval": e.approval.model_copy(update={"justification": app.justification})})
+        entries.append(e)
+    return spec.model_copy(update={"entries": entries})
+
+
+def _scored_guidance(store: Any, bl: Any) -> float | None:
+    """The guidance scale the mappings were scored with, when their evidence records it."""
+    for e in bl.entries:
+        m = store.get_mapping(e.mapping_id, with_features=False)
+        for ev in m.evidence:
+            if isinstance(ev, dict) and ev.get("kind") == "scoring_params":
+                try:
+                    import json
+
+                    return float(json.loads(ev["ref"]).get("guidance"))
+                except (ValueError, TypeError, KeyError):
+                    continue
+    return None
+
+
+def _log_to_mlflow(folder: Path, bl: Any, sae: Any, base_hash: str, actor: str) -> str | None:
+    from governance.tracking import Tracker
+
+    with Tracker("deployment", base_hash, run_name=f"deploy-{bl.ref}",
+                 tags={"saegov.blocklist": bl.ref, "saegov.sae_id": str(sae.id), "saegov.built_by": actor}) as tr:
+        tr.log_params({"blocklist": bl.ref, "sae": sae.ref, "base_model_hash": base_hash})
+        tr.log_artifacts(folder / SAEGOV_DIR, SAEGOV_DIR)
+        return tr.register_model_version(f"deployment-{bl.name}", SAEGOV_DIR, alias="production",
+                                         tags={"saegov.blocklist": bl.ref})
+
+
+def read_manifest(path: Path) -> tuple[Manifest, bytes]:
+    mpath = path / MANIFEST
+    if not mpath.is_file():
+        raise DeploymentError(f"{path} is not a saegov deployment (no {MANIFEST})")
+    raw = mpath.read_bytes()
+    try:
+        return Manifest.model_validate_json(raw), raw
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise DeploymentError(f"{MANIFEST}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+
+
+def verify_deployment(path: str | Path, store: Any | None = None, check_registry: bool = True,
+                      trusted_key: str | None = None) -> VerifiedDeployment:
+    """Check every hash, the signature, and (when a registry is given or reachable) the approvals."""
+    path = Path(path)
+    manifest, raw = read_manifest(path)
+    p = manifest.payload
+    message = canonical_json(p.model_dump(mode="json")).encode()
+    if not signing.verify(manifest.signature.public_key, message, manifest.signature.value):
+        raise DeploymentError(f"{MANIFEST}: signature does not match its contents")
+    if trusted_key is not None and manifest.signature.public_key != trusted_key:
+        raise DeploymentError(f"{MANIFEST}: signed by key {manifest.signature.public_key[:16]}..., not the trusted key")
+    actual = _hash_tree(path)
+    for rel, digest in p.files.items():
+        if rel not in actual:
+            raise DeploymentError(f"file {rel} is missing")
+        if actual[rel] != digest:
+            raise DeploymentError(f"file {rel} was modified (sha256 mismatch)")
+    extra = sorted(set(actual) - set(p.files))
+    if extra:
+        raise DeploymentError(f"file {extra[0]} is not in the manifest")
+    blocklist = BlocklistSpec.model_validate_json((path / SAEGOV_DIR / "blocklist.json").read_text())
+    result = VerifiedDeployment(path=path, manifest=manifest, manifest_sha256=sha256_bytes(raw),
+                                blocklist=blocklist, registry_checked=False)
+    if check_registry:
+        if store is None:
+            store = reachable_store()
+        if store is None:
+            result.notes.append("registry not reachable: approvals not re-checked")
+        else:
+            _check_registry(store, result)
+    return result
+
+
+def reachable_store() -> Any | None:
+    import os
+
+    from governance.tracking import saegov_home
+
+    if not os.environ.get("SAEGOV_DATABASE_URL") and not (saegov_home() / "registry.db").is_file():
+        return None
+    from registry.store import Store
+
+    try:
+        return Store.open()
+    except Exception:  # noqa: BLE001 - an unreachable registry means "not checked", stated in notes
+        return None
+
+
+def _check_registry(store: Any, result: VerifiedDeployment) -> None:
+    from registry.errors import RegistryError
+
+    p = result.manifest.payload
+    name, _, version = p.blocklist.rpartition("@")
+    try:
+        bl = store.get_blocklist(name, int(version))
+    except RegistryError as exc:
+        raise DeploymentError(f"registry does not know blocklist {p.blocklist}: {exc}") from None
+    if bl.content_sha256 != p.blocklist_sha256:
+        raise DeploymentError(f"blocklist {p.blocklist} in the registry differs from the deployment's")
+    for e in bl.entries:
+        if e.mapping_state != "approved":
+            raise DeploymentError(f"approval of mapping {e.mapping_id} ({e.concept}) was {e.mapping_state} "
+                                  f"(review {e.approval_review_id})")
+    if bl.state != "published":
+        raise DeploymentError(f"blocklist {p.blocklist} is {bl.state} in the registry")
+    deployments = [d for d in store.list_deployments() if d.manifest_sha256 == result.manifest_sha256]
+    if not deployments:
+        raise DeploymentError("this deployment's manifest is not recorded in the registry")
+    result.deployment_id = deployments[-1].id
+    result.registry_checked = True
