@@ -26,7 +26,7 @@ _saegov_pg_setup() {
     -o "-p $port -k $pgdata -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50" start >/dev/null
   "${runas[@]}" "$bindir/createdb" -h 127.0.0.1 -p "$port" -U postgres saegov_test
   export SAEGOV_TEST_POSTGRES_URL="postgresql+psycopg://postgres@127.0.0.1:$port/saegov_test"
-  SAEGOV_PG_STOP="${runas[*]} $bindir/pg_ctl -D $pgdata/data -m fast stop"
+  SAEGOV_PG_STOP="${runas[*]} $bindir/pg_ctl -D $pgdata/data -m fast stop; rm -rf $pgdata"
   trap 'eval "$SAEGOV_PG_STOP" >/dev/null 2>&1 || true' EXIT
   echo "postgres.sh: PostgreSQL $("$bindir/postgres" --version | awk '{print $3}') on 127.0.0.1:$port ($pgdata)" >&2
 }
