@@ -1,0 +1,85 @@
+"""On the trained toy world: the features `concept score` selects for a colour fire on images of
+that colour far more than on the other colours.
+
+Pipeline: collect activations of every colour prompt (10 DDIM steps, CFG 9) -> train a small SAE
+(x4, k 8) -> per-timestep statistics of each colour (seed 0) -> top-2 features per timestep ->
+firing of those (timestep, feature) pairs on fresh generations (seed 1000) of each colour's
+prompts, grouped by the prompted colour. Skipped (with the reason) while the trained toy world
+is not installed; the untrained architecture is not expected to separate colours.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+STEPS = 10
+HOOK = "up_blocks.1.attentions.1"
+MIN_RATIO = 3.0
+
+
+def _trained_toy_world() -> Path | None:
+    try:
+        from governance.toyworld.paths import default_pipeline_path, is_trained
+    except ImportError:
+        return None
+    return default_pipeline_path() if is_trained() else None
+
+
+def colour_selectivity(model: str, work: Path, steps: int = STEPS) -> dict[str, float]:
+    """{colour: mean firing of its selected features on its own colour / on the other colours}."""
+    from governance.activations.collect import CollectConfig, collect
+    from governance.basemodel import load_pipeline
+    from governance.concept_stats import ConceptPrompts, collect_concept_stats
+    from governance.sae.data import open_dataset
+    from governance.sae.trainer import TrainConfig, train_sae
+    from governance.scoring import choose_features
+    from governance.toyworld.grammar import COLOURS, SHAPES
+
+    def prompts_of(colour: str) -> tuple[str, ...]:
+        # 4 shapes x (style-free, striped): 8 prompts per colour
+        return tuple(t for s in SHAPES for t in (f"a {colour} {s}", f"a {colour} {s} in striped style"))
+
+    concepts = [ConceptPrompts(c, prompts_of(c)) for c in COLOURS]
+    all_prompts = [p for c in concepts for p in c.prompts]
+    collect(CollectConfig(model=model, hook_point=HOOK, prompts=all_prompts, out=work / "acts", steps=steps,
+                          guidance=9.0, seed=0, prompts_per_shard=16))
+    result = train_sae(open_dataset(work / "acts"),
+                       TrainConfig(expansion_factor=4, k=8, epochs=4, batch_tokens=1024, device="cpu",
+                                   eval_tokens=8192))
+    sae = result.sae.eval()
+    pipe, _ = load_pipeline(model)
+    stats = collect_concept_stats(pipe, sae, HOOK, concepts, steps=steps, guidance=9.0, seed=0)
+    held_out = collect_concept_stats(pipe, sae, HOOK, concepts, steps=steps, guidance=9.0, seed=1000)
+    assert held_out.timesteps == stats.timesteps
+    ratios: dict[str, float] = {}
+    for k, colour in enumerate(stats.names):
+        choices, _ = choose_features(stats.mu, stats.counts, k, stats.timesteps, -1.0, top_n=2)
+        cols = [stats.timesteps.index(c.timestep) for c in choices]
+        feats = [c.feature for c in choices]
+        fire = held_out.mu[:, feats, cols].mean(dim=1)  # [K]: mean over the selected pairs
+        others = torch.cat([fire[:k], fire[k + 1:]]).mean()
+        ratios[colour] = float(fire[k] / others.clamp_min(1e-12))
+    return ratios
+
+
+@pytest.mark.skipif(_trained_toy_world() is None,
+                    reason="the trained toy world is not installed (governance/toyworld/weights); "
+                           "an untrained model has no colour features to find")
+def test_selected_colour_features_fire_on_their_colour(tmp_path: Path) -> None:
+    model = _trained_toy_world()
+    ratios = colour_selectivity(str(model), tmp_path)
+    print("own-colour / other-colours firing ratio:", {c: round(r, 2) for c, r in ratios.items()})
+    assert min(ratios.values()) > MIN_RATIO, ratios
+
+
+if __name__ == "__main__":  # measure on any pipeline folder: python tests/test_toyworld_scoring.py PATH
+    import sys
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    with tempfile.TemporaryDirectory() as d:
+        print(colour_selectivity(sys.argv[1], Path(d)))
