@@ -178,3 +178,17 @@ def test_cli_collect_and_errors(toy_model: Path, tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     summary = json.loads(res.output[res.output.index("{"):])
     assert summary["rows"] == 2 * 2 * 64 and summary["shards"] == "1/1" and summary["complete"] is True
+
+
+def test_second_order_scheduler_every_unet_call_keyed_by_its_timestep(toy_model: Path, tmp_path: Path) -> None:
+    from diffusers import HeunDiscreteScheduler
+
+    from governance.activations.collect import collect_with_pipeline
+    from governance.basemodel import load_pipeline
+
+    pipe, _ = load_pipeline(str(toy_model))
+    pipe.scheduler = HeunDiscreteScheduler.from_config(pipe.scheduler.config)
+    m = collect_with_pipeline(pipe, "ab" * 32, _cfg(toy_model, tmp_path / "heun", prompts=PROMPTS[:1]))
+    # Heun: two UNet calls per step except the first-order first one; no call counting involved.
+    assert m.scheduler_class == "HeunDiscreteScheduler" and m.unet_calls_per_prompt == 5
+    assert m.timesteps == [667, 334, 334, 1, 1] and m.total_rows == 5 * 64
