@@ -162,24 +162,28 @@ class TopKSAE(nn.Module):
         return sae.to(device=device, dtype=dtype or torch.float32)
 
 
-def batch_topk(pre_acts: Tensor, k: int) -> Tensor:
-    """Keep the k*N largest entries of [N, n] (ties broken by topk), zero the rest.
+def batch_topk_indices(flat: Tensor, m: int) -> Tensor:
+    """Flat indices of the m largest entries of `flat` (ties broken by topk).
 
     A full topk over N*n entries is slow on CPU (~0.2 s for 4096 x 1024). Exact shortcut: a
-    lower bound for the k*N-th value from a random sample's quantile (with a safety margin)
-    leaves a small candidate set that still contains all k*N winners; fall back to the full
-    topk when the bound turns out too high."""
-    flat = pre_acts.flatten()
-    m = k * pre_acts.shape[0]
-    if m >= flat.numel():
-        return pre_acts.clone()
+    lower bound for the m-th value from a random sample's quantile (with a safety margin)
+    leaves a small candidate set that still contains all m winners; fall back to the full topk
+    when the bound turns out too high."""
     if flat.numel() > (1 << 16):
         sample = flat[torch.randint(flat.numel(), (1 << 14,), device=flat.device)]
         q = max(0.0, 1.0 - 4.0 * m / flat.numel())  # keep ~4x the needed entries
         lo = torch.quantile(sample.float(), q).to(flat.dtype)
         cand = (flat >= lo).nonzero().squeeze(1)
         if cand.numel() >= m:
-            vals, sub = flat[cand].topk(m, sorted=False)
-            return torch.zeros_like(flat).scatter_(0, cand[sub], vals).view_as(pre_acts)
-    vals, idx = flat.topk(m, sorted=False)
-    return torch.zeros_like(flat).scatter_(0, idx, vals).view_as(pre_acts)
+            return cand[flat[cand].topk(m, sorted=False).indices]
+    return flat.topk(m, sorted=False).indices
+
+
+def batch_topk(pre_acts: Tensor, k: int) -> Tensor:
+    """Keep the k*N largest entries of [N, n], zero the rest (dense)."""
+    flat = pre_acts.flatten()
+    m = k * pre_acts.shape[0]
+    if m >= flat.numel():
+        return pre_acts.clone()
+    idx = batch_topk_indices(flat, m)
+    return torch.zeros_like(flat).scatter_(0, idx, flat[idx]).view_as(pre_acts)

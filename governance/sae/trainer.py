@@ -27,7 +27,7 @@ from torch import Tensor
 
 from governance.sae.config import SaeConfig
 from governance.sae.data import ActivationDataset, iter_batches, read_shard
-from governance.sae.model import TopKSAE, batch_topk
+from governance.sae.model import TopKSAE, batch_topk_indices
 
 REFERENCE_LATENTS = 20_480  # 1280 x 16: the width the reference lr 4e-4 was tuned for
 REFERENCE_DEAD_TOKENS = 10_000_000
@@ -116,10 +116,21 @@ def explained_variance(x: Tensor, x_hat: Tensor) -> Tensor:
 
 def sae_losses(sae: TopKSAE, x: Tensor, dead_mask: Tensor | None, k_aux: int
                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(fvu, auxk, z, x_hat) on one batch with the Batch-TopK rule."""
-    pre = sae.pre_acts(x)
-    z = batch_topk(pre, sae.k)
-    x_hat = sae.decode(z)
+    """(fvu, auxk, active latent ids (one per non-zero activation), x_hat) on one batch with
+    the Batch-TopK rule.
+
+    Sparse in both directions: the top k*N entries are selected on the pre-ReLU encoder output
+    (ReLU is monotone, so the selection is the same) and decoded by gathering their decoder
+    rows; no dense [N, n] code enters autograd, only the selected entries get gradients."""
+    n_tok, n = x.shape[0], sae.n_latents
+    enc = sae.encoder(x.to(sae.W_dec.dtype) - sae.b_dec)
+    flat = enc.flatten()
+    m = min(sae.k * n_tok, flat.numel())
+    with torch.no_grad():
+        idx = batch_topk_indices(flat.detach(), m)
+    vals = torch.relu(flat[idx])
+    rows, cols = idx // n, idx % n
+    x_hat = torch.zeros_like(x).index_add(0, rows, vals[:, None] * sae.W_dec[cols]) + sae.b_dec
     total_var = (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
     loss_fvu = (x_hat - x).pow(2).sum() / total_var
     auxk = x.new_zeros(())
@@ -127,13 +138,14 @@ def sae_losses(sae: TopKSAE, x: Tensor, dead_mask: Tensor | None, k_aux: int
         # Dead latents' top pre-activations (per token) try to explain what the live ones missed;
         # the residual is a target, not a path for gradients into the live latents.
         ka = min(k_aux, n_dead)
-        vals, idx = torch.where(dead_mask[None], pre, float("-inf")).topk(ka, dim=-1, sorted=False)
-        vals = torch.nan_to_num(vals, neginf=0.0).clamp_min(0)
-        e_hat = torch.einsum("nk,nkd->nd", vals, sae.W_dec[idx])
+        pre = torch.relu(enc)
+        dvals, didx = torch.where(dead_mask[None], pre, float("-inf")).topk(ka, dim=-1, sorted=False)
+        dvals = torch.nan_to_num(dvals, neginf=0.0).clamp_min(0)
+        e_hat = torch.einsum("nk,nkd->nd", dvals, sae.W_dec[didx])
         residual = (x - x_hat).detach()
         scale = min(n_dead / k_aux, 1.0)  # fewer dead latents than k_aux: a weaker signal
         auxk = scale * (e_hat - residual).pow(2).sum() / total_var
-    return loss_fvu, auxk, z, x_hat
+    return loss_fvu, auxk, cols[vals.detach() > 0], x_hat
 
 
 # --- distributed ----------------------------------------------------------------------------------
@@ -216,7 +228,7 @@ def train_sae(ds: ActivationDataset, cfg: TrainConfig, on_step: StepCallback | N
             if step == 0:
                 _init_b_dec(sae, x, world)
             dead_mask = since_fired > dead_tokens
-            loss_fvu, auxk, z, x_hat = sae_losses(sae, x, dead_mask, k_aux)
+            loss_fvu, auxk, active, x_hat = sae_losses(sae, x, dead_mask, k_aux)
             loss = loss_fvu + cfg.auxk_alpha * auxk
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -229,7 +241,7 @@ def train_sae(ds: ActivationDataset, cfg: TrainConfig, on_step: StepCallback | N
             sched.step()
             sae.set_decoder_norm_to_unit_norm()
             with torch.no_grad():
-                fired = (z > 0).any(0)
+                fired = torch.bincount(active, minlength=n) > 0
                 if world > 1:
                     fired_i = fired.to(torch.int32)
                     dist.all_reduce(fired_i, op=dist.ReduceOp.MAX)
@@ -242,7 +254,7 @@ def train_sae(ds: ActivationDataset, cfg: TrainConfig, on_step: StepCallback | N
                     m = {
                         "fvu": float(loss_fvu),
                         "auxk_loss": float(auxk),
-                        "l0": float((z > 0).sum(1).float().mean()),
+                        "l0": active.numel() / x.shape[0],
                         "dead_pct": 100.0 * float((since_fired > dead_tokens).float().mean()),
                         "explained_variance": float(explained_variance(x, x_hat)),
                         "lr": cur_lr,
