@@ -246,6 +246,10 @@ def score_concept(store: Any, req: ScoreRequest, actor: str | None,
                                      "max_score": float(scores.max()), "mean_selected_per_timestep": sum(per_t) / len(per_t)})
                 evidence = [{"kind": "mlflow_run", "ref": run_id},
                             {"kind": "score_heatmap", "ref": f"runs:/{run_id}/scoring/{HEATMAP_NAME}", "sha256": heat_sha}]
+            # The generation settings the statistics were made with: a deployment defaults to them.
+            evidence.append({"kind": "scoring_params", "ref": json.dumps(
+                {"guidance": req.guidance, "steps": req.steps, "seed": req.seed, "scheduler": scheduler},
+                sort_keys=True)})
             spec = build_spec(req, scheduler, choices, stats.timesteps, evidence)
             (art / "mapping.json").write_text(json.dumps(spec.to_json_dict(), indent=2, sort_keys=True) + "\n")
             if tracker is not None:

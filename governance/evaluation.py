@@ -1,0 +1,90 @@
+"""UnlearnCanvas-style evaluation on the toy world (SAEURON.md section 5).
+
+For a target concept c of kind K, over the deployment's images:
+- UA  = 1 - accuracy of the K classifier on images whose prompt contains c;
+- IRA = accuracy of the K classifier on images of the other concepts of kind K;
+- CRA = accuracy of every other kind's classifier on the same images.
+An image whose prompt holds another *blocked* concept is left out of the IRA / CRA term that
+concept's kind would judge, so one target's removal never counts against another's retention.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from governance.toyworld.classify import classify
+from governance.toyworld.grammar import ToyPrompt, all_prompts, kind_of
+
+KIND_FIELD = {"colour": "colour", "shape": "shape", "style": "style"}
+
+
+@dataclass
+class Judged:
+    prompt: ToyPrompt
+    seed: int
+    image: np.ndarray
+    colour: str | None
+    shape: str | None
+    style: str | None
+
+    def correct(self, kind: str) -> bool:
+        return getattr(self, kind) == getattr(self.prompt, kind)
+
+
+def judge(images: list[np.ndarray], jobs: list[tuple[ToyPrompt, int]]) -> list[Judged]:
+    out = []
+    for (p, s), img in zip(jobs, images):
+        pred = classify(img)
+        out.append(Judged(p, s, img, pred.colour, pred.shape, pred.style))
+    return out
+
+
+def generate_jobs(pipe: Any, jobs: list[tuple[ToyPrompt, int]], steps: int, guidance: float, batch: int = 32,
+                  progress: Callable[[int, int], None] | None = None) -> list[np.ndarray]:
+    from governance.toyworld.evaluate import generate
+
+    images: list[np.ndarray] = []
+    for i in range(0, len(jobs), batch):
+        chunk = jobs[i:i + batch]
+        images += generate(pipe, [p.text for p, _ in chunk], [s for _, s in chunk], steps, guidance)
+        if progress:
+            progress(len(images), len(jobs))
+    return images
+
+
+def eval_jobs(seeds: tuple[int, ...] = (0, 1)) -> list[tuple[ToyPrompt, int]]:
+    """Styled prompts only, so that every kind can be judged on every image."""
+    return [(p, s) for p in all_prompts(include_style_free=False) for s in seeds]
+
+
+def _acc(items: list[Judged], kind: str) -> float | None:
+    return float(np.mean([j.correct(kind) for j in items])) if items else None
+
+
+def unlearning_metrics(judged: list[Judged], targets: list[str]) -> dict[str, dict[str, Any]]:
+    blocked = set(targets)
+    out: dict[str, dict[str, Any]] = {}
+    for c in targets:
+        kind = kind_of(c)
+        target_imgs = [j for j in judged if getattr(j.prompt, kind) == c]
+        others = [j for j in judged if getattr(j.prompt, kind) != c and getattr(j.prompt, kind) not in blocked]
+        cra_parts = {}
+        for other_kind in KIND_FIELD:
+            if other_kind == kind:
+                continue
+            pool = [j for j in judged if getattr(j.prompt, other_kind) not in blocked]
+            cra_parts[other_kind] = _acc(pool, other_kind)
+        acc_t = _acc(target_imgs, kind)
+        cra_vals = [v for v in cra_parts.values() if v is not None]
+        out[c] = {
+            "kind": kind,
+            "UA": None if acc_t is None else 1.0 - acc_t,
+            "IRA": _acc(others, kind),
+            "CRA": float(np.mean(cra_vals)) if cra_vals else None,
+            "CRA_by_kind": cra_parts,
+            "n_target_images": len(target_imgs),
+            "misses": sorted({f"{j.prompt.text} (seed {j.seed})" for j in target_imgs if j.correct(kind)})[:10],
+        }
+    return out
