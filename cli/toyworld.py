@@ -75,7 +75,12 @@ def eval_cmd(model: Path | None, steps: int | None, guidance: float | None, seed
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     except ValueError:
         raise click.BadParameter(f"not a comma-separated list of integers: {seeds!r}", param_hint="--seeds")
-    pipe = load_pipeline(model)
+    from governance.basemodel import ModelLoadError
+
+    try:
+        pipe = load_pipeline(model)
+    except ModelLoadError as exc:
+        raise click.ClickException(str(exc)) from None
     with stage_progress() as progress:
         res = evaluate(
             pipe, seeds=seed_list, steps=steps or DEFAULT_STEPS,

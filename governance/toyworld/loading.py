@@ -1,26 +1,22 @@
-"""Loads a toy-world (or any SD 1.x) pipeline from a local folder, offline."""
+"""The toy world through the project's one pipeline loader (`governance.basemodel`)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+from governance.basemodel import ModelLoadError, load_pipeline as load_base_pipeline
 
 
-class ToyWorldMissing(RuntimeError):
+class ToyWorldMissing(ModelLoadError):
     pass
 
 
-def load_pipeline(path: Path | str | None = None, dtype=None):  # -> StableDiffusionPipeline
-    import os
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from diffusers import StableDiffusionPipeline
-
+def load_pipeline(path: Path | str | None = None, dtype: Any = None) -> Any:  # -> StableDiffusionPipeline
+    """`path`, or the committed toy world when None."""
     from governance.toyworld.paths import default_pipeline_path, is_trained
 
     if path is None:
         if not is_trained():
             raise ToyWorldMissing(f"no trained toy world at {default_pipeline_path()}")
         path = default_pipeline_path()
-    kwargs = {"torch_dtype": dtype} if dtype is not None else {}
-    pipe = StableDiffusionPipeline.from_pretrained(str(path), safety_checker=None, requires_safety_checker=False, **kwargs)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return load_base_pipeline(str(path), dtype=dtype)[0]
