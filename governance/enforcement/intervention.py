@@ -159,7 +159,8 @@ class Enforcer:
         return tab
 
     # -- the intervention -----------------------------------------------------------------------
-    @torch.no_grad()
+    # No torch.no_grad here: pipelines already sample under no_grad, and the white-box prompt
+    # attack (governance.attack) needs gradients to flow through the intervention.
     def _hook(self, module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> Any:
         x = block_output_map(output)
         b, _, h, w = x.shape
