@@ -39,14 +39,24 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
 
 
+# On load, records on <body> how many <img> the browser actually decoded (`data-images-rendered`),
+# next to the number embedded (`data-images-total`), so a headless browser can check the report.
+_RENDER_CHECK = ("<script>window.addEventListener('load',function(){var n=0;"
+                 "for(var i=0;i<document.images.length;i++){var im=document.images[i];"
+                 "if(im.complete&&im.naturalWidth>0)n++;}"
+                 "document.body.dataset.imagesRendered=String(n);});</script>")
+
+
 def write_report(path: Path, *, title: str, metrics: dict[str, dict[str, Any]],
                  grids: list[tuple[str, np.ndarray, np.ndarray]], heatmaps: list[tuple[str, bytes]],
                  audit: list[dict[str, Any]], facts: dict[str, Any]) -> Path:
     e = html.escape
+    n_images = 2 * len(grids) + len(heatmaps)
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>",
              "<style>body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}img{image-rendering:pixelated}"
-             ".pair{display:flex;gap:2em;align-items:flex-start}</style></head><body>",
+             ".pair{display:flex;gap:2em;align-items:flex-start}</style>",
+             _RENDER_CHECK, f"</head><body data-images-total='{n_images}'>",
              f"<h1>{e(title)}</h1><table>"]
     parts += [f"<tr><th>{e(k)}</th><td>{e(str(v))}</td></tr>" for k, v in facts.items()]
     parts.append("</table><h2>Unlearning metrics (%)</h2><table><tr><th>target</th><th>kind</th><th>UA</th>"
