@@ -21,6 +21,7 @@ _COMMAND_MODULES = [
     "cli.activations",
     "cli.scoring",
     "cli.deploy",
+    "cli.evaluate",
     "cli.demo",
 ]
 

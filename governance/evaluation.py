@@ -54,7 +54,10 @@ def generate_jobs(pipe: Any, jobs: list[tuple[ToyPrompt, int]], steps: int, guid
     return images
 
 
-def eval_jobs(seeds: tuple[int, ...] = (0, 1)) -> list[tuple[ToyPrompt, int]]:
+EVAL_SEEDS: tuple[int, ...] = (0, 1)
+
+
+def eval_jobs(seeds: tuple[int, ...] = EVAL_SEEDS) -> list[tuple[ToyPrompt, int]]:
     """Styled prompts only, so that every kind can be judged on every image."""
     return [(p, s) for p in all_prompts(include_style_free=False) for s in seeds]
 

@@ -187,3 +187,34 @@ def test_cli_bad_inputs_are_one_line_errors(world, tmp_path: Path) -> None:
         assert r.output.strip().count("\n") == 0 and r.output.startswith("error:"), (args, r.output)
         assert "Traceback" not in r.output
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+def test_cli_eval_deployment_report_and_mlflow(world) -> None:
+    """`saegov eval --deployment`: metrics for the blocked concept, a self-contained report with
+    before/after grids, an MLflow run with the metrics (values are meaningless on the untrained
+    pipeline; the plumbing and the bookkeeping are what is checked)."""
+    from mlflow.tracking import MlflowClient
+
+    from governance.tracking import tracking_uri
+
+    dep = _build(world)
+    report = world["tmp"] / "eval.html"
+    r = CliRunner().invoke(saegov, ["eval", "--deployment", str(dep), "--seeds", "3", "--report", str(report), "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["targets"] == ["red"] and out["images"] == 48 and out["seeds"] == [3]
+    m = out["metrics"]["red"]
+    assert m["kind"] == "colour" and m["n_target_images"] == 12
+    for key in ("UA", "IRA", "CRA"):
+        assert 0.0 <= m[key] <= 1.0
+    html = report.read_text()
+    assert html.count("data:image/png;base64,") == 2  # one before/after pair: one target
+    assert "mapping:" in html and "deployment.record" in html  # the deployment's audit trail
+    run = MlflowClient(tracking_uri=tracking_uri()).get_run(out["mlflow_run_id"])
+    assert run.data.metrics["UA.red"] == pytest.approx(100 * m["UA"])
+    assert run.data.params["targets"] == "red"
+
+    bad = CliRunner().invoke(saegov, ["eval", "--deployment", str(world["tmp"] / "nope")])
+    assert bad.exit_code != 0 and bad.output.strip().startswith("error:") and "Traceback" not in bad.output
+    bad = CliRunner().invoke(saegov, ["eval", "--deployment", str(dep), "--seeds", "x"])
+    assert bad.exit_code != 0 and "Traceback" not in bad.output

@@ -1,0 +1,93 @@
+"""`saegov eval --deployment DIR [--attack]`: UA / IRA / CRA of a deployment on the toy world."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cli.common import fail, json_option, print_json, registry_command
+
+
+def _seeds(value: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(s) for s in value.split(",") if s.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}", param_hint="--seeds") from None
+    if not seeds:
+        raise click.BadParameter("give at least one seed", param_hint="--seeds")
+    return seeds
+
+
+def register(root: click.Group) -> None:
+    @root.command("eval")
+    @click.option("--deployment", type=click.Path(path_type=Path), required=True, help="A deployment folder.")
+    @click.option("--seeds", default="0,1", show_default=True, help="Seeds of the evaluation images.")
+    @click.option("--report", type=click.Path(path_type=Path), default=None,
+                  help="HTML report to write (default: $SAEGOV_HOME/reports/eval-<blocklist>.html).")
+    @click.option("--attack", is_flag=True, help="Also run the prompt attack (paraphrases and a white-box "
+                  "embedding attack) and report UA before and after it.")
+    @click.option("--attack-prompts", type=int, default=4, show_default=True,
+                  help="White-box attack: target prompts per concept.")
+    @click.option("--attack-iterations", type=int, default=40, show_default=True)
+    @click.option("--attack-tokens", type=int, default=5, show_default=True)
+    @click.option("--offline", is_flag=True, help="Do not consult the registry (no revocation check, no heatmaps).")
+    @click.option("--no-track", is_flag=True, help="Do not log to MLflow.")
+    @json_option
+    @registry_command
+    def eval_(deployment: Path, seeds: str, report: Path | None, attack: bool, attack_prompts: int,
+              attack_iterations: int, attack_tokens: int, offline: bool, no_track: bool, as_json: bool) -> None:
+        """Measure what a deployment removes and keeps (UnlearnCanvas-style, on the toy world)."""
+        from cli.progress import stage_progress
+        from governance.basemodel import ModelLoadError
+        from governance.deployment_eval import EvalError, evaluate_deployment
+        from governance.enforcement import DeploymentError, EnforcementError
+        from governance.enforcement.deployment import reachable_store
+        from governance.tracking import saegov_home
+
+        seed_list = _seeds(seeds)
+        if not deployment.is_dir():
+            fail(f"no deployment folder at {deployment}")
+        store = None if offline else reachable_store()
+        out = report
+        attack_fn = None
+        if attack:
+            def attack_fn(pipe, targets):  # noqa: ANN001, ANN202 - a closure over the CLI options
+                from governance.attack import attack_unlearning
+
+                return attack_unlearning(pipe, targets, iterations=attack_iterations, n_tokens=attack_tokens,
+                                         max_prompts=attack_prompts, progress=lambda i, n: tick("attack", i, n))
+        try:
+            with stage_progress() as progress:
+                def tick(stage: str, i: int, n: int) -> None:
+                    progress(stage, i, n, {})
+
+                if out is None:
+                    from governance.enforcement.deployment import read_manifest
+
+                    name = read_manifest(deployment)[0].payload.blocklist.replace("@", "-v")
+                    out = saegov_home() / "reports" / f"eval-{name}.html"
+                result = evaluate_deployment(deployment, store=store, seeds=seed_list, report=out,
+                                             track=not no_track, progress=tick, attack=attack_fn)
+        except (EvalError, DeploymentError, EnforcementError, ModelLoadError) as exc:
+            fail(str(exc))
+            return
+        if as_json:
+            print_json(result.summary())
+            return
+        click.echo(f"{result.blocklist}: {len(result.jobs)} images per pass, seeds {','.join(map(str, result.seeds))}")
+        click.echo(f"{'target':10s} {'kind':7s} {'UA':>6s} {'IRA':>6s} {'CRA':>6s}   (before: UA IRA CRA)")
+        for c, m in result.metrics.items():
+            b = result.metrics_before[c]
+            click.echo(f"{c:10s} {m['kind']:7s} {_pct(m['UA'])} {_pct(m['IRA'])} {_pct(m['CRA'])}   "
+                       f"({_pct(b['UA'])} {_pct(b['IRA'])} {_pct(b['CRA'])})")
+        if result.attack:
+            for c, a in result.attack.get("per_concept", {}).items():
+                parts = " ".join(f"{k} {_pct(v)}" for k, v in a.items() if k.startswith("UA") and v is not None)
+                click.echo(f"attack {c:10s} {parts}")
+        if result.mlflow_run_id:
+            click.echo(f"mlflow run: {result.mlflow_run_id}")
+        click.echo(f"report: {result.report}")
+
+
+def _pct(v: float | None) -> str:
+    return "     -" if v is None else f"{100 * v:6.1f}"

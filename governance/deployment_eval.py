@@ -1,0 +1,228 @@
+"""`saegov eval --deployment DIR`: UA / IRA / CRA of a deployment on the toy world, with a report.
+
+The deployment folder is itself a plain diffusers folder, so the "before" pipeline is that folder
+loaded without enforcement: before and after differ only by the blocklist, never by weights.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from governance.evaluation import eval_jobs, generate_jobs, judge, unlearning_metrics
+from governance.toyworld.grammar import ToyPrompt, kind_of
+
+Progress = Callable[[str, int, int], None]
+REPORT_NAME = "report.html"
+
+
+class EvalError(ValueError):
+    """An evaluation request that cannot be honoured; one line for the CLI."""
+
+
+@dataclass
+class DeploymentEval:
+    deployment: str
+    blocklist: str
+    targets: list[str]
+    seeds: tuple[int, ...]
+    steps: int
+    guidance: float
+    jobs: list[tuple[ToyPrompt, int]]
+    before: list[np.ndarray]
+    after: list[np.ndarray]
+    metrics: dict[str, dict[str, Any]]
+    metrics_before: dict[str, dict[str, Any]]
+    report: Path | None = None
+    mlflow_run_id: str | None = None
+    attack: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        keep = ("kind", "UA", "IRA", "CRA", "CRA_by_kind", "n_target_images", "misses")
+        return {
+            "deployment": self.deployment, "blocklist": self.blocklist, "targets": self.targets,
+            "seeds": list(self.seeds), "steps": self.steps, "guidance": self.guidance, "images": len(self.jobs),
+            "metrics": {c: {k: m[k] for k in keep} for c, m in self.metrics.items()},
+            "before": {c: {k: m[k] for k in ("UA", "IRA", "CRA")} for c, m in self.metrics_before.items()},
+            "mean": mean_metrics(self.metrics), "report": str(self.report) if self.report else None,
+            "mlflow_run_id": self.mlflow_run_id, "attack": self.attack,
+        }
+
+
+def mean_metrics(metrics: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for key in ("UA", "IRA", "CRA"):
+        vals = [m[key] for m in metrics.values() if m.get(key) is not None]
+        out[key] = float(np.mean(vals)) if vals else None
+    return out
+
+
+def toy_targets(concepts: list[str]) -> list[str]:
+    """The blocked concepts, refused unless every one is a toy-world concept (the only world with
+    exact classifiers)."""
+    if not concepts:
+        raise EvalError("the deployment blocks no concept: nothing to evaluate")
+    unknown = []
+    for c in concepts:
+        try:
+            kind_of(c)
+        except KeyError:
+            unknown.append(c)
+    if unknown:
+        raise EvalError(f"eval measures on the toy world, whose classifiers do not know {', '.join(map(repr, unknown))}")
+    return list(dict.fromkeys(concepts))
+
+
+def grids_for(targets: list[str], metrics: dict[str, dict[str, Any]], jobs: list[tuple[ToyPrompt, int]],
+              before: list[np.ndarray], after: list[np.ndarray]) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    from governance.report import grid
+
+    out = []
+    for c in targets:
+        kind = metrics[c]["kind"]
+        idx = [i for i, (p, s) in enumerate(jobs) if getattr(p, kind) == c and s == jobs[0][1]]
+        out.append((f"prompts with '{c}' (seed {jobs[0][1]})", grid([before[i] for i in idx], 8),
+                    grid([after[i] for i in idx], 8)))
+    return out
+
+
+def mapping_heatmaps(store: Any, mapping_ids: list[int]) -> list[tuple[str, bytes]]:
+    """Each mapping's score heatmap from its MLflow evidence (verified against its recorded sha256)."""
+    import hashlib
+
+    out = []
+    for mid in mapping_ids:
+        try:
+            m = store.get_mapping(mid)
+        except Exception:  # noqa: BLE001 - a mapping from another registry: no heatmap, not an error
+            continue
+        for ev in m.evidence:
+            if ev.get("kind") != "score_heatmap" or not str(ev.get("ref", "")).startswith("runs:/"):
+                continue
+            try:
+                data = mlflow_artifact_bytes(ev["ref"])
+            except Exception:  # noqa: BLE001 - a missing artifact must not sink the report
+                continue
+            if ev.get("sha256") and hashlib.sha256(data).hexdigest() != ev["sha256"]:
+                continue  # never show evidence that is not the recorded one
+            out.append((f"mapping {m.id}: {m.concept}", data))
+    return out
+
+
+def mlflow_artifact_bytes(ref: str) -> bytes:
+    from mlflow.tracking import MlflowClient
+
+    from governance.tracking import tracking_uri
+
+    run_id, _, artifact = ref[len("runs:/"):].partition("/")
+    with tempfile.TemporaryDirectory() as tmp:
+        local = MlflowClient(tracking_uri=tracking_uri()).download_artifacts(run_id, artifact, tmp)
+        return Path(local).read_bytes()
+
+
+def deployment_audit(store: Any, deployment_id: int | None, mapping_ids: list[int], blocklist: str) -> list[dict[str, Any]]:
+    """The audit events that led to this deployment: its mappings' lifecycle and reviews, its
+    blocklist, its build (subjects `mapping:ID`, `blocklist:NAME...`, `deployment:ID`)."""
+    name = blocklist.partition("@")[0]
+    wanted = {f"mapping:{m}" for m in mapping_ids}
+    if deployment_id is not None:
+        wanted.add(f"deployment:{deployment_id}")
+    events = [e.to_json() for e in store.audit_events()]
+    keep = [e for e in events if e["subject"] in wanted or e["subject"] == f"blocklist:{name}"
+            or e["subject"].startswith(f"blocklist:{name}@")]
+    return keep or events
+
+
+def evaluate_deployment(deployment: Path, *, store: Any | None, seeds: tuple[int, ...] = (0, 1),
+                        report: Path | None = None, track: bool = True, progress: Progress | None = None,
+                        attack: Callable[[Any, list[str]], dict[str, Any]] | None = None) -> DeploymentEval:
+    """Generate the evaluation images without and with the blocklist, judge them, report."""
+    from governance.basemodel import load_pipeline
+    from governance.enforcement import EnforcedStableDiffusionPipeline
+    from governance.enforcement.intervention import enforcer_of
+
+    enforced = EnforcedStableDiffusionPipeline.from_pretrained(deployment, store=store, check_registry=store is not None)
+    enforcer = enforcer_of(enforced)
+    entries = enforcer.blocklist.spec.entries if enforcer else []
+    targets = toy_targets([e.concept for e in entries])
+    payload = enforced.saegov.manifest.payload
+    d = payload.defaults
+    base, _ = load_pipeline(str(deployment))
+    jobs = eval_jobs(seeds)
+    tick = progress or (lambda stage, i, n: None)
+    before = generate_jobs(base, jobs, d.num_inference_steps, d.guidance_scale, progress=lambda i, n: tick("before", i, n))
+    after = generate_jobs(enforced, jobs, d.num_inference_steps, d.guidance_scale, progress=lambda i, n: tick("after", i, n))
+    metrics = unlearning_metrics(judge(after, jobs), targets)
+    metrics_before = unlearning_metrics(judge(before, jobs), targets)
+    result = DeploymentEval(deployment=str(deployment), blocklist=payload.blocklist, targets=targets, seeds=seeds,
+                            steps=d.num_inference_steps, guidance=d.guidance_scale, jobs=jobs, before=before,
+                            after=after, metrics=metrics, metrics_before=metrics_before)
+    if attack is not None:
+        result.attack = attack(enforced, targets)
+    mapping_ids = [e.mapping_id for e in entries if e.mapping_id is not None]
+    if report is not None:
+        result.report = write_eval_report(result, report, store, mapping_ids, enforced.saegov)
+    if track:
+        result.mlflow_run_id = _track(result, payload)
+    return result
+
+
+def write_eval_report(result: DeploymentEval, path: Path, store: Any | None, mapping_ids: list[int],
+                      verified: Any) -> Path:
+    from governance.report import write_report
+
+    p = verified.manifest.payload
+    heatmaps = mapping_heatmaps(store, mapping_ids) if store is not None else []
+    audit = deployment_audit(store, verified.deployment_id, mapping_ids, p.blocklist) if store is not None else []
+    facts: dict[str, Any] = {
+        "deployment": result.deployment, "blocklist": p.blocklist, "built by": p.built_by, "built at": p.built_at,
+        "defaults": json.dumps(p.defaults.model_dump()), "images per pass": len(result.jobs),
+        "seeds": ", ".join(map(str, result.seeds)),
+        "before (no blocklist)": json.dumps({c: {k: None if v is None else round(100 * v, 1) for k, v in m.items()
+                                                  if k in ("UA", "IRA", "CRA")} for c, m in result.metrics_before.items()}),
+    }
+    if result.attack:
+        facts["prompt attack"] = json.dumps(result.attack.get("summary", result.attack), default=str)[:2000]
+    grids = grids_for(result.targets, result.metrics, result.jobs, result.before, result.after)
+    # Written next to the target, then renamed: a failed run never leaves half a report.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    write_report(tmp, title=f"saegov evaluation: {p.blocklist}", metrics=result.metrics, grids=grids,
+                 heatmaps=heatmaps, audit=audit, facts=facts)
+    tmp.replace(path)
+    return path
+
+
+def _track(result: DeploymentEval, payload: Any) -> str:
+    from governance.tracking import Tracker
+
+    with Tracker("evaluation", payload.base_model_hash, run_name=f"eval {payload.blocklist}",
+                 tags={"saegov.blocklist": payload.blocklist, "saegov.deployment": result.deployment}) as tr:
+        tr.log_params({"deployment": result.deployment, "blocklist": payload.blocklist, "seeds": list(result.seeds),
+                       "steps": result.steps, "guidance": result.guidance, "images": len(result.jobs),
+                       "targets": ",".join(result.targets)})
+        metrics: dict[str, float] = {}
+        for c, m in result.metrics.items():
+            for k in ("UA", "IRA", "CRA"):
+                if m[k] is not None:
+                    metrics[f"{k}.{c}"] = 100 * m[k]
+        for k, v in mean_metrics(result.metrics).items():
+            if v is not None:
+                metrics[f"{k}.mean"] = 100 * v
+        if result.attack:
+            for c, a in result.attack.get("per_concept", {}).items():
+                for k, v in a.items():
+                    if isinstance(v, (int, float)) and k.startswith("UA"):
+                        metrics[f"attack.{k}.{c}"] = 100 * float(v)
+        tr.log_metrics(metrics)
+        if result.report is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                (Path(tmp) / REPORT_NAME).write_bytes(result.report.read_bytes())
+                (Path(tmp) / "metrics.json").write_text(json.dumps(result.summary(), indent=2, default=str))
+                tr.log_artifacts(tmp, "evaluation")
+        return tr.run_id
