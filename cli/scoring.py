@@ -1,6 +1,8 @@
 """`saegov concept score NAME --sae ID`: select a concept's SAE features into a draft mapping."""
 from __future__ import annotations
 
+import json
+
 import click
 
 from cli.common import actor_option, fail, json_option, open_store, print_json, registry_command, subgroup
@@ -9,6 +11,7 @@ from cli.common import actor_option, fail, json_option, open_store, print_json, 
 def register(root: click.Group) -> None:
     grp = subgroup(root, "concept", "Concepts (styles, objects, colours ...).")
     grp.add_command(score_cmd)
+    grp.add_command(sweep_cmd)
 
 
 @click.command("score")
@@ -73,3 +76,81 @@ def score_cmd(name: str, sae_ref: str, tau: float | None, top_n: int | None, gam
     if out.skipped_concepts:
         click.echo(f"note: concepts without prompts were left out of the contrast: {', '.join(out.skipped_concepts)}",
                    err=True)
+
+
+def _floats(value: str | None, name: str, cast: type = float) -> list:
+    if not value:
+        return []
+    try:
+        return [cast(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got {value!r}", param_hint=name) from None
+
+
+@click.command("sweep")
+@click.argument("name")
+@click.option("--sae", "sae_ref", required=True, help="SAE version: ID, NAME or NAME@VERSION.")
+@click.option("--taus", default=None, help="Comma-separated percentile thresholds, e.g. 99,99.5,99.9.")
+@click.option("--top-ns", default=None, help="Comma-separated feature counts per timestep (with or instead of --taus).")
+@click.option("--multipliers", default="-1,-5,-10", show_default=True, help="Comma-separated gammas.")
+@click.option("--sweep-seeds", default="100", show_default=True,
+              help="Seeds of the sweep images (never the evaluation seeds 0, 1).")
+@click.option("--steps", type=int, default=50, show_default=True)
+@click.option("--guidance", type=float, default=9.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Statistics: prompt j of every concept uses seed + j.")
+@click.option("--model", default=None, help="Base pipeline (default: the SAE's base model, else the toy world).")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--device", default=None, help="cpu / cuda (default: cuda if available).")
+@click.option("--no-mlflow", is_flag=True, help="Do not record an MLflow run.")
+@actor_option
+@json_option
+@registry_command
+def sweep_cmd(name: str, sae_ref: str, taus: str | None, top_ns: str | None, multipliers: str, sweep_seeds: str,
+              steps: int, guidance: float, seed: int, model: str | None, batch_size: int, device: str | None,
+              no_mlflow: bool, actor: str | None, as_json: bool) -> None:
+    """Pick concept NAME's operating point by measured (UA + IRA) / 2; store it as a draft mapping.
+
+    Every (selection rule, gamma) pair is applied as a one-concept blocklist, sweep images are
+    judged by the toy world's classifiers, and the best pair's features become the mapping, with
+    the whole table as its evidence.
+    """
+    from pydantic import ValidationError
+
+    from cli.activations import _first_line, default_device
+    from cli.progress import stage_progress
+    from governance.basemodel import ModelLoadError
+    from governance.concept_scoring import ScoreRequest, ScoringError, score_concept
+    from governance.concept_sweep import SweepRequest, make_selector
+    from governance.hooks import HookPointError
+    from governance.sae.model import SaeLoadError
+
+    try:
+        sweep = SweepRequest(taus=_floats(taus, "--taus"), top_ns=_floats(top_ns, "--top-ns", int),
+                             multipliers=_floats(multipliers, "--multipliers"),
+                             seeds=tuple(_floats(sweep_seeds, "--sweep-seeds", int)), batch_size=batch_size)
+        req = ScoreRequest(concept=name, sae=sae_ref, top_n=1, gamma=-1.0, steps=steps, guidance=guidance, seed=seed,
+                           model=model, batch_size=batch_size, device=device or default_device(), track=not no_mlflow)
+    except ValidationError as exc:
+        fail(_first_line(exc))
+    store = open_store()
+    try:
+        with stage_progress() as progress:
+            selector = make_selector(sweep, steps=steps, guidance=guidance,
+                                     progress=lambda d, t: progress(f"sweep {name}", d, t, {}))
+            out = score_concept(store, req, actor, progress=lambda d, t: progress(f"statistics {name}", d, t, {}),
+                                selector=selector)
+    except (ScoringError, ModelLoadError, HookPointError, SaeLoadError) as exc:
+        fail(_first_line(exc))
+    m = out.mapping
+    table = next(json.loads(e.ref) for e in out.spec.evidence if e.kind == "sweep")
+    if as_json:
+        print_json({"mapping_id": m.id, "state": m.state, "concept": m.concept, "sae": m.sae_ref,
+                    "n_features": m.n_features, "mlflow_run_id": out.mlflow_run_id, "sweep": table})
+        return
+    click.echo(f"{'rule':>6s} {'value':>7s} {'gamma':>6s} {'UA':>6s} {'IRA':>6s} {'CRA':>6s} {'(UA+IRA)/2':>10s}")
+    for p in table["points"]:
+        mark = " <- chosen" if p == table["chosen"] else ""
+        click.echo(f"{p['rule']:>6s} {p['value']:7g} {p['gamma']:6g} {100 * p['UA']:6.1f} {100 * p['IRA']:6.1f} "
+                   f"{100 * p['CRA']:6.1f} {100 * p['objective']:10.1f}{mark}")
+    click.echo(f"draft mapping {m.id}: concept {m.concept!r} on SAE {m.sae_ref}, {m.n_features} entries"
+               + (f"; MLflow run {out.mlflow_run_id}" if out.mlflow_run_id else ""))

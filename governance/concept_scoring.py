@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -187,8 +187,26 @@ def _render_heatmap_pil(path: Path, data: Any, rows: list[int], timesteps: list[
     Image.fromarray(img).save(path)
 
 
+@dataclass
+class Selected:
+    """What an operating-point search decided, and its evidence."""
+
+    tau: float | None = None
+    top_n: int | None = None
+    gamma: float = -1.0
+    evidence: list[dict[str, Any]] = field(default_factory=list)  # extra EvidenceRef dicts
+    artifacts: dict[str, bytes] = field(default_factory=dict)  # extra files of the MLflow run
+    metrics: dict[str, float] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+# (pipe, sae, hook point, statistics, concept kind) -> the chosen operating point
+Selector = Callable[[Any, Any, str, ConceptStats, str], Selected]
+
+
 def score_concept(store: Any, req: ScoreRequest, actor: str | None,
-                  progress: Callable[[int, int], None] | None = None) -> ScoreOutcome:
+                  progress: Callable[[int, int], None] | None = None,
+                  selector: Selector | None = None) -> ScoreOutcome:
     """Score `req.concept` against the other concepts of its kind and store a draft mapping."""
     from governance.basemodel import load_pipeline, model_folder_hash
     from governance.sae.model import TopKSAE
@@ -211,8 +229,16 @@ def score_concept(store: Any, req: ScoreRequest, actor: str | None,
     stats = collect_concept_stats(pipe, sae, sae_rec.hook_point, concepts, steps=req.steps,
                                   guidance=req.guidance, seed=req.seed, batch_size=req.batch_size,
                                   progress=progress)
-    choices, scores = choose_features(stats.mu, stats.counts, 0, stats.timesteps, req.gamma,
-                                      tau=req.tau, top_n=req.top_n)
+    extra = Selected()
+    if selector is None:
+        choices, scores = choose_features(stats.mu, stats.counts, 0, stats.timesteps, req.gamma,
+                                          tau=req.tau, top_n=req.top_n)
+    else:
+        # An operating-point search (concept sweep): it picks the rule and gamma from evidence.
+        extra = selector(pipe, sae, sae_rec.hook_point, stats, target.kind)
+        req = req.model_copy(update={"tau": extra.tau, "top_n": extra.top_n, "gamma": extra.gamma})
+        choices, scores = choose_features(stats.mu, stats.counts, 0, stats.timesteps, req.gamma,
+                                          tau=req.tau, top_n=req.top_n)
     scheduler = type(pipe.scheduler).__name__
     params = {
         "request": req.model_dump(mode="json"), "base_model": model, "base_model_hash": model_hash,
@@ -222,6 +248,7 @@ def score_concept(store: Any, req: ScoreRequest, actor: str | None,
         "contrast_concepts": ",".join(c.name for c in concepts[1:]), "skipped_concepts": ",".join(skipped),
         "scheduler": scheduler, "scheduler_config": json.dumps(dict(pipe.scheduler.config), default=str),
         "timesteps": len(stats.timesteps),
+        **extra.params,
     }
     evidence: list[dict[str, Any]] = []
     run_id = heat_sha = None
@@ -243,10 +270,14 @@ def score_concept(store: Any, req: ScoreRequest, actor: str | None,
                 tracker.log_params(params)
                 per_t = [sum(1 for c in choices if c.timestep == t) for t in stats.timesteps]
                 tracker.log_metrics({"n_selected": len(choices), "n_unique_features": len({c.feature for c in choices}),
-                                     "max_score": float(scores.max()), "mean_selected_per_timestep": sum(per_t) / len(per_t)})
+                                     "max_score": float(scores.max()), "mean_selected_per_timestep": sum(per_t) / len(per_t),
+                                     **extra.metrics})
                 evidence = [{"kind": "mlflow_run", "ref": run_id},
                             {"kind": "score_heatmap", "ref": f"runs:/{run_id}/scoring/{HEATMAP_NAME}", "sha256": heat_sha}]
             # The generation settings the statistics were made with: a deployment defaults to them.
+            for name, data in extra.artifacts.items():
+                (art / name).write_bytes(data)
+            evidence += extra.evidence
             evidence.append({"kind": "scoring_params", "ref": json.dumps(
                 {"guidance": req.guidance, "steps": req.steps, "seed": req.seed, "scheduler": scheduler},
                 sort_keys=True)})

@@ -156,3 +156,48 @@ def test_cli_errors_are_one_line(workspace: tuple[Store, Path], toy_model: Path)
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert out["state"] == "draft" and out["n_features"] == 1 and out["concept"] == "blue"
+
+
+def test_concept_sweep_picks_the_best_measured_point(workspace: tuple[Store, Path], toy_model: Path) -> None:  # noqa: F811
+    """Every (rule, gamma) point is measured on sweep images; the mapping is the argmax of
+    (UA + IRA) / 2 and carries the whole table as evidence (also in its MLflow run)."""
+    from mlflow.tracking import MlflowClient
+
+    from governance.concept_sweep import SWEEP_NAME, best_point, SweepPoint, sweep_jobs
+    from governance.evaluation import eval_jobs
+    from governance.tracking import tracking_uri
+
+    store, tmp = workspace
+    r = CliRunner().invoke(saegov_cli(), ["concept", "sweep", "red", "--sae", "toy-sae", "--top-ns", "1,4",
+                                          "--multipliers", "-1,-30", "--steps", "2", "--model", str(toy_model),
+                                          "--actor", "erin", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    table = out["sweep"]
+    assert len(table["points"]) == 4 and table["images_per_point"] == 16
+    points = [SweepPoint(**p) for p in table["points"]]
+    for p in points:
+        assert p.objective == pytest.approx((p.UA + p.IRA) / 2)
+    chosen = best_point(points)
+    assert table["chosen"] == out["sweep"]["chosen"] and SweepPoint(**table["chosen"]) == chosen
+    m = store.get_mapping(out["mapping_id"])
+    assert m.state == "draft" and m.selection_rule == "top_n" and m.top_n == int(chosen.value)
+    assert m.gamma == chosen.gamma
+    assert {len(es) for es in m.timesteps.values()} == {int(chosen.value)}
+    assert [e for e in m.evidence if e["kind"] == "sweep"][0]["ref"] == json.dumps(table, sort_keys=True)
+    local = MlflowClient(tracking_uri()).download_artifacts(out["mlflow_run_id"], "scoring", str(tmp / "dl"))
+    assert json.loads((Path(local) / SWEEP_NAME).read_text()) == table
+
+    # Sweep images never coincide with evaluation images.
+    evaluated = {(p.text, s) for p, s in eval_jobs()}
+    for concept in ("red", "circle", "dotted"):
+        assert not {(p.text, s) for p, s in sweep_jobs(concept, (100,))} & evaluated
+    bad = CliRunner().invoke(saegov_cli(), ["concept", "sweep", "red", "--sae", "toy-sae", "--top-ns", "1",
+                                            "--sweep-seeds", "0", "--actor", "erin"])
+    assert bad.exit_code != 0 and bad.output.startswith("error:") and "evaluation seeds" in bad.output
+
+
+def saegov_cli():
+    from cli.main import saegov
+
+    return saegov

@@ -1,0 +1,145 @@
+"""`concept sweep`: pick a concept's operating point (selection rule x gamma) from measured effect.
+
+SAEURON.md section 3: objects were tuned per concept by a grid over tau x gamma maximising
+(UA + IRA) / 2 on held-out sweep prompts. Here each grid point is applied to the base pipeline as
+a one-concept blocklist, sweep images are generated and judged by the toy world's exact
+classifiers, and the best point becomes the draft mapping; the whole table is its evidence.
+
+Sweep images never overlap the evaluation images (`governance.evaluation.eval_jobs`: styled
+prompts, seeds 0 and 1): colours and shapes are swept on the style-free wording ("a red circle"),
+which evaluation never uses; styles, which only the styled wording can ask for, on other seeds.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from governance.concept_scoring import ScoringError, Selected
+from governance.concept_stats import ConceptStats
+from governance.evaluation import EVAL_SEEDS, generate_jobs, judge, unlearning_metrics
+from governance.scoring import FeatureChoice, choose_features
+from governance.toyworld.grammar import ToyPrompt, all_prompts, kind_of
+
+SWEEP_NAME = "sweep.json"
+Progress = Callable[[int, int], None]  # (images done, images total)
+
+
+class SweepRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    taus: list[float] = Field(default_factory=list)
+    top_ns: list[int] = Field(default_factory=list)
+    multipliers: list[float] = Field(min_length=1)
+    seeds: tuple[int, ...] = (100,)
+    batch_size: int = Field(default=32, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> SweepRequest:
+        if not self.taus and not self.top_ns:
+            raise ValueError("give at least one --taus or --top-ns value")
+        if any(not 0 < t < 100 for t in self.taus):
+            raise ValueError("every tau must lie in (0, 100)")
+        if any(n <= 0 for n in self.top_ns):
+            raise ValueError("every top-n must be positive")
+        if set(self.seeds) & set(EVAL_SEEDS):
+            raise ValueError(f"sweep seeds must differ from the evaluation seeds {EVAL_SEEDS}")
+        return self
+
+    def rules(self) -> list[tuple[str, float]]:
+        return [("tau", t) for t in self.taus] + [("top_n", n) for n in self.top_ns]
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    rule: str
+    value: float
+    gamma: float
+    UA: float
+    IRA: float
+    CRA: float
+    objective: float
+    n_entries: int
+    n_features: int
+
+
+def sweep_jobs(concept: str, seeds: tuple[int, ...]) -> list[tuple[ToyPrompt, int]]:
+    kind = kind_of(concept)
+    prompts = [p for p in all_prompts() if (p.style is None) == (kind != "style")]
+    return [(p, s) for p in prompts for s in seeds]
+
+
+def best_point(points: list[SweepPoint]) -> SweepPoint:
+    """Highest (UA + IRA) / 2; ties go to higher CRA, then to the fewest features touched."""
+    return max(points, key=lambda p: (round(p.objective, 9), round(p.CRA, 9), -p.n_entries, -abs(p.gamma)))
+
+
+def _blocklist_for(concept: str, kind: str, hook: str, gamma: float, choices: list[FeatureChoice],
+                   timesteps: list[int], scheduler: str, steps: int) -> Any:
+    from governance.enforcement.spec import BlockedConcept, BlocklistSpec, SaeRef
+    from registry.schemas import FeatureEntry
+
+    per_t: dict[int, list[FeatureEntry]] = {t: [] for t in timesteps}
+    for c in choices:
+        per_t[c.timestep].append(FeatureEntry(feature=c.feature, score=c.score, scale=c.scale, gate=c.gate))
+    entry = BlockedConcept(concept=concept, kind=kind, gamma=gamma, scheduler=scheduler, num_steps=steps,
+                           timesteps=per_t)
+    return BlocklistSpec(name="sweep", sae=SaeRef(hook_point=hook), entries=[entry])
+
+
+def make_selector(sweep: SweepRequest, *, steps: int, guidance: float,
+                  progress: Progress | None = None) -> Callable[[Any, Any, str, ConceptStats, str], Selected]:
+    def select(pipe: Any, sae: Any, hook: str, stats: ConceptStats, kind: str) -> Selected:
+        from governance.enforcement.intervention import Blocklist, apply_blocklist, remove_blocklist
+
+        concept = stats.names[0]
+        try:
+            kind_of(concept)
+        except KeyError:
+            raise ScoringError(f"sweep measures on the toy world, whose classifiers do not know {concept!r}") from None
+        jobs = sweep_jobs(concept, sweep.seeds)
+        grid = [(r, v, g) for r, v in sweep.rules() for g in sweep.multipliers]
+        total, done = len(grid) * len(jobs), 0
+        scheduler = type(pipe.scheduler).__name__
+        points: list[SweepPoint] = []
+        for rule, value, gamma in grid:
+            kwargs = {"tau": value} if rule == "tau" else {"top_n": int(value)}
+            try:
+                choices, _ = choose_features(stats.mu, stats.counts, 0, stats.timesteps, gamma, **kwargs)
+            except ValueError as exc:
+                raise ScoringError(f"sweep point {rule}={value}: {exc}") from None
+            spec = _blocklist_for(concept, kind_of(concept), hook, gamma, choices, stats.timesteps, scheduler, steps)
+            apply_blocklist(pipe, Blocklist(spec=spec, sae=sae))
+            try:
+                base = done
+                images = generate_jobs(pipe, jobs, steps, guidance, batch=sweep.batch_size,
+                                       progress=(lambda i, n: progress(base + i, total)) if progress else None)
+            finally:
+                remove_blocklist(pipe)
+            done += len(jobs)
+            m = unlearning_metrics(judge(images, jobs), [concept])[concept]
+            ua, ira, cra = (float(m[k]) if m[k] is not None else 0.0 for k in ("UA", "IRA", "CRA"))
+            points.append(SweepPoint(rule, value, gamma, ua, ira, cra, (ua + ira) / 2, len(choices),
+                                     len({c.feature for c in choices})))
+        best = best_point(points)
+        table = {"format": "saegov.sweep/v1", "objective": "(UA + IRA) / 2", "seeds": list(sweep.seeds),
+                 "images_per_point": len(jobs),
+                 "prompts": "style-free wording" if kind_of(concept) != "style" else "styled wording, sweep seeds",
+                 "chosen": asdict(best), "points": [asdict(p) for p in points]}
+        text = json.dumps(table, sort_keys=True)
+        return Selected(
+            tau=best.value if best.rule == "tau" else None,
+            top_n=int(best.value) if best.rule == "top_n" else None,
+            gamma=best.gamma,
+            evidence=[{"kind": "sweep", "ref": text}],
+            artifacts={SWEEP_NAME: (json.dumps(table, indent=2, sort_keys=True) + "\n").encode()},
+            metrics={"sweep.UA": best.UA, "sweep.IRA": best.IRA, "sweep.CRA": best.CRA,
+                     "sweep.objective": best.objective, "sweep.points": float(len(points))},
+            params={"sweep": {"taus": sweep.taus, "top_ns": sweep.top_ns, "multipliers": sweep.multipliers,
+                              "seeds": list(sweep.seeds)}},
+        )
+
+    return select
