@@ -6,7 +6,9 @@ For each UNet call, on the hooked block's output (both CFG halves, every token):
     z'_i = z_i * s_i  where z_i > g_i (i in F_t), else z_i
     out  = x + (z' - z) W_dec                               faithful: the SAE's error is kept
 
-Only the selected features' decoder rows are used (a sparse update). The reference code's
+Only the selected features' decoder rows are used (a sparse update), and only their TopK
+membership is needed: each is compared with its token's k-th largest pre-activation (ties go to
+the lower feature index), so no TopK indices are built. The reference code's
 `x_hat' + (x_hat - x)` (which is `2 x_hat - x` when nothing fires) is available only as the
 explicit `error_mode="reference"`.
 
@@ -163,46 +165,40 @@ class Enforcer:
     # attack (governance.attack) needs gradients to flow through the intervention.
     def _hook(self, module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> Any:
         x = block_output_map(output)
-        b, _, h, w = x.shape
+        b, c, h, w = x.shape
         timesteps = self.reader.current
         if timesteps is None or timesteps.numel() != b:
             raise EnforcementError("enforcement hook ran without the UNet's timestep (is the pre-hook attached?)")
         per_sample = h * w
-        tokens = to_tokens(x).to(self.sae.W_dec.dtype)
+        steps = [int(t) for t in timesteps.flatten().tolist()]
+        if all(t == steps[0] for t in steps):
+            groups: list[tuple[int, list[int] | None]] = [(steps[0], None)]  # the common case: all tokens
+        else:
+            groups = [(t, [i for i, s in enumerate(steps) if s == t]) for t in sorted(set(steps))]
+        tokens: torch.Tensor | None = None
         new_tokens: torch.Tensor | None = None
-        for t in torch.unique(timesteps).tolist():
-            tab = self.table(int(t))
-            record = CallRecord(timestep=int(t), scored_timesteps=tab.scored)
+        for t, samples in groups:
+            tab = self.table(t)
+            record = CallRecord(timestep=t, scored_timesteps=tab.scored)
             self.calls.append(record)
-            if tab.features.numel() == 0:
-                if self.error_mode == "faithful":
-                    continue
-            samples = (timesteps == t).nonzero().flatten().tolist()
-            rows = torch.cat([torch.arange(s * per_sample, (s + 1) * per_sample) for s in samples])
-            xs = tokens[rows]
-            pre = self.sae.pre_acts(xs)
-            vals, idx = pre.topk(self.sae.k, dim=-1, sorted=False)
-            delta = None
-            if tab.features.numel():
-                member = (idx.unsqueeze(-1) == tab.features.view(1, 1, -1))  # [N, k, F]
-                z_f = (vals.unsqueeze(-1) * member).sum(dim=1)  # [N, F]: 0 where not in the TopK
-                fire = (z_f > tab.gates) & (z_f > 0)
-                if bool(fire.any()):
-                    z_new = torch.where(fire, z_f * tab.scales, z_f)
-                    delta = (z_new - z_f) @ tab.w_dec
-                    self._record(record, fire, samples, per_sample, tab)
-            if self.error_mode == "reference":
-                # Reference code: x_hat' + (x_hat - x) = 2 x_hat - x + (z' - z) W_dec.
-                z = torch.zeros_like(pre).scatter_(-1, idx, vals)
-                x_hat = self.sae.decode(z)
-                out_rows = 2 * x_hat - xs + (delta if delta is not None else 0)
-            elif delta is None:
+            if tab.features.numel() == 0 and self.error_mode == "faithful":
                 continue
+            if tokens is None:
+                tokens = to_tokens(x).to(self.sae.W_dec.dtype)
+            if samples is None:
+                xs = tokens
             else:
-                out_rows = xs + delta
-            if new_tokens is None:
-                new_tokens = tokens.clone()
-            new_tokens[rows] = out_rows
+                sel = torch.tensor(samples, dtype=torch.int64, device=tokens.device)
+                xs = tokens.reshape(b, per_sample, c).index_select(0, sel).reshape(-1, c)
+            out_rows = self._apply(xs, tab, record, samples, per_sample)
+            if out_rows is None:
+                continue
+            if samples is None:
+                new_tokens = out_rows
+            else:  # out of place: fine for autograd
+                base = tokens if new_tokens is None else new_tokens
+                new_tokens = base.reshape(b, per_sample, c).index_copy(
+                    0, sel, out_rows.reshape(len(samples), per_sample, c)).reshape(-1, c)
         if new_tokens is None:
             return None  # nothing fired: the block's output is left untouched, bit for bit
         new_map = from_tokens(new_tokens.to(x.dtype), b, h, w)
@@ -213,19 +209,98 @@ class Enforcer:
             return output
         return new_map
 
-    def _record(self, record: CallRecord, fire: torch.Tensor, samples: list[int], per_sample: int, tab: _Table) -> None:
-        per_token_sample = torch.tensor(samples).repeat_interleave(per_sample)
+    def _apply(self, xs: torch.Tensor, tab: _Table, record: CallRecord, samples: list[int] | None,
+               per_sample: int) -> torch.Tensor | None:
+        """The new token rows for the tokens `xs` of one timestep, or None where they stay as they are."""
+        delta = None
+        if self.error_mode == "reference":
+            pre = self.sae.pre_acts(xs)
+            vals, idx = pre.topk(self.sae.k, dim=-1, sorted=False)
+            z = torch.zeros_like(pre).scatter(-1, idx, vals)
+            z_f = z.index_select(1, tab.features)  # [N, F]: 0 where not in the TopK
+            fire = (z_f > tab.gates) & (z_f > 0)
+        else:
+            # TopKSAE.pre_acts without its ReLU: y [N, n]; the pre-activations are relu(y). Only
+            # the selected columns are ReLU'd (and carry the gradient); the TopK test needs just
+            # each token's k-th largest y, as relu is monotone.
+            y = self.sae.encoder(xs - self.sae.b_dec)  # xs is already in the SAE's dtype
+            z_f = torch.relu(y.index_select(1, tab.features))  # [N, F] = pre_acts(xs)[:, features]
+            fire = (z_f > tab.gates) & (z_f > 0)  # the candidates, before the TopK test
+            fire = self._in_topk(y.detach(), z_f.detach(), fire, tab.features)
+        if fire is not None and bool(fire.any()):
+            z_new = torch.where(fire, z_f * tab.scales, z_f)
+            delta = (z_new - z_f) @ tab.w_dec
+            self._record(record, fire, samples, per_sample, tab)
+        if self.error_mode == "reference":
+            # Reference code: x_hat' + (x_hat - x) = 2 x_hat - x + (z' - z) W_dec.
+            x_hat = self.sae.decode(z)
+            return 2 * x_hat - xs + (delta if delta is not None else 0)
+        return None if delta is None else xs + delta
+
+    def _in_topk(self, y: torch.Tensor, z_f: torch.Tensor, cand: torch.Tensor,
+                 features: torch.Tensor) -> torch.Tensor | None:
+        """`cand` [N, F] restricted to the (token, feature) pairs whose feature is in the token's
+        per-token TopK of relu(y); None if no candidate is. `y` and `z_f` carry no gradient.
+
+        Feature i with value v is in the TopK of its token iff fewer than k of the token's
+        pre-activations rank above it: those > v (NaN ranks highest, as in torch.topk) and, among
+        those equal to v, those with a lower feature index (ties go to the lower index; torch.topk
+        leaves that unspecified). With T the token's k-th largest pre-activation: v > T is in,
+        v < T is out, and only v == T needs counting. No [N, k, F] tensor, no TopK indices, and T
+        only for the tokens with a candidate.
+        """
+        pairs = cand.nonzero()
+        if pairs.shape[0] == 0:
+            return None
+        tok, col = pairs[:, 0], pairs[:, 1]  # row-major: tok is sorted
+        v = z_f[tok, col]  # [P]
+        rows, inverse = torch.unique_consecutive(tok, return_inverse=True)
+        kth = torch.relu(self._kth_largest(y, None if rows.numel() == y.shape[0] else rows))[inverse]
+        keep = v > kth
+        tied = (v == kth).nonzero().flatten()
+        if tied.numel():
+            r, vt = torch.relu(y.index_select(0, tok[tied])), v[tied]
+            n = r.shape[1]
+            above = n - (r <= vt[:, None]).sum(-1)  # strictly above, NaN included
+            lower = torch.arange(n, device=r.device).view(1, -1) < features[col[tied]].view(-1, 1)
+            before = ((r == vt[:, None]) & lower).sum(-1)  # equal, with a lower feature index
+            keep[tied] = above + before < self.sae.k
+        fire = torch.zeros_like(cand)
+        fire[tok[keep], col[keep]] = True
+        return fire
+
+    def _kth_largest(self, y: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+        """The k-th largest value of each row of `y` [M, n] (or of its `rows`); NaN ranks highest."""
+        n = y.shape[1]
+        k = min(self.sae.k, n)
+        if y.device.type == "cpu" and y.dtype in (torch.float32, torch.float64):
+            # numpy's introselect (np.partition) is several times faster than torch.topk on CPU.
+            # It runs on -y with the k-th smallest as the pivot, which stays fast on rows with many
+            # equal values (on +y with n-k as the pivot it did not). numpy sorts NaN last, so rows
+            # with NaN are left to torch.topk: a NaN makes the sum NaN (a false alarm only costs time).
+            neg = torch.neg(y) if rows is None else y.index_select(0, rows).neg_()
+            if not bool(torch.isnan(neg.sum())):
+                a = neg.numpy()
+                a.partition(k - 1, axis=-1)
+                return torch.from_numpy(-a[:, k - 1])
+        sub = y if rows is None else y.index_select(0, rows)
+        return sub.topk(k, dim=-1, sorted=True).values[:, -1]
+
+    def _record(self, record: CallRecord, fire: torch.Tensor, samples: list[int] | None, per_sample: int,
+                tab: _Table) -> None:
+        entries = self.blocklist.spec.entries
         for j in fire.any(dim=0).nonzero().flatten().tolist():
-            entry = self.blocklist.spec.entries[tab.owners[j]]
-            fired_rows = fire[:, j]
+            entry = entries[tab.owners[j]]
+            fired_rows = fire[:, j].nonzero().flatten()
+            local = sorted(set((fired_rows // per_sample).tolist()))
             record.fired.append({
                 "feature": int(tab.features[j]),
                 "concept": entry.concept,
                 "mapping_id": entry.mapping_id,
                 "approval_review_id": entry.approval.review_id,
                 "scored_timestep": tab.scored[tab.owners[j]],
-                "tokens": int(fired_rows.sum()),
-                "samples": sorted(set(per_token_sample[fired_rows].tolist())),
+                "tokens": int(fired_rows.numel()),
+                "samples": local if samples is None else [samples[i] for i in local],
             })
 
 
