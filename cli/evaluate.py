@@ -54,8 +54,11 @@ def register(root: click.Group) -> None:
             def attack_fn(pipe, targets):  # noqa: ANN001, ANN202 - a closure over the CLI options
                 from governance.attack import attack_unlearning
 
-                return attack_unlearning(pipe, targets, iterations=attack_iterations, n_tokens=attack_tokens,
-                                         max_prompts=attack_prompts, progress=lambda i, n: tick("attack", i, n))
+                d = pipe.saegov.manifest.payload.defaults
+                return attack_unlearning(pipe, targets, seeds=seed_list, steps=d.num_inference_steps,
+                                         guidance=d.guidance_scale, iterations=attack_iterations,
+                                         n_tokens=attack_tokens, max_prompts=attack_prompts,
+                                         progress=lambda stage, i, n: tick(f"attack {stage}", i, n))
         try:
             with stage_progress() as progress:
                 def tick(stage: str, i: int, n: int) -> None:
@@ -81,7 +84,7 @@ def register(root: click.Group) -> None:
             click.echo(f"{c:10s} {m['kind']:7s} {_pct(m['UA'])} {_pct(m['IRA'])} {_pct(m['CRA'])}   "
                        f"({_pct(b['UA'])} {_pct(b['IRA'])} {_pct(b['CRA'])})")
         if result.attack:
-            for c, a in result.attack.get("per_concept", {}).items():
+            for c, a in result.attack["summary"].items():
                 parts = " ".join(f"{k} {_pct(v)}" for k, v in a.items() if k.startswith("UA") and v is not None)
                 click.echo(f"attack {c:10s} {parts}")
         if result.mlflow_run_id:

@@ -163,7 +163,10 @@ def evaluate_deployment(deployment: Path, *, store: Any | None, seeds: tuple[int
                             steps=d.num_inference_steps, guidance=d.guidance_scale, jobs=jobs, before=before,
                             after=after, metrics=metrics, metrics_before=metrics_before)
     if attack is not None:
-        result.attack = attack(enforced, targets)
+        per_concept = attack(enforced, targets)
+        summary = {c: {k: a.get(k) for k in ("UA_no_attack", "UA_paraphrase", "UA_whitebox", "n_paraphrase", "n_whitebox")}
+                   for c, a in per_concept.items()}
+        result.attack = {"summary": summary, "per_concept": per_concept}
     mapping_ids = [e.mapping_id for e in entries if e.mapping_id is not None]
     if report is not None:
         result.report = write_eval_report(result, report, store, mapping_ids, enforced.saegov)
@@ -187,7 +190,7 @@ def write_eval_report(result: DeploymentEval, path: Path, store: Any | None, map
                                                   if k in ("UA", "IRA", "CRA")} for c, m in result.metrics_before.items()}),
     }
     if result.attack:
-        facts["prompt attack"] = json.dumps(result.attack.get("summary", result.attack), default=str)[:2000]
+        facts["prompt attack (UA)"] = json.dumps(result.attack["summary"], default=str)
     grids = grids_for(result.targets, result.metrics, result.jobs, result.before, result.after)
     # Written next to the target, then renamed: a failed run never leaves half a report.
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -215,7 +218,7 @@ def _track(result: DeploymentEval, payload: Any) -> str:
             if v is not None:
                 metrics[f"{k}.mean"] = 100 * v
         if result.attack:
-            for c, a in result.attack.get("per_concept", {}).items():
+            for c, a in result.attack["summary"].items():
                 for k, v in a.items():
                     if isinstance(v, (int, float)) and k.startswith("UA"):
                         metrics[f"attack.{k}.{c}"] = 100 * float(v)

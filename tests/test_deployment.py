@@ -218,3 +218,18 @@ def test_cli_eval_deployment_report_and_mlflow(world) -> None:
     assert bad.exit_code != 0 and bad.output.strip().startswith("error:") and "Traceback" not in bad.output
     bad = CliRunner().invoke(saegov, ["eval", "--deployment", str(dep), "--seeds", "x"])
     assert bad.exit_code != 0 and "Traceback" not in bad.output
+
+
+def test_cli_eval_attack_reports_ua_before_and_after(world) -> None:
+    dep = _build(world)
+    r = CliRunner().invoke(saegov, ["eval", "--deployment", str(dep), "--seeds", "3", "--attack", "--attack-prompts", "1",
+                                    "--attack-iterations", "2", "--no-track", "--json",
+                                    "--report", str(world["tmp"] / "a.html")])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    summary = out["attack"]["summary"]["red"]
+    assert summary["n_whitebox"] == 1 and summary["n_paraphrase"] > 0
+    for key in ("UA_no_attack", "UA_paraphrase", "UA_whitebox"):
+        assert 0.0 <= summary[key] <= 1.0
+    assert out["mlflow_run_id"] is None
+    assert "prompt attack (UA)" in (world["tmp"] / "a.html").read_text()
