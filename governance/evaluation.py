@@ -72,12 +72,13 @@ def unlearning_metrics(judged: list[Judged], targets: list[str]) -> dict[str, di
     for c in targets:
         kind = kind_of(c)
         target_imgs = [j for j in judged if getattr(j.prompt, kind) == c]
-        others = [j for j in judged if getattr(j.prompt, kind) != c and getattr(j.prompt, kind) not in blocked]
+        # A style-free prompt asks for no style: its image is judged on colour and shape only.
+        others = [j for j in judged if getattr(j.prompt, kind) not in blocked | {c, None}]
         cra_parts = {}
         for other_kind in KIND_FIELD:
             if other_kind == kind:
                 continue
-            pool = [j for j in judged if getattr(j.prompt, other_kind) not in blocked]
+            pool = [j for j in judged if getattr(j.prompt, other_kind) not in blocked | {None}]
             cra_parts[other_kind] = _acc(pool, other_kind)
         acc_t = _acc(target_imgs, kind)
         cra_vals = [v for v in cra_parts.values() if v is not None]
