@@ -5,17 +5,20 @@ once) and printed as the user would type it.
 """
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import shutil
 import time
 from pathlib import Path
-from typing import Any
 
 import click
 
 MARKER = ".saegov-demo"
+# The demo's defaults, chosen from the measurements in docs/evaluation.md.
+DEMO_HOOKPOINT = "up_blocks.1.attentions.2"
+DEMO_K = "32"
+DEMO_TOP_NS = "1,2,4"
+DEMO_MULTIPLIERS = "-1,-5,-10"
 
 
 def register(root: click.Group) -> None:
@@ -47,10 +50,11 @@ def _fresh_workspace(path: Path) -> None:
               show_default=True, help="Fresh workspace (a previous demo workspace there is replaced).")
 @click.option("--colour", default="red", show_default=True, help="Colour concept to block.")
 @click.option("--style", default="dotted", show_default=True, help="Style concept to block.")
-@click.option("--top-n", type=int, default=2, show_default=True, help="Features selected per timestep.")
-@click.option("--multiplier", type=float, default=-1.0, show_default=True, help="gamma of both mappings.")
-def demo(workspace: Path, colour: str, style: str, top_n: int, multiplier: float) -> None:
-    """Collect, train an SAE, score, review, publish, deploy, generate, evaluate, verify."""
+@click.option("--hookpoint", default=DEMO_HOOKPOINT, show_default=True, help="UNet block the SAE reads.")
+@click.option("--top-ns", default=DEMO_TOP_NS, show_default=True, help="Sweep: features per timestep.")
+@click.option("--multipliers", default=DEMO_MULTIPLIERS, show_default=True, help="Sweep: gammas.")
+def demo(workspace: Path, colour: str, style: str, hookpoint: str, top_ns: str, multipliers: str) -> None:
+    """Collect, train an SAE, sweep two concepts, review, publish, deploy, generate, evaluate, verify."""
     from governance.toyworld.evaluate import DEFAULT_GUIDANCE, DEFAULT_STEPS
     from governance.toyworld.grammar import COLOURS, STYLES, all_prompts
     from governance.toyworld.paths import default_pipeline_path, is_trained
@@ -65,6 +69,7 @@ def demo(workspace: Path, colour: str, style: str, top_n: int, multiplier: float
     os.environ["SAEGOV_HOME"] = str(ws)
     os.environ.pop("SAEGOV_DATABASE_URL", None)
     os.environ.pop("SAEGOV_ACTOR", None)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
     model = str(default_pipeline_path())
     steps, guidance = str(DEFAULT_STEPS), str(DEFAULT_GUIDANCE)
     prompts_dir = ws / "prompts"
@@ -87,20 +92,20 @@ def demo(workspace: Path, colour: str, style: str, top_n: int, multiplier: float
             _run(["concept", "add", name, "--kind", kind, "--prompts", str(prompts_dir / f"{name}.txt"), "--actor", "erin"])
 
     click.secho("2. Activations and SAE (tracked in MLflow)", bold=True, err=True)
-    acts = ws / "activations" / "toy-up1-attn1"
-    _run(["activations", "collect", "--model", model, "--hookpoint", "up_blocks.1.attentions.1",
+    acts = ws / "activations" / hookpoint.replace(".", "-")
+    _run(["activations", "collect", "--model", model, "--hookpoint", hookpoint,
           "--prompts", str(prompts_dir / "all.txt"), "--steps", steps, "--guidance", guidance, "--seed", "0",
           "--out", str(acts), "--batch-size", "32", "--prompts-per-shard", "64"])
-    _run(["sae", "train", "--activations", str(acts), "--expansion", "16", "--k", "32", "--name", "toy-sae",
+    _run(["sae", "train", "--activations", str(acts), "--expansion", "16", "--k", DEMO_K, "--name", "toy-sae",
           "--actor", "erin"])
 
-    click.secho("3. Concept scoring, review, blocklist", bold=True, err=True)
+    click.secho("3. Operating-point sweep, review, blocklist", bold=True, err=True)
     for concept in (colour, style):
-        _run(["concept", "score", concept, "--sae", "toy-sae", "--top-n", str(top_n), "--multiplier", str(multiplier),
+        _run(["concept", "sweep", concept, "--sae", "toy-sae", "--top-ns", top_ns, "--multipliers", multipliers,
               "--steps", steps, "--guidance", guidance, "--model", model, "--batch-size", "32", "--actor", "erin"])
     for mapping in ("1", "2"):
         _run(["review", "propose", mapping, "--justification", "demo: block on policy request", "--actor", "erin"])
-        _run(["review", "approve", mapping, "--justification", "heatmap and features checked", "--actor", "rob"])
+        _run(["review", "approve", mapping, "--justification", "sweep table and heatmap checked", "--actor", "rob"])
     _run(["blocklist", "create", "demo", "--mapping", "1", "--mapping", "2", "--actor", "erin"])
     _run(["blocklist", "publish", "demo", "--actor", "erin"])
 
@@ -114,66 +119,8 @@ def demo(workspace: Path, colour: str, style: str, top_n: int, multiplier: float
     _run(["audit", "explain", str(img)])
 
     click.secho("5. Evaluation (UA / IRA / CRA) and report", bold=True, err=True)
-    report, metrics = _evaluate_and_report(ws, dep, model, [colour, style])
+    report = ws / "reports" / "demo.html"
+    _run(["eval", "--deployment", str(dep), "--report", str(report)])
     _run(["audit", "verify"])
-    for c, m in metrics.items():
-        click.echo(f"{c:8s} UA {100 * m['UA']:5.1f}  IRA {100 * m['IRA']:5.1f}  CRA {100 * m['CRA']:5.1f}")
     click.echo(f"report: {report}")
     click.echo(f"demo finished in {time.monotonic() - t0:.0f} s (workspace {ws})")
-
-
-def _evaluate_and_report(ws: Path, dep: Path, model: str, targets: list[str]) -> tuple[Path, dict[str, Any]]:
-    from cli.progress import stage_progress
-    from governance.enforcement import EnforcedStableDiffusionPipeline
-    from governance.evaluation import eval_jobs, generate_jobs, judge, unlearning_metrics
-    from governance.report import grid, write_report
-    from governance.toyworld.loading import load_pipeline
-    from registry.store import Store
-
-    store = Store.open()
-    base = load_pipeline(model)
-    enforced = EnforcedStableDiffusionPipeline.from_pretrained(dep, store=store)
-    d = enforced.saegov.manifest.payload.defaults
-    jobs = eval_jobs()
-    with stage_progress() as progress:
-        before = generate_jobs(base, jobs, d.num_inference_steps, d.guidance_scale,
-                               progress=lambda i, n: progress("before", i, n, {}))
-        after = generate_jobs(enforced, jobs, d.num_inference_steps, d.guidance_scale,
-                              progress=lambda i, n: progress("after", i, n, {}))
-    metrics = unlearning_metrics(judge(after, jobs), targets)
-    metrics_before = unlearning_metrics(judge(before, jobs), targets)
-    grids = []
-    for c in targets:
-        kind = metrics[c]["kind"]
-        idx = [i for i, (p, s) in enumerate(jobs) if getattr(p, kind) == c and s == jobs[0][1]]
-        grids.append((f"prompts with '{c}'", grid([before[i] for i in idx], 8), grid([after[i] for i in idx], 8)))
-    heatmaps = []
-    for m in store.list_mappings():
-        for ev in m.evidence:
-            if ev.get("kind") == "score_heatmap" and str(ev.get("ref", "")).startswith("runs:/"):
-                try:
-                    heatmaps.append((f"mapping {m.id}: {m.concept}", _mlflow_bytes(ev["ref"])))
-                except Exception:  # noqa: BLE001 - a missing artifact must not sink the report
-                    pass
-    audit = [e.to_json() for e in store.audit_events()]
-    facts = {"deployment": str(dep), "blocklist": enforced.saegov.manifest.payload.blocklist,
-             "built by": enforced.saegov.manifest.payload.built_by,
-             "defaults": json.dumps(d.model_dump()), "images per pass": len(jobs),
-             "before (no blocklist)": json.dumps({c: {k: round(v, 3) for k, v in m.items() if k in ("UA", "IRA", "CRA") and v is not None}
-                                                  for c, m in metrics_before.items()})}
-    path = write_report(ws / "reports" / "demo.html", title="saegov demo: toy world unlearning", metrics=metrics,
-                        grids=grids, heatmaps=heatmaps, audit=audit, facts=facts)
-    return path, metrics
-
-
-def _mlflow_bytes(ref: str) -> bytes:
-    import tempfile
-
-    from mlflow.tracking import MlflowClient
-
-    from governance.tracking import tracking_uri
-
-    run_id, _, artifact = ref[len("runs:/"):].partition("/")
-    with tempfile.TemporaryDirectory() as tmp:
-        local = MlflowClient(tracking_uri=tracking_uri()).download_artifacts(run_id, artifact, tmp)
-        return Path(local).read_bytes()

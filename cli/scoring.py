@@ -93,6 +93,8 @@ def _floats(value: str | None, name: str, cast: type = float) -> list:
 @click.option("--taus", default=None, help="Comma-separated percentile thresholds, e.g. 99,99.5,99.9.")
 @click.option("--top-ns", default=None, help="Comma-separated feature counts per timestep (with or instead of --taus).")
 @click.option("--multipliers", default="-1,-5,-10", show_default=True, help="Comma-separated gammas.")
+@click.option("--objective", type=click.Choice(["ua_ira", "ua_ira_cra"]), default="ua_ira", show_default=True,
+              help="ua_ira: (UA + IRA) / 2 as in the paper; ua_ira_cra: (UA + IRA + CRA) / 3.")
 @click.option("--sweep-seeds", default="100", show_default=True,
               help="Seeds of the sweep images (never the evaluation seeds 0, 1).")
 @click.option("--steps", type=int, default=50, show_default=True)
@@ -105,7 +107,8 @@ def _floats(value: str | None, name: str, cast: type = float) -> list:
 @actor_option
 @json_option
 @registry_command
-def sweep_cmd(name: str, sae_ref: str, taus: str | None, top_ns: str | None, multipliers: str, sweep_seeds: str,
+def sweep_cmd(name: str, sae_ref: str, taus: str | None, top_ns: str | None, multipliers: str, objective: str,
+              sweep_seeds: str,
               steps: int, guidance: float, seed: int, model: str | None, batch_size: int, device: str | None,
               no_mlflow: bool, actor: str | None, as_json: bool) -> None:
     """Pick concept NAME's operating point by measured (UA + IRA) / 2; store it as a draft mapping.
@@ -127,7 +130,8 @@ def sweep_cmd(name: str, sae_ref: str, taus: str | None, top_ns: str | None, mul
     try:
         sweep = SweepRequest(taus=_floats(taus, "--taus"), top_ns=_floats(top_ns, "--top-ns", int),
                              multipliers=_floats(multipliers, "--multipliers"),
-                             seeds=tuple(_floats(sweep_seeds, "--sweep-seeds", int)), batch_size=batch_size)
+                             seeds=tuple(_floats(sweep_seeds, "--sweep-seeds", int)), batch_size=batch_size,
+                             objective=objective)
         req = ScoreRequest(concept=name, sae=sae_ref, top_n=1, gamma=-1.0, steps=steps, guidance=guidance, seed=seed,
                            model=model, batch_size=batch_size, device=device or default_device(), track=not no_mlflow)
     except ValidationError as exc:
@@ -147,7 +151,8 @@ def sweep_cmd(name: str, sae_ref: str, taus: str | None, top_ns: str | None, mul
         print_json({"mapping_id": m.id, "state": m.state, "concept": m.concept, "sae": m.sae_ref,
                     "n_features": m.n_features, "mlflow_run_id": out.mlflow_run_id, "sweep": table})
         return
-    click.echo(f"{'rule':>6s} {'value':>7s} {'gamma':>6s} {'UA':>6s} {'IRA':>6s} {'CRA':>6s} {'(UA+IRA)/2':>10s}")
+    click.echo(f"objective: {table['objective']}")
+    click.echo(f"{'rule':>6s} {'value':>7s} {'gamma':>6s} {'UA':>6s} {'IRA':>6s} {'CRA':>6s} {'objective':>10s}")
     for p in table["points"]:
         mark = " <- chosen" if p == table["chosen"] else ""
         click.echo(f"{p['rule']:>6s} {p['value']:7g} {p['gamma']:6g} {100 * p['UA']:6.1f} {100 * p['IRA']:6.1f} "

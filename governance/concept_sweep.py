@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -25,6 +25,7 @@ from governance.scoring import FeatureChoice, choose_features
 from governance.toyworld.grammar import ToyPrompt, all_prompts, kind_of
 
 SWEEP_NAME = "sweep.json"
+OBJECTIVES = {"ua_ira": "(UA + IRA) / 2", "ua_ira_cra": "(UA + IRA + CRA) / 3"}
 Progress = Callable[[int, int], None]  # (images done, images total)
 
 
@@ -36,6 +37,9 @@ class SweepRequest(BaseModel):
     multipliers: list[float] = Field(min_length=1)
     seeds: tuple[int, ...] = (100,)
     batch_size: int = Field(default=32, gt=0)
+    # The paper's objective; "ua_ira_cra" also weighs what the other kinds keep, so that a point
+    # which "removes" the concept by destroying the whole image cannot win.
+    objective: Literal["ua_ira", "ua_ira_cra"] = "ua_ira"
 
     @model_validator(mode="after")
     def _check(self) -> SweepRequest:
@@ -73,7 +77,7 @@ def sweep_jobs(concept: str, seeds: tuple[int, ...]) -> list[tuple[ToyPrompt, in
 
 
 def best_point(points: list[SweepPoint]) -> SweepPoint:
-    """Highest (UA + IRA) / 2; ties go to higher CRA, then to the fewest features touched."""
+    """Highest objective; ties go to higher CRA, then to the fewest features touched."""
     return max(points, key=lambda p: (round(p.objective, 9), round(p.CRA, 9), -p.n_entries, -abs(p.gamma)))
 
 
@@ -122,10 +126,11 @@ def make_selector(sweep: SweepRequest, *, steps: int, guidance: float,
             done += len(jobs)
             m = unlearning_metrics(judge(images, jobs), [concept])[concept]
             ua, ira, cra = (float(m[k]) if m[k] is not None else 0.0 for k in ("UA", "IRA", "CRA"))
-            points.append(SweepPoint(rule, value, gamma, ua, ira, cra, (ua + ira) / 2, len(choices),
+            score = (ua + ira) / 2 if sweep.objective == "ua_ira" else (ua + ira + cra) / 3
+            points.append(SweepPoint(rule, value, gamma, ua, ira, cra, score, len(choices),
                                      len({c.feature for c in choices})))
         best = best_point(points)
-        table = {"format": "saegov.sweep/v1", "objective": "(UA + IRA) / 2", "seeds": list(sweep.seeds),
+        table = {"format": "saegov.sweep/v1", "objective": OBJECTIVES[sweep.objective], "seeds": list(sweep.seeds),
                  "images_per_point": len(jobs),
                  "prompts": "style-free wording" if kind_of(concept) != "style" else "styled wording, sweep seeds",
                  "chosen": asdict(best), "points": [asdict(p) for p in points]}
@@ -139,7 +144,7 @@ def make_selector(sweep: SweepRequest, *, steps: int, guidance: float,
             metrics={"sweep.UA": best.UA, "sweep.IRA": best.IRA, "sweep.CRA": best.CRA,
                      "sweep.objective": best.objective, "sweep.points": float(len(points))},
             params={"sweep": {"taus": sweep.taus, "top_ns": sweep.top_ns, "multipliers": sweep.multipliers,
-                              "seeds": list(sweep.seeds)}},
+                              "seeds": list(sweep.seeds), "objective": sweep.objective}},
         )
 
     return select

@@ -119,6 +119,9 @@ def mlflow_artifact_bytes(ref: str) -> bytes:
 
     from governance.tracking import tracking_uri
 
+    import os
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # our own progress is on stderr
     run_id, _, artifact = ref[len("runs:/"):].partition("/")
     with tempfile.TemporaryDirectory() as tmp:
         local = MlflowClient(tracking_uri=tracking_uri()).download_artifacts(run_id, artifact, tmp)

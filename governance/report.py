@@ -55,7 +55,8 @@ def write_report(path: Path, *, title: str, metrics: dict[str, dict[str, Any]],
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>",
              "<style>body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}img{image-rendering:pixelated}"
-             ".pair{display:flex;gap:2em;align-items:flex-start}</style>",
+             ".pair{display:flex;gap:2em;align-items:flex-start}.pair figure{flex:1 1 0;min-width:0;margin:0}"
+             ".pair img{width:100%;height:auto}</style>",
              _RENDER_CHECK, f"</head><body data-images-total='{n_images}'>",
              f"<h1>{e(title)}</h1><table>"]
     parts += [f"<tr><th>{e(k)}</th><td>{e(str(v))}</td></tr>" for k, v in facts.items()]
