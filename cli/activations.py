@@ -157,6 +157,8 @@ def _first_line(exc: BaseException) -> str:
 
     if isinstance(exc, ValidationError):
         err = exc.errors()[0]
-        return f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        loc = ".".join(str(p) for p in err["loc"])
+        return f"{loc}: {msg}" if loc else msg
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
