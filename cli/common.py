@@ -59,6 +59,16 @@ def actor_option(fn: F) -> F:
                         help=f"Who is acting (default: ${ENV_ACTOR}).")(fn)
 
 
+def number_list(value: str | None, name: str, cast: Callable[[str], Any] = float) -> list[Any]:
+    """`1,2,4` -> [1, 2, 4]; a bad item is a usage error naming the option."""
+    if not value:
+        return []
+    try:
+        return [cast(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got {value!r}", param_hint=name) from None
+
+
 def resolve_actor(actor: str | None) -> str | None:
     return actor or os.environ.get(ENV_ACTOR) or None
 

@@ -17,13 +17,16 @@ def governance_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from governance.basemodel import ModelLoadError
+        from governance.deployment_eval import EvalError
         from governance.enforcement import DeploymentError, EnforcementError
         from governance.enforcement.explain import ExplainError
+        from governance.hooks import HookPointError
         from governance.sae.model import SaeLoadError
 
         try:
             return fn(*args, **kwargs)
-        except (DeploymentError, EnforcementError, ExplainError, ModelLoadError, SaeLoadError) as exc:
+        except (DeploymentError, EnforcementError, EvalError, ExplainError, HookPointError, ModelLoadError,
+                SaeLoadError) as exc:
             fail(str(exc))
 
     return wrapper

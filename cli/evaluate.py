@@ -5,14 +5,12 @@ from pathlib import Path
 
 import click
 
-from cli.common import fail, json_option, print_json, registry_command
+from cli.common import fail, json_option, number_list, print_json, registry_command
+from cli.deploy import governance_errors
 
 
 def _seeds(value: str) -> tuple[int, ...]:
-    try:
-        seeds = tuple(int(s) for s in value.split(",") if s.strip())
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {value!r}", param_hint="--seeds") from None
+    seeds = tuple(dict.fromkeys(number_list(value, "--seeds", int)))
     if not seeds:
         raise click.BadParameter("give at least one seed", param_hint="--seeds")
     return seeds
@@ -26,22 +24,24 @@ def register(root: click.Group) -> None:
                   help="HTML report to write (default: $SAEGOV_HOME/reports/eval-<blocklist>.html).")
     @click.option("--attack", is_flag=True, help="Also run the prompt attack (paraphrases and a white-box "
                   "embedding attack) and report UA before and after it.")
-    @click.option("--attack-prompts", type=int, default=4, show_default=True,
+    @click.option("--attack-prompts", type=click.IntRange(min=1), default=4, show_default=True,
                   help="White-box attack: target prompts per concept.")
-    @click.option("--attack-iterations", type=int, default=40, show_default=True)
-    @click.option("--attack-tokens", type=int, default=5, show_default=True)
-    @click.option("--offline", is_flag=True, help="Do not consult the registry (no revocation check, no heatmaps).")
+    @click.option("--attack-iterations", type=click.IntRange(min=0), default=40, show_default=True)
+    @click.option("--attack-tokens", type=click.IntRange(min=1), default=5, show_default=True)
+    @click.option("--offline", is_flag=True,
+                  help="Do not consult the registry (no revocation check, no heatmaps, no audit trail).")
     @click.option("--no-track", is_flag=True, help="Do not log to MLflow.")
     @json_option
     @registry_command
+    @governance_errors
     def eval_(deployment: Path, seeds: str, report: Path | None, attack: bool, attack_prompts: int,
               attack_iterations: int, attack_tokens: int, offline: bool, no_track: bool, as_json: bool) -> None:
         """Measure what a deployment removes and keeps (UnlearnCanvas-style, on the toy world)."""
+        from mlflow.exceptions import MlflowException
+
         from cli.progress import stage_progress
-        from governance.basemodel import ModelLoadError
         from governance.deployment_eval import EvalError, evaluate_deployment
-        from governance.enforcement import DeploymentError, EnforcementError
-        from governance.enforcement.deployment import reachable_store
+        from governance.enforcement.deployment import reachable_store, read_manifest
         from governance.tracking import saegov_home
 
         seed_list = _seeds(seeds)
@@ -49,6 +49,13 @@ def register(root: click.Group) -> None:
             fail(f"no deployment folder at {deployment}")
         store = None if offline else reachable_store()
         out = report
+        if out is None:
+            name = read_manifest(deployment)[0].payload.blocklist.replace("@", "-v")
+            out = saegov_home() / "reports" / f"eval-{name}.html"
+        try:  # refuse an unwritable report path now, not after minutes of generation
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            fail(f"cannot write the report to {out}: {exc.strerror or exc}")
         attack_fn = None
         if attack:
             def attack_fn(pipe, targets):  # noqa: ANN001, ANN202 - a closure over the CLI options
@@ -64,16 +71,12 @@ def register(root: click.Group) -> None:
                 def tick(stage: str, i: int, n: int) -> None:
                     progress(stage, i, n, {})
 
-                if out is None:
-                    from governance.enforcement.deployment import read_manifest
-
-                    name = read_manifest(deployment)[0].payload.blocklist.replace("@", "-v")
-                    out = saegov_home() / "reports" / f"eval-{name}.html"
-                result = evaluate_deployment(deployment, store=store, seeds=seed_list, report=out,
-                                             track=not no_track, progress=tick, attack=attack_fn)
-        except (EvalError, DeploymentError, EnforcementError, ModelLoadError) as exc:
+                result = evaluate_deployment(deployment, store=store, check_registry=not offline, seeds=seed_list,
+                                             report=out, track=not no_track, progress=tick, attack=attack_fn)
+        except EvalError as exc:
             fail(str(exc))
-            return
+        except MlflowException as exc:
+            fail(f"MLflow: {str(exc).splitlines()[0]} (the report was written to {out})")
         if as_json:
             print_json(result.summary())
             return
@@ -87,6 +90,8 @@ def register(root: click.Group) -> None:
             for c, a in result.attack["summary"].items():
                 parts = " ".join(f"{k} {_pct(v)}" for k, v in a.items() if k.startswith("UA") and v is not None)
                 click.echo(f"attack {c:10s} {parts}")
+        for note in result.notes:
+            click.echo(f"note: {note}", err=True)
         if result.mlflow_run_id:
             click.echo(f"mlflow run: {result.mlflow_run_id}")
         click.echo(f"report: {result.report}")

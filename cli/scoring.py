@@ -5,7 +5,7 @@ import json
 
 import click
 
-from cli.common import actor_option, fail, json_option, open_store, print_json, registry_command, subgroup
+from cli.common import actor_option, fail, json_option, number_list, open_store, print_json, registry_command, subgroup
 
 
 def register(root: click.Group) -> None:
@@ -78,15 +78,6 @@ def score_cmd(name: str, sae_ref: str, tau: float | None, top_n: int | None, gam
                    err=True)
 
 
-def _floats(value: str | None, name: str, cast: type = float) -> list:
-    if not value:
-        return []
-    try:
-        return [cast(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated numbers, got {value!r}", param_hint=name) from None
-
-
 @click.command("sweep")
 @click.argument("name")
 @click.option("--sae", "sae_ref", required=True, help="SAE version: ID, NAME or NAME@VERSION.")
@@ -126,16 +117,21 @@ def sweep_cmd(name: str, sae_ref: str, taus: str | None, top_ns: str | None, mul
     from governance.concept_sweep import SweepRequest, make_selector
     from governance.hooks import HookPointError
     from governance.sae.model import SaeLoadError
+    from governance.toyworld.grammar import kind_of
 
     try:
-        sweep = SweepRequest(taus=_floats(taus, "--taus"), top_ns=_floats(top_ns, "--top-ns", int),
-                             multipliers=_floats(multipliers, "--multipliers"),
-                             seeds=tuple(_floats(sweep_seeds, "--sweep-seeds", int)), batch_size=batch_size,
+        sweep = SweepRequest(taus=number_list(taus, "--taus"), top_ns=number_list(top_ns, "--top-ns", int),
+                             multipliers=number_list(multipliers, "--multipliers"),
+                             seeds=tuple(number_list(sweep_seeds, "--sweep-seeds", int)), batch_size=batch_size,
                              objective=objective)
         req = ScoreRequest(concept=name, sae=sae_ref, top_n=1, gamma=-1.0, steps=steps, guidance=guidance, seed=seed,
                            model=model, batch_size=batch_size, device=device or default_device(), track=not no_mlflow)
     except ValidationError as exc:
         fail(_first_line(exc))
+    try:
+        kind_of(name)
+    except KeyError:
+        fail(f"sweep measures on the toy world, whose classifiers do not know {name!r}")
     store = open_store()
     try:
         with stage_progress() as progress:
@@ -149,7 +145,8 @@ def sweep_cmd(name: str, sae_ref: str, taus: str | None, top_ns: str | None, mul
     table = next(json.loads(e.ref) for e in out.spec.evidence if e.kind == "sweep")
     if as_json:
         print_json({"mapping_id": m.id, "state": m.state, "concept": m.concept, "sae": m.sae_ref,
-                    "n_features": m.n_features, "mlflow_run_id": out.mlflow_run_id, "sweep": table})
+                    "n_features": m.n_features, "mlflow_run_id": out.mlflow_run_id, "sweep": table,
+                    "skipped_concepts": out.skipped_concepts})
         return
     click.echo(f"objective: {table['objective']}")
     click.echo(f"{'rule':>6s} {'value':>7s} {'gamma':>6s} {'UA':>6s} {'IRA':>6s} {'CRA':>6s} {'objective':>10s}")
@@ -159,3 +156,6 @@ def sweep_cmd(name: str, sae_ref: str, taus: str | None, top_ns: str | None, mul
                    f"{100 * p['CRA']:6.1f} {100 * p['objective']:10.1f}{mark}")
     click.echo(f"draft mapping {m.id}: concept {m.concept!r} on SAE {m.sae_ref}, {m.n_features} entries"
                + (f"; MLflow run {out.mlflow_run_id}" if out.mlflow_run_id else ""))
+    if out.skipped_concepts:
+        click.echo(f"note: concepts without prompts were left out of the contrast: {', '.join(out.skipped_concepts)}",
+                   err=True)

@@ -274,10 +274,10 @@ def score_concept(store: Any, req: ScoreRequest, actor: str | None,
                                      **extra.metrics})
                 evidence = [{"kind": "mlflow_run", "ref": run_id},
                             {"kind": "score_heatmap", "ref": f"runs:/{run_id}/scoring/{HEATMAP_NAME}", "sha256": heat_sha}]
-            # The generation settings the statistics were made with: a deployment defaults to them.
             for name, data in extra.artifacts.items():
                 (art / name).write_bytes(data)
             evidence += extra.evidence
+            # The generation settings the statistics were made with: a deployment defaults to them.
             evidence.append({"kind": "scoring_params", "ref": json.dumps(
                 {"guidance": req.guidance, "steps": req.steps, "seed": req.seed, "scheduler": scheduler},
                 sort_keys=True)})

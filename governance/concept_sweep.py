@@ -35,7 +35,7 @@ class SweepRequest(BaseModel):
     taus: list[float] = Field(default_factory=list)
     top_ns: list[int] = Field(default_factory=list)
     multipliers: list[float] = Field(min_length=1)
-    seeds: tuple[int, ...] = (100,)
+    seeds: tuple[int, ...] = Field(default=(100,), min_length=1)
     batch_size: int = Field(default=32, gt=0)
     # The paper's objective; "ua_ira_cra" also weighs what the other kinds keep, so that a point
     # which "removes" the concept by destroying the whole image cannot win.
@@ -49,6 +49,7 @@ class SweepRequest(BaseModel):
             raise ValueError("every tau must lie in (0, 100)")
         if any(n <= 0 for n in self.top_ns):
             raise ValueError("every top-n must be positive")
+        self.seeds = tuple(dict.fromkeys(self.seeds))
         if set(self.seeds) & set(EVAL_SEEDS):
             raise ValueError(f"sweep seeds must differ from the evaluation seeds {EVAL_SEEDS}")
         return self

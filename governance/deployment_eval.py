@@ -6,6 +6,7 @@ loaded without enforcement: before and after differ only by the blocklist, never
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from governance.evaluation import eval_jobs, generate_jobs, judge, unlearning_metrics
+from governance.evaluation import EVAL_SEEDS, eval_jobs, generate_jobs, judge, unlearning_metrics
 from governance.toyworld.grammar import ToyPrompt, kind_of
 
 Progress = Callable[[str, int, int], None]
@@ -40,7 +41,8 @@ class DeploymentEval:
     report: Path | None = None
     mlflow_run_id: str | None = None
     attack: dict[str, Any] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    registry_checked: bool = False
+    notes: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         keep = ("kind", "UA", "IRA", "CRA", "CRA_by_kind", "n_target_images", "misses")
@@ -51,6 +53,7 @@ class DeploymentEval:
             "before": {c: {k: m[k] for k in ("UA", "IRA", "CRA")} for c, m in self.metrics_before.items()},
             "mean": mean_metrics(self.metrics), "report": str(self.report) if self.report else None,
             "mlflow_run_id": self.mlflow_run_id, "attack": self.attack,
+            "registry_checked": self.registry_checked, "notes": self.notes,
         }
 
 
@@ -95,11 +98,13 @@ def mapping_heatmaps(store: Any, mapping_ids: list[int]) -> list[tuple[str, byte
     """Each mapping's score heatmap from its MLflow evidence (verified against its recorded sha256)."""
     import hashlib
 
+    from registry.errors import RegistryError
+
     out = []
     for mid in mapping_ids:
         try:
             m = store.get_mapping(mid)
-        except Exception:  # noqa: BLE001 - a mapping from another registry: no heatmap, not an error
+        except RegistryError:  # not in this registry (an offline copy of the deployment): no heatmap
             continue
         for ev in m.evidence:
             if ev.get("kind") != "score_heatmap" or not str(ev.get("ref", "")).startswith("runs:/"):
@@ -108,23 +113,29 @@ def mapping_heatmaps(store: Any, mapping_ids: list[int]) -> list[tuple[str, byte
                 data = mlflow_artifact_bytes(ev["ref"])
             except Exception:  # noqa: BLE001 - a missing artifact must not sink the report
                 continue
-            if ev.get("sha256") and hashlib.sha256(data).hexdigest() != ev["sha256"]:
+            if not ev.get("sha256") or hashlib.sha256(data).hexdigest() != ev["sha256"]:
                 continue  # never show evidence that is not the recorded one
             out.append((f"mapping {m.id}: {m.concept}", data))
     return out
 
 
 def mlflow_artifact_bytes(ref: str) -> bytes:
+    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
     from mlflow.tracking import MlflowClient
 
     from governance.tracking import tracking_uri
 
-    import os
-
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # our own progress is on stderr
     run_id, _, artifact = ref[len("runs:/"):].partition("/")
     with tempfile.TemporaryDirectory() as tmp:
-        local = MlflowClient(tracking_uri=tracking_uri()).download_artifacts(run_id, artifact, tmp)
+        previous = os.environ.get(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name)
+        os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = "false"  # our progress goes to stderr, once
+        try:
+            local = MlflowClient(tracking_uri=tracking_uri()).download_artifacts(run_id, artifact, tmp)
+        finally:
+            if previous is None:
+                os.environ.pop(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name, None)
+            else:
+                os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = previous
         return Path(local).read_bytes()
 
 
@@ -132,42 +143,48 @@ def deployment_audit(store: Any, deployment_id: int | None, mapping_ids: list[in
     """The audit events that led to this deployment: its mappings' lifecycle and reviews, its
     blocklist, its build (subjects `mapping:ID`, `blocklist:NAME...`, `deployment:ID`)."""
     name = blocklist.partition("@")[0]
-    wanted = {f"mapping:{m}" for m in mapping_ids}
+    subjects = [f"mapping:{m}" for m in mapping_ids] + [f"blocklist:{name}", f"blocklist:{name}@*"]
     if deployment_id is not None:
-        wanted.add(f"deployment:{deployment_id}")
-    events = [e.to_json() for e in store.audit_events()]
-    keep = [e for e in events if e["subject"] in wanted or e["subject"] == f"blocklist:{name}"
-            or e["subject"].startswith(f"blocklist:{name}@")]
-    return keep or events
+        subjects.append(f"deployment:{deployment_id}")
+    events = [e for subject in subjects for e in store.audit_events(subject=subject)]
+    return [e.to_json() for e in sorted({e.seq: e for e in events}.values(), key=lambda e: e.seq)]
 
 
-def evaluate_deployment(deployment: Path, *, store: Any | None, seeds: tuple[int, ...] = (0, 1),
-                        report: Path | None = None, track: bool = True, progress: Progress | None = None,
+def evaluate_deployment(deployment: Path, *, store: Any | None, check_registry: bool = True,
+                        seeds: tuple[int, ...] = EVAL_SEEDS, report: Path | None = None, track: bool = True,
+                        progress: Progress | None = None,
                         attack: Callable[[Any, list[str]], dict[str, Any]] | None = None) -> DeploymentEval:
     """Generate the evaluation images without and with the blocklist, judge them, report."""
-    from governance.basemodel import load_pipeline
+    from governance.attack import blocklist_suspended
     from governance.enforcement import EnforcedStableDiffusionPipeline
     from governance.enforcement.intervention import enforcer_of
 
-    enforced = EnforcedStableDiffusionPipeline.from_pretrained(deployment, store=store, check_registry=store is not None)
+    enforced = EnforcedStableDiffusionPipeline.from_pretrained(deployment, store=store, check_registry=check_registry)
     enforcer = enforcer_of(enforced)
     entries = enforcer.blocklist.spec.entries if enforcer else []
     targets = toy_targets([e.concept for e in entries])
     payload = enforced.saegov.manifest.payload
     d = payload.defaults
-    base, _ = load_pipeline(str(deployment))
     jobs = eval_jobs(seeds)
     tick = progress or (lambda stage, i, n: None)
-    before = generate_jobs(base, jobs, d.num_inference_steps, d.guidance_scale, progress=lambda i, n: tick("before", i, n))
+    # "Before" is the same verified pipeline with its hooks off: only the blocklist differs.
+    with blocklist_suspended(enforced):
+        before = generate_jobs(enforced, jobs, d.num_inference_steps, d.guidance_scale,
+                               progress=lambda i, n: tick("before", i, n))
     after = generate_jobs(enforced, jobs, d.num_inference_steps, d.guidance_scale, progress=lambda i, n: tick("after", i, n))
     metrics = unlearning_metrics(judge(after, jobs), targets)
     metrics_before = unlearning_metrics(judge(before, jobs), targets)
     result = DeploymentEval(deployment=str(deployment), blocklist=payload.blocklist, targets=targets, seeds=seeds,
                             steps=d.num_inference_steps, guidance=d.guidance_scale, jobs=jobs, before=before,
-                            after=after, metrics=metrics, metrics_before=metrics_before)
+                            after=after, metrics=metrics, metrics_before=metrics_before,
+                            registry_checked=enforced.saegov.registry_checked, notes=list(enforced.saegov.notes))
     if attack is not None:
         per_concept = attack(enforced, targets)
-        summary = {c: {k: a.get(k) for k in ("UA_no_attack", "UA_paraphrase", "UA_whitebox", "n_paraphrase", "n_whitebox")}
+        summary = {c: {**{k: a.get(k) for k in ("UA_no_attack", "UA_paraphrase", "UA_whitebox", "n_paraphrase",
+                                                "n_whitebox")},
+                       # The same attack prompts without the blocklist: what the model itself misreads.
+                       "UA_paraphrase_unprotected": (a.get("paraphrase") or {}).get("UA_unprotected"),
+                       "UA_whitebox_unprotected": (a.get("whitebox") or {}).get("UA_unprotected")}
                    for c, a in per_concept.items()}
         result.attack = {"summary": summary, "per_concept": per_concept}
     mapping_ids = [e.mapping_id for e in entries if e.mapping_id is not None]
@@ -189,19 +206,17 @@ def write_eval_report(result: DeploymentEval, path: Path, store: Any | None, map
         "deployment": result.deployment, "blocklist": p.blocklist, "built by": p.built_by, "built at": p.built_at,
         "defaults": json.dumps(p.defaults.model_dump()), "images per pass": len(result.jobs),
         "seeds": ", ".join(map(str, result.seeds)),
+        "approvals re-checked in the registry": "yes" if result.registry_checked else "no",
+        **({"notes": "; ".join(result.notes)} if result.notes else {}),
         "before (no blocklist)": json.dumps({c: {k: None if v is None else round(100 * v, 1) for k, v in m.items()
                                                   if k in ("UA", "IRA", "CRA")} for c, m in result.metrics_before.items()}),
     }
     if result.attack:
         facts["prompt attack (UA)"] = json.dumps(result.attack["summary"], default=str)
     grids = grids_for(result.targets, result.metrics, result.jobs, result.before, result.after)
-    # Written next to the target, then renamed: a failed run never leaves half a report.
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    write_report(tmp, title=f"saegov evaluation: {p.blocklist}", metrics=result.metrics, grids=grids,
-                 heatmaps=heatmaps, audit=audit, facts=facts)
-    tmp.replace(path)
-    return path
+    return write_report(path, title=f"saegov evaluation: {p.blocklist}", metrics=result.metrics, grids=grids,
+                        heatmaps=heatmaps, audit=audit, facts=facts)
 
 
 def _track(result: DeploymentEval, payload: Any) -> str:

@@ -179,7 +179,7 @@ def test_concept_sweep_picks_the_best_measured_point(workspace: tuple[Store, Pat
     for p in points:
         assert p.objective == pytest.approx((p.UA + p.IRA) / 2)
     chosen = best_point(points)
-    assert table["chosen"] == out["sweep"]["chosen"] and SweepPoint(**table["chosen"]) == chosen
+    assert SweepPoint(**table["chosen"]) == chosen and table["objective"] == "(UA + IRA) / 2"
     m = store.get_mapping(out["mapping_id"])
     assert m.state == "draft" and m.selection_rule == "top_n" and m.top_n == int(chosen.value)
     assert m.gamma == chosen.gamma
