@@ -14,7 +14,8 @@ from pathlib import Path
 import click
 
 MARKER = ".saegov-demo"
-# The demo's defaults, chosen from the measurements in docs/evaluation.md.
+# The demo's defaults: the hook point after which no text enters the toy UNet, the reference k,
+# and a small sweep grid (measurements and their limits: docs/evaluation.md).
 DEMO_HOOKPOINT = "up_blocks.1.attentions.2"
 DEMO_K = "32"
 DEMO_TOP_NS = "1,2,4"

@@ -1,0 +1,84 @@
+"""Upper-bound diagnostic: can ANY activation edit at a hook point remove a concept and keep the rest?
+
+Subtracts alpha x (mean activation on the concept's prompts - mean on the other prompts of its
+kind), per timestep, from the conditional half of the hook point's output (an oracle that knows
+the concept direction exactly, with no SAE in between), then judges the images of the concept's
+prompts. If even this edit cannot remove the concept without breaking the other kinds, no
+feature selection at that hook point can: the limit is the model's representation.
+
+    python benchmarks/oracle_steering.py --concept red --hookpoint up_blocks.1.attentions.2 --alphas 1,2,3,4
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--concept", default="red")
+    ap.add_argument("--hookpoint", default="up_blocks.1.attentions.2")
+    ap.add_argument("--alphas", default="1,2,3,4")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from governance.evaluation import generate_jobs, judge
+    from governance.hooks import TimestepReader, block_output_map, conditional_half, resolve_hook_point
+    from governance.toyworld.evaluate import DEFAULT_GUIDANCE, DEFAULT_STEPS
+    from governance.toyworld.grammar import all_prompts, kind_of
+    from governance.toyworld.loading import load_pipeline
+
+    kind = kind_of(args.concept)
+    pipe = load_pipeline()
+    block = resolve_hook_point(pipe.unet, args.hookpoint)
+    prompts = all_prompts(include_style_free=False)
+    # The direction, from generations on seeds the judged images never use.
+    captured: list[torch.Tensor] = []
+
+    def capture(module, inputs, output):  # noqa: ANN001, ANN202
+        x = block_output_map(output)
+        captured.append(conditional_half(x, x.shape[0] // 2).detach().mean(dim=(2, 3)))
+
+    handle = block.register_forward_hook(capture)
+    try:
+        gens = [torch.Generator().manual_seed(100 + i) for i in range(len(prompts))]
+        pipe([p.text for p in prompts], num_inference_steps=DEFAULT_STEPS, guidance_scale=DEFAULT_GUIDANCE,
+             generator=gens, output_type="latent")
+    finally:
+        handle.remove()
+    acts = torch.stack(captured)  # [T, B, C]
+    is_c = torch.tensor([getattr(p, kind) == args.concept for p in prompts])
+    direction = acts[:, is_c].mean(1) - acts[:, ~is_c].mean(1)  # [T, C]
+    timesteps = [int(t) for t in pipe.scheduler.timesteps]
+
+    reader = TimestepReader(pipe.unet, name="oracle.timestep")
+    state = {"alpha": 0.0}
+
+    def steer(module, inputs, output):  # noqa: ANN001, ANN202
+        x = block_output_map(output)
+        i = timesteps.index(int(reader.current[0]))
+        n = x.shape[0] // 2
+        x = torch.cat([x[:n], x[n:] - state["alpha"] * direction[i][None, :, None, None]])
+        return (x, *output[1:]) if isinstance(output, tuple) else x
+
+    jobs = [(p, 0) for p in prompts if getattr(p, kind) == args.concept]
+    others = [k for k in ("colour", "shape", "style") if k != kind]
+    reader.attach()
+    handle = block.register_forward_hook(steer)
+    try:
+        for alpha in [0.0] + [float(a) for a in args.alphas.split(",")]:
+            state["alpha"] = alpha
+            judged = judge(generate_jobs(pipe, jobs, DEFAULT_STEPS, DEFAULT_GUIDANCE), jobs)
+            kept = sum(j.correct(kind) for j in judged)
+            rest = {k: sum(j.correct(k) for j in judged) for k in others}
+            print(f"{args.hookpoint} {args.concept} alpha {alpha:g}: concept kept {kept}/{len(judged)}  "
+                  + "  ".join(f"{k} kept {v}/{len(judged)}" for k, v in rest.items()), flush=True)
+    finally:
+        handle.remove()
+        reader.remove()
+
+
+if __name__ == "__main__":
+    main()
