@@ -35,7 +35,8 @@ import torch
 from governance.enforcement.intervention import HOOK_PREFIX, enforcer_of
 from governance.hooks import hook_names
 from governance.toyworld.classify import classify
-from governance.toyworld.evaluate import DEFAULT_GUIDANCE, DEFAULT_STEPS, generate
+from governance.evaluation import generate_jobs
+from governance.toyworld.evaluate import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from governance.toyworld.grammar import COLOURS, SHAPES, STYLES, ToyPrompt, kind_of
 
 DEFAULT_LR = 1e-2
@@ -391,23 +392,14 @@ def _ua(images: Sequence[np.ndarray], concept: str) -> float | None:
     return float(np.mean([not shows(img, concept) for img in images])) if images else None
 
 
-def _generate(pipe: Any, jobs: list[tuple[str, int]], steps: int, guidance: float, batch: int = 16) -> list[np.ndarray]:
-    """(text, seed) jobs -> images, seeded exactly as the evaluation's `generate`."""
-    images: list[np.ndarray] = []
-    for i in range(0, len(jobs), batch):
-        chunk = jobs[i:i + batch]
-        images += generate(pipe, [t for t, _ in chunk], [s for _, s in chunk], steps, guidance)
-    return images
-
-
 def _paraphrase_block(pipe: Any, concept: str, seeds: Sequence[int], steps: int, guidance: float,
                       canon: dict[tuple[str, int], np.ndarray]) -> dict[str, Any]:
     para = paraphrase_set(concept)
     kept = [p for p in para if fits(pipe.tokenizer, p.text)]
     jobs = [(p, s) for p in kept for s in seeds]
-    images = _generate(pipe, [(p.text, s) for p, s in jobs], steps, guidance)
+    images = generate_jobs(pipe, [(p.text, s) for p, s in jobs], steps, guidance, batch=16)
     with blocklist_suspended(pipe):
-        unprotected = _generate(pipe, [(p.text, s) for p, s in jobs], steps, guidance)
+        unprotected = generate_jobs(pipe, [(p.text, s) for p, s in jobs], steps, guidance, batch=16)
     by_family: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     for (p, _), img, free in zip(jobs, images, unprotected):
         by_family.setdefault(p.family, []).append((img, free))
@@ -471,7 +463,7 @@ def attack_unlearning(pipe: Any, targets: list[str], *, seeds: Sequence[int] = (
         canon_jobs = [(p.text, s) for p in canon_prompts for s in seeds]
         if progress:
             progress(f"no attack {concept}", 0, len(canon_jobs))
-        canon = dict(zip(canon_jobs, _generate(pipe, canon_jobs, steps, guidance)))
+        canon = dict(zip(canon_jobs, generate_jobs(pipe, canon_jobs, steps, guidance, batch=16)))
         para = _paraphrase_block(pipe, concept, seeds, steps, guidance, canon) if paraphrase else None
         if progress and para is not None:
             progress(f"paraphrase {concept}", para["n"], para["n"])

@@ -10,6 +10,7 @@ concept's kind would judge, so one target's removal never counts against another
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import numpy as np
@@ -41,14 +42,16 @@ def judge(images: list[np.ndarray], jobs: list[tuple[ToyPrompt, int]]) -> list[J
     return out
 
 
-def generate_jobs(pipe: Any, jobs: list[tuple[ToyPrompt, int]], steps: int, guidance: float, batch: int = 32,
-                  progress: Callable[[int, int], None] | None = None) -> list[np.ndarray]:
+def generate_jobs(pipe: Any, jobs: Sequence[tuple[ToyPrompt | str, int]], steps: int, guidance: float,
+                  batch: int = 32, progress: Callable[[int, int], None] | None = None) -> list[np.ndarray]:
+    """(prompt or its text, seed) jobs -> images, in batches, each image from its own seed."""
     from governance.toyworld.evaluate import generate
 
     images: list[np.ndarray] = []
     for i in range(0, len(jobs), batch):
         chunk = jobs[i:i + batch]
-        images += generate(pipe, [p.text for p, _ in chunk], [s for _, s in chunk], steps, guidance)
+        images += generate(pipe, [p if isinstance(p, str) else p.text for p, _ in chunk], [s for _, s in chunk],
+                           steps, guidance)
         if progress:
             progress(len(images), len(jobs))
     return images
