@@ -44,7 +44,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from governance.concept_stats import ConceptPrompts, collect_concept_stats
-    from governance.concept_sweep import SweepRequest, _blocklist_for, make_selector
+    from governance.concept_sweep import SweepRequest, blocklist_for, make_selector
     from governance.enforcement.intervention import Blocklist, apply_blocklist, remove_blocklist
     from governance.enforcement.spec import BlocklistSpec, SaeRef
     from governance.evaluation import eval_jobs, generate_jobs, judge, unlearning_metrics
@@ -77,7 +77,7 @@ def main() -> None:
         table = json.loads(chosen.evidence[0]["ref"])
         choices, _ = choose_features(stats.mu, stats.counts, 0, stats.timesteps, chosen.gamma,
                                      tau=chosen.tau, top_n=chosen.top_n)
-        spec = _blocklist_for(c, kind, args.hookpoint, chosen.gamma, choices, stats.timesteps,
+        spec = blocklist_for(c, kind, args.hookpoint, chosen.gamma, choices, stats.timesteps,
                               type(pipe.scheduler).__name__, steps)
         entries[c] = spec.entries[0]
         apply_blocklist(pipe, Blocklist(spec=spec, sae=sae))

@@ -110,13 +110,21 @@ def plan(store: Any, req: ScoreRequest) -> tuple[Any, list[ConceptPrompts], list
     return target, concepts, skipped
 
 
-def build_spec(req: ScoreRequest, scheduler: str, choices: list[FeatureChoice], timesteps: list[int],
-               evidence: list[dict[str, Any]]) -> Any:
-    from registry.schemas import EvidenceRef, FeatureEntry, MappingSpec, Selection
+def entries_by_timestep(choices: list[FeatureChoice], timesteps: list[int]) -> dict[int, list[Any]]:
+    """The selected features as registry FeatureEntry lists, keyed by every scored timestep."""
+    from registry.schemas import FeatureEntry
 
     per_t: dict[int, list[FeatureEntry]] = {t: [] for t in timesteps}
     for c in choices:
         per_t[c.timestep].append(FeatureEntry(feature=c.feature, score=c.score, scale=c.scale, gate=c.gate))
+    return per_t
+
+
+def build_spec(req: ScoreRequest, scheduler: str, choices: list[FeatureChoice], timesteps: list[int],
+               evidence: list[dict[str, Any]]) -> Any:
+    from registry.schemas import EvidenceRef, MappingSpec, Selection
+
+    per_t = entries_by_timestep(choices, timesteps)
     selection = Selection(rule="tau", tau=req.tau) if req.top_n is None else Selection(rule="top_n", top_n=req.top_n)
     return MappingSpec(concept=req.concept, selection=selection, gamma=req.gamma, scheduler=scheduler,
                        num_steps=req.steps, timesteps=per_t, evidence=[EvidenceRef(**e) for e in evidence])

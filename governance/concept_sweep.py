@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from governance.concept_scoring import ScoringError, Selected
+from governance.concept_scoring import ScoringError, Selected, entries_by_timestep
 from governance.concept_stats import ConceptStats
 from governance.evaluation import EVAL_SEEDS, generate_jobs, judge, unlearning_metrics
 from governance.scoring import FeatureChoice, choose_features
@@ -82,16 +82,13 @@ def best_point(points: list[SweepPoint]) -> SweepPoint:
     return max(points, key=lambda p: (round(p.objective, 9), round(p.CRA, 9), -p.n_entries, -abs(p.gamma)))
 
 
-def _blocklist_for(concept: str, kind: str, hook: str, gamma: float, choices: list[FeatureChoice],
-                   timesteps: list[int], scheduler: str, steps: int) -> Any:
+def blocklist_for(concept: str, kind: str, hook: str, gamma: float, choices: list[FeatureChoice],
+                  timesteps: list[int], scheduler: str, steps: int) -> Any:
+    """A one-concept, unapproved blocklist spec: what a sweep point applies to the base pipeline."""
     from governance.enforcement.spec import BlockedConcept, BlocklistSpec, SaeRef
-    from registry.schemas import FeatureEntry
 
-    per_t: dict[int, list[FeatureEntry]] = {t: [] for t in timesteps}
-    for c in choices:
-        per_t[c.timestep].append(FeatureEntry(feature=c.feature, score=c.score, scale=c.scale, gate=c.gate))
     entry = BlockedConcept(concept=concept, kind=kind, gamma=gamma, scheduler=scheduler, num_steps=steps,
-                           timesteps=per_t)
+                           timesteps=entries_by_timestep(choices, timesteps))
     return BlocklistSpec(name="sweep", sae=SaeRef(hook_point=hook), entries=[entry])
 
 
@@ -116,7 +113,7 @@ def make_selector(sweep: SweepRequest, *, steps: int, guidance: float,
                 choices, _ = choose_features(stats.mu, stats.counts, 0, stats.timesteps, gamma, **kwargs)
             except ValueError as exc:
                 raise ScoringError(f"sweep point {rule}={value}: {exc}") from None
-            spec = _blocklist_for(concept, kind_of(concept), hook, gamma, choices, stats.timesteps, scheduler, steps)
+            spec = blocklist_for(concept, kind_of(concept), hook, gamma, choices, stats.timesteps, scheduler, steps)
             apply_blocklist(pipe, Blocklist(spec=spec, sae=sae))
             try:
                 base = done
