@@ -241,9 +241,16 @@ def _track(result: DeploymentEval, payload: Any) -> str:
                     if isinstance(v, (int, float)) and k.startswith("UA"):
                         metrics[f"attack.{k}.{c}"] = 100 * float(v)
         tr.log_metrics(metrics)
-        if result.report is not None:
-            with tempfile.TemporaryDirectory() as tmp:
-                (Path(tmp) / REPORT_NAME).write_bytes(result.report.read_bytes())
-                (Path(tmp) / "metrics.json").write_text(json.dumps(result.summary(), indent=2, default=str))
-                tr.log_artifacts(tmp, "evaluation")
+        with tempfile.TemporaryDirectory() as tmp:
+            from PIL import Image
+
+            art = Path(tmp)
+            if result.report is not None:
+                (art / REPORT_NAME).write_bytes(result.report.read_bytes())
+            (art / "metrics.json").write_text(json.dumps(result.summary(), indent=2, default=str))
+            for c, (_, before, after) in zip(result.targets, grids_for(result.targets, result.metrics, result.jobs,
+                                                                       result.before, result.after)):
+                Image.fromarray(before).save(art / f"grid-{c}-before.png")
+                Image.fromarray(after).save(art / f"grid-{c}-after.png")
+            tr.log_artifacts(tmp, "evaluation")
         return tr.run_id

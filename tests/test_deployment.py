@@ -213,6 +213,9 @@ def test_cli_eval_deployment_report_and_mlflow(world) -> None:
     run = MlflowClient(tracking_uri=tracking_uri()).get_run(out["mlflow_run_id"])
     assert run.data.metrics["UA.red"] == pytest.approx(100 * m["UA"])
     assert run.data.params["targets"] == "red"
+    logged = {a.path for a in MlflowClient(tracking_uri=tracking_uri()).list_artifacts(out["mlflow_run_id"], "evaluation")}
+    assert {"evaluation/report.html", "evaluation/metrics.json", "evaluation/grid-red-before.png",
+            "evaluation/grid-red-after.png"} <= logged
 
     bad = CliRunner().invoke(saegov, ["eval", "--deployment", str(world["tmp"] / "nope")])
     assert bad.exit_code != 0 and bad.output.strip().startswith("error:") and "Traceback" not in bad.output
