@@ -20,6 +20,9 @@ def main() -> None:
     ap.add_argument("--concept", default="red")
     ap.add_argument("--hookpoint", default="up_blocks.1.attentions.2")
     ap.add_argument("--alphas", default="1,2,3,4")
+    ap.add_argument("--mode", choices=["uniform", "token"], default="uniform",
+                    help="uniform: subtract alpha x the mean difference from every token; token: remove "
+                         "alpha x each token's excess projection on that direction (a gated, per-token edit)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -36,10 +39,12 @@ def main() -> None:
     prompts = all_prompts(include_style_free=False)
     # The direction, from generations on seeds the judged images never use.
     captured: list[torch.Tensor] = []
+    tokens: list[torch.Tensor] = []
 
     def capture(module, inputs, output):  # noqa: ANN001, ANN202
-        x = block_output_map(output)
-        captured.append(conditional_half(x, x.shape[0] // 2).detach().mean(dim=(2, 3)))
+        x = conditional_half(block_output_map(output), block_output_map(output).shape[0] // 2).detach()
+        captured.append(x.mean(dim=(2, 3)))
+        tokens.append(x)
 
     handle = block.register_forward_hook(capture)
     try:
@@ -51,6 +56,10 @@ def main() -> None:
     acts = torch.stack(captured)  # [T, B, C]
     is_c = torch.tensor([getattr(p, kind) == args.concept for p in prompts])
     direction = acts[:, is_c].mean(1) - acts[:, ~is_c].mean(1)  # [T, C]
+    unit = direction / direction.norm(dim=1, keepdim=True)
+    # Per timestep, the mean projection of the other concepts' tokens on the direction: the baseline
+    # a token of the concept exceeds.
+    baseline = torch.stack([(t[~is_c] * u[None, :, None, None]).sum(1).mean() for t, u in zip(tokens, unit)])
     timesteps = [int(t) for t in pipe.scheduler.timesteps]
 
     reader = TimestepReader(pipe.unet, name="oracle.timestep")
@@ -60,7 +69,13 @@ def main() -> None:
         x = block_output_map(output)
         i = timesteps.index(int(reader.current[0]))
         n = x.shape[0] // 2
-        x = torch.cat([x[:n], x[n:] - state["alpha"] * direction[i][None, :, None, None]])
+        if args.mode == "uniform":
+            edit = direction[i][None, :, None, None]
+        else:
+            u = unit[i][None, :, None, None]
+            excess = ((x[n:] * u).sum(1, keepdim=True) - baseline[i]).clamp_min(0)
+            edit = excess * u
+        x = torch.cat([x[:n], x[n:] - state["alpha"] * edit])
         return (x, *output[1:]) if isinstance(output, tuple) else x
 
     jobs = [(p, 0) for p in prompts if getattr(p, kind) == args.concept]
@@ -73,7 +88,7 @@ def main() -> None:
             judged = judge(generate_jobs(pipe, jobs, DEFAULT_STEPS, DEFAULT_GUIDANCE), jobs)
             kept = sum(j.correct(kind) for j in judged)
             rest = {k: sum(j.correct(k) for j in judged) for k in others}
-            print(f"{args.hookpoint} {args.concept} alpha {alpha:g}: concept kept {kept}/{len(judged)}  "
+            print(f"{args.hookpoint} {args.mode} {args.concept} alpha {alpha:g}: concept kept {kept}/{len(judged)}  "
                   + "  ".join(f"{k} kept {v}/{len(judged)}" for k, v in rest.items()), flush=True)
     finally:
         handle.remove()
