@@ -2,16 +2,41 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
 from cli.common import actor_option, fail, json_option, number_list, open_store, print_json, registry_command, subgroup
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def register(root: click.Group) -> None:
     grp = subgroup(root, "concept", "Concepts (styles, objects, colours ...).")
     grp.add_command(score_cmd)
     grp.add_command(sweep_cmd)
+
+
+def statistics_options(batch_size: int) -> Callable[[F], F]:
+    """The options of a statistics run, shared by `concept score` and `concept sweep`."""
+    options = [
+        click.option("--steps", type=int, default=50, show_default=True),
+        click.option("--guidance", type=float, default=9.0, show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="Statistics: prompt j of every concept uses seed + j."),
+        click.option("--model", default=None, help="Base pipeline (default: the SAE's base model, else the toy world)."),
+        click.option("--batch-size", type=int, default=batch_size, show_default=True),
+        click.option("--device", default=None, help="cpu / cuda (default: cuda if available)."),
+        click.option("--no-mlflow", is_flag=True, help="Do not record an MLflow run."),
+    ]
+
+    def apply(fn: F) -> F:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return apply
 
 
 @click.command("score")
@@ -21,13 +46,7 @@ def register(root: click.Group) -> None:
 @click.option("--top-n", type=int, default=None, help="Instead of --tau: the N best features per timestep.")
 @click.option("--multiplier", "gamma", type=float, default=-1.0, show_default=True,
               help="gamma: selected features above their gate are scaled by gamma * mu(i, t, c).")
-@click.option("--steps", type=int, default=50, show_default=True)
-@click.option("--guidance", type=float, default=9.0, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Prompt j of every concept uses seed + j.")
-@click.option("--model", default=None, help="Base pipeline (default: the SAE's base model, else the toy world).")
-@click.option("--batch-size", type=int, default=8, show_default=True)
-@click.option("--device", default=None, help="cpu / cuda (default: cuda if available).")
-@click.option("--no-mlflow", is_flag=True, help="Do not record an MLflow run.")
+@statistics_options(batch_size=8)
 @actor_option
 @json_option
 @registry_command
@@ -88,13 +107,7 @@ def score_cmd(name: str, sae_ref: str, tau: float | None, top_n: int | None, gam
               help="ua_ira: (UA + IRA) / 2 as in the paper; ua_ira_cra: (UA + IRA + CRA) / 3.")
 @click.option("--sweep-seeds", default="100", show_default=True,
               help="Seeds of the sweep images (never the evaluation seeds 0, 1).")
-@click.option("--steps", type=int, default=50, show_default=True)
-@click.option("--guidance", type=float, default=9.0, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Statistics: prompt j of every concept uses seed + j.")
-@click.option("--model", default=None, help="Base pipeline (default: the SAE's base model, else the toy world).")
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--device", default=None, help="cpu / cuda (default: cuda if available).")
-@click.option("--no-mlflow", is_flag=True, help="Do not record an MLflow run.")
+@statistics_options(batch_size=32)
 @actor_option
 @json_option
 @registry_command
