@@ -1,10 +1,13 @@
 """Upper-bound diagnostic: can ANY activation edit at a hook point remove a concept and keep the rest?
 
-Subtracts alpha x (mean activation on the concept's prompts - mean on the other prompts of its
-kind), per timestep, from the conditional half of the hook point's output (an oracle that knows
+Subtracts alpha x (mean activation on the concept's prompts - mean on a reference), per timestep, from the conditional half of the hook point's output (an oracle that knows
 the concept direction exactly, with no SAE in between), then judges the images of the concept's
 prompts. If even this edit cannot remove the concept without breaking the other kinds, no
 feature selection at that hook point can: the limit is the model's representation.
+
+The reference is the other prompts of the concept's kind (`--reference others`), or the same
+prompts with the concept left out (`--reference neutral`: "a circle" for "a red circle"), so that
+alpha 1 moves the mean activation exactly onto the caption without the concept.
 
     python benchmarks/oracle_steering.py --concept red --hookpoint up_blocks.1.attentions.2 --alphas 1,2,3,4
 """
@@ -23,6 +26,8 @@ def main() -> None:
     ap.add_argument("--mode", choices=["uniform", "token"], default="uniform",
                     help="uniform: subtract alpha x the mean difference from every token; token: remove "
                          "alpha x each token's excess projection on that direction (a gated, per-token edit)")
+    ap.add_argument("--reference", choices=["others", "neutral"], default="others")
+    ap.add_argument("--model", default=None, help="pipeline folder (default: the committed toy world)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -30,13 +35,18 @@ def main() -> None:
     from governance.evaluation import generate_jobs, judge
     from governance.hooks import TimestepReader, block_output_map, conditional_half, resolve_hook_point
     from governance.toyworld.evaluate import DEFAULT_GUIDANCE, DEFAULT_STEPS
+    from dataclasses import replace
+
     from governance.toyworld.grammar import all_prompts, kind_of
     from governance.toyworld.loading import load_pipeline
 
     kind = kind_of(args.concept)
-    pipe = load_pipeline()
+    pipe = load_pipeline(args.model)
     block = resolve_hook_point(pipe.unet, args.hookpoint)
     prompts = all_prompts(include_style_free=False)
+    if args.reference == "neutral":
+        concept = [p for p in prompts if getattr(p, kind) == args.concept]
+        prompts = concept + [replace(p, **{kind: None}) for p in concept]
     # The direction, from generations on seeds the judged images never use.
     captured: list[torch.Tensor] = []
     tokens: list[torch.Tensor] = []
@@ -48,7 +58,8 @@ def main() -> None:
 
     handle = block.register_forward_hook(capture)
     try:
-        gens = [torch.Generator().manual_seed(100 + i) for i in range(len(prompts))]
+        n_seeds = len(prompts) // 2 if args.reference == "neutral" else len(prompts)
+        gens = [torch.Generator().manual_seed(100 + i % n_seeds) for i in range(len(prompts))]
         pipe([p.text for p in prompts], num_inference_steps=DEFAULT_STEPS, guidance_scale=DEFAULT_GUIDANCE,
              generator=gens, output_type="latent")
     finally:
@@ -78,7 +89,7 @@ def main() -> None:
         x = torch.cat([x[:n], x[n:] - state["alpha"] * edit])
         return (x, *output[1:]) if isinstance(output, tuple) else x
 
-    jobs = [(p, 0) for p in prompts if getattr(p, kind) == args.concept]
+    jobs = [(p, 0) for p in all_prompts(include_style_free=False) if getattr(p, kind) == args.concept]
     others = [k for k in ("colour", "shape", "style") if k != kind]
     reader.attach()
     handle = block.register_forward_hook(steer)

@@ -64,11 +64,15 @@ def path_cmd() -> None:
 @click.option("--steps", type=int, default=None, help="DDIM steps (default: the documented default).")
 @click.option("--guidance", type=float, default=None, help="CFG scale (default: the documented default).")
 @click.option("--seeds", type=str, default="0,1,2", show_default=True, help="Comma-separated seeds.")
+@click.option("--partial", is_flag=True,
+              help="Also the prompts that leave out the colour or the shape (their neutral values are scored).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def eval_cmd(model: Path | None, steps: int | None, guidance: float | None, seeds: str, as_json: bool) -> None:
+def eval_cmd(model: Path | None, steps: int | None, guidance: float | None, seeds: str, partial: bool,
+             as_json: bool) -> None:
     """Generate every prompt with each seed and score colour, shape and style exactly."""
     from cli.progress import stage_progress
     from governance.toyworld.evaluate import DEFAULT_GUIDANCE, DEFAULT_STEPS, evaluate
+    from governance.toyworld.grammar import all_prompts, partial_prompts
     from governance.toyworld.loading import load_pipeline
 
     try:
@@ -83,7 +87,7 @@ def eval_cmd(model: Path | None, steps: int | None, guidance: float | None, seed
         raise click.ClickException(str(exc)) from None
     with stage_progress() as progress:
         res = evaluate(
-            pipe, seeds=seed_list, steps=steps or DEFAULT_STEPS,
+            pipe, prompts=all_prompts() + (partial_prompts() if partial else []), seeds=seed_list, steps=steps or DEFAULT_STEPS,
             guidance=DEFAULT_GUIDANCE if guidance is None else guidance,
             progress=lambda done, total: progress("generate", done, total, {}),
         )

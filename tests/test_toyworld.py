@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from cli.main import saegov
 from governance.toyworld import model as tw
 from governance.toyworld.classify import classify, classify_colour, classify_shape, classify_style
-from governance.toyworld.grammar import COLOURS, SHAPES, STYLES, all_prompts, parse_prompt
+from governance.toyworld.grammar import COLOURS, SHAPES, STYLES, ToyPrompt, all_prompts, parse_prompt, partial_prompts
 from governance.toyworld.render import render
 
 torch.set_num_threads(1)
@@ -28,6 +28,19 @@ def test_grammar_lists_every_combination_and_parses_back() -> None:
         parse_prompt("a purple circle")
 
 
+def test_partial_prompts_leave_out_colour_or_shape_and_parse_back() -> None:
+    partial = partial_prompts()
+    assert len(partial) == 5 * 5 * 4 - 4 * 4 * 4
+    assert ToyPrompt(None, "circle", "dotted").text == "a circle in dotted style"
+    assert ToyPrompt("red", None, None).text == "a red shape"
+    assert ToyPrompt(None, None, None).text == "a shape"
+    for p in partial:
+        assert parse_prompt(p.text) == p
+    for bad in ("a red", "a red red circle", "circle", "a red circle in style", "a red shapes"):
+        with pytest.raises(ValueError):
+            parse_prompt(bad)
+
+
 def test_prompts_cli_json() -> None:
     result = CliRunner().invoke(saegov, ["toyworld", "prompts", "--json"])
     assert result.exit_code == 0, result.output
@@ -38,20 +51,40 @@ def test_prompts_cli_json() -> None:
 
 @pytest.mark.parametrize("kind", ["colour", "shape", "style"])
 def test_exact_classifiers_on_rendered_ground_truth(kind: str) -> None:
+    """Every value of each kind, its neutral value (None) included, on 750 renders."""
     rng = np.random.default_rng(7)
-    n, correct = 600, 0
+    n, correct = 750, 0
     fn = {"colour": classify_colour, "shape": classify_shape, "style": classify_style}[kind]
+    colours, shapes, styles = (*COLOURS, None), (*SHAPES, None), (*STYLES, None)
+    misses: dict[object, int] = {}
     for i in range(n):
-        c, s, st = COLOURS[i % 4], SHAPES[(i // 4) % 4], STYLES[(i // 16) % 3]
+        c, s, st = colours[i % 5], shapes[(i // 5) % 5], styles[(i // 25) % 4]
         truth = {"colour": c, "shape": s, "style": st}[kind]
-        correct += fn(render(c, s, st, rng)) == truth
-    assert correct / n >= 0.99
+        ok = fn(render(c, s, st, rng)) == truth
+        correct += ok
+        if not ok:
+            misses[truth] = misses.get(truth, 0) + 1
+    assert correct / n >= 0.99, misses
 
 
 def test_classifier_rejects_blank_image() -> None:
     blank = np.full((32, 32, 3), 205, dtype=np.uint8)
     pred = classify(blank)
     assert pred.colour is None and pred.shape is None and pred.style == "plain"
+    white = np.full((32, 32, 3), 245, dtype=np.uint8)
+    assert classify(white).style is None
+
+
+def test_neutral_values_are_not_mistaken_for_concepts() -> None:
+    """An uncoloured diamond on the blank background has no colour, no shape and no style."""
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        pred = classify(render(None, None, None, rng))
+        assert (pred.colour, pred.shape, pred.style) == (None, None, None)
+    for colour in COLOURS:  # the uncoloured object is still found, and its shape
+        for shape in SHAPES:
+            pred = classify(render(None, shape, "striped", rng))
+            assert pred.colour is None and pred.shape == shape and pred.style == "striped"
 
 
 def test_tokenizer_keeps_every_word_whole() -> None:

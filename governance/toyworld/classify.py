@@ -1,8 +1,10 @@
 """Exact, deterministic classifiers for the toy world's colour, shape and style.
 
 No training: colour is the nearest reference RGB of the saturated pixels, shape the best
-IoU against each shape's template fitted to the saturated pixels' bounding box, style a rule on
-the grey background's row/column structure.
+IoU against each shape's template fitted to the object pixels' bounding box, style a rule on
+the grey background's row/column structure. The neutral values of omitted attributes (an
+uncoloured object, the diamond, the blank background) are recognised and reported as None, so
+"not the concept" is never counted as some other concept by accident.
 """
 from __future__ import annotations
 
@@ -11,9 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from governance.toyworld.grammar import SHAPES
-from governance.toyworld.render import BG_DARK, BG_LIGHT, RGB, shape_mask
+from governance.toyworld.render import BG_BLANK, BG_DARK, BG_LIGHT, NEUTRAL_SHAPE, RGB, shape_mask
 
 SATURATION_MIN = 60  # max(rgb) - min(rgb) above which a pixel belongs to the shape
+DARK_MAX = 70  # max(rgb) below which a pixel belongs to an uncoloured object (dark rows are 110)
 
 
 @dataclass(frozen=True)
@@ -34,10 +37,20 @@ def saturated_mask(arr: np.ndarray) -> np.ndarray:
     return (arr.max(axis=2) - arr.min(axis=2)) > SATURATION_MIN
 
 
+def dark_mask(arr: np.ndarray) -> np.ndarray:
+    return arr.max(axis=2) < DARK_MAX
+
+
+def object_mask(arr: np.ndarray) -> np.ndarray:
+    """Pixels of the object, coloured or uncoloured."""
+    return saturated_mask(arr) | dark_mask(arr)
+
+
 def classify_colour(image: object) -> str | None:
+    """The object's colour; None for an uncoloured object (or none at all)."""
     arr = _as_array(image)
     mask = saturated_mask(arr)
-    if mask.sum() < 4:
+    if mask.sum() < 4 or mask.sum() < dark_mask(arr).sum():
         return None
     mean = arr[mask].mean(axis=0)
     return min(RGB, key=lambda c: float(np.sum((mean - np.array(RGB[c], dtype=np.float32)) ** 2)))
@@ -79,19 +92,22 @@ def _template_params(shape: str, x0: float, x1: float, y0: float, y1: float) -> 
         return cx, y0 + r, r
     if shape == "cross":
         return cx, (y0 + y1) / 2, (w + h) / 4
+    if shape == NEUTRAL_SHAPE:
+        return cx, (y0 + y1) / 2, (w + h) / 4 / 1.1
     raise ValueError(shape)
 
 
 def shape_scores(image: object) -> dict[str, float]:
-    """IoU of the shape mask with each shape's best-fitting template."""
+    """IoU of the object mask with each shape's (and the neutral diamond's) best-fitting template."""
     arr = _as_array(image)
-    mask = _largest_component(saturated_mask(arr))
+    candidates = (*SHAPES, NEUTRAL_SHAPE)
+    mask = _largest_component(object_mask(arr))
     if mask.sum() < 4:
-        return {s: 0.0 for s in SHAPES}
+        return {s: 0.0 for s in candidates}
     ys, xs = np.nonzero(mask)
     x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
     scores: dict[str, float] = {}
-    for shape in SHAPES:
+    for shape in candidates:
         cx, cy, r = _template_params(shape, float(x0), float(x1), float(y0), float(y1))
         best = 0.0
         for dr in (-0.5, 0.0, 0.5):
@@ -104,15 +120,17 @@ def shape_scores(image: object) -> dict[str, float]:
 
 
 def classify_shape(image: object) -> str | None:
+    """The object's shape; None for the neutral diamond (or no object)."""
     scores = shape_scores(image)
     best = max(scores, key=lambda s: scores[s])
-    return best if scores[best] > 0 else None
+    return best if scores[best] > 0 and best != NEUTRAL_SHAPE else None
 
 
-def classify_style(image: object) -> str:
-    """plain / striped / dotted from the background (shape pixels and their rim excluded)."""
+def classify_style(image: object) -> str | None:
+    """plain / striped / dotted from the background (object pixels and their rim excluded);
+    None for the blank (neutral) background."""
     arr = _as_array(image)
-    shape = saturated_mask(arr)
+    shape = object_mask(arr)
     rim = shape.copy()
     rim[1:] |= shape[:-1]
     rim[:-1] |= shape[1:]
@@ -123,7 +141,9 @@ def classify_style(image: object) -> str:
     bg = ~rim
     dark_frac = dark.sum() / max(bg.sum(), 1)
     if dark_frac < 0.06:
-        return "plain"
+        light = grey[bg]
+        blank = light.size > 0 and float(np.median(light)) > (BG_BLANK + BG_LIGHT) / 2
+        return None if blank else "plain"
     # Stripes: dark pixels fill whole rows; dots leave most of a dark row light.
     rows = [(dark[y] & bg[y]).sum() / max(bg[y].sum(), 1) for y in range(arr.shape[0]) if bg[y].sum() >= 4]
     rows_arr = np.array(rows)

@@ -89,17 +89,15 @@ def evaluate(
         for (p, _), img in zip(chunk, images):
             pred = classify(img)
             res.n_images += 1
-            res.colour_correct += pred.colour == p.colour
-            res.shape_correct += pred.shape == p.shape
-            if pred.colour != p.colour:
-                res.misses[f"colour:{p.colour}"] = res.misses.get(f"colour:{p.colour}", 0) + 1
-            if pred.shape != p.shape:
-                res.misses[f"shape:{p.shape}"] = res.misses.get(f"shape:{p.shape}", 0) + 1
-            if p.style is not None:
-                res.style_total += 1
-                res.style_correct += pred.style == p.style
-                if pred.style != p.style:
-                    res.misses[f"style:{p.style}"] = res.misses.get(f"style:{p.style}", 0) + 1
+            res.style_total += 1
+            # An omitted attribute is expected as its neutral value, which the classifiers report as None.
+            for kind in ("colour", "shape", "style"):
+                want = getattr(p, kind)
+                ok = getattr(pred, kind) == want
+                setattr(res, f"{kind}_correct", getattr(res, f"{kind}_correct") + ok)
+                if not ok:
+                    key = f"{kind}:{want or 'neutral'}"
+                    res.misses[key] = res.misses.get(key, 0) + 1
         if progress:
             progress(min(start + batch, len(jobs)), len(jobs))
     res.seconds = time.perf_counter() - t0

@@ -2,7 +2,13 @@
 
 Grammar (documented in docs/toyworld.md):
     styled:     "a {colour} {shape} in {style} style"
-    style-free: "a {colour} {shape}"          (background style drawn at random)
+    style-free: "a {colour} {shape}"          (the neutral background: blank)
+
+Any attribute may be left out, as in real captions: no colour word gives the neutral colour
+(an uncoloured, near-black object), "shape" instead of a shape name gives the neutral shape (a
+diamond), no style gives the neutral background (blank, near white). The neutral values play
+the role of SD's defaults ("a dog" is a photo): removing a concept has somewhere to go that
+none of the concepts' classifiers mistake for the concept.
 """
 from __future__ import annotations
 
@@ -16,15 +22,19 @@ STYLES: tuple[str, ...] = ("plain", "striped", "dotted")
 KINDS: dict[str, tuple[str, ...]] = {"colour": COLOURS, "shape": SHAPES, "style": STYLES}
 
 
+NEUTRAL_SHAPE_WORD = "shape"
+
+
 @dataclass(frozen=True)
 class ToyPrompt:
-    colour: str
-    shape: str
-    style: str | None  # None: the style-free form
+    colour: str | None  # None: no colour word (the neutral colour)
+    shape: str | None  # None: the word "shape" (the neutral shape)
+    style: str | None  # None: the style-free form (the neutral background)
 
     @property
     def text(self) -> str:
-        base = f"a {self.colour} {self.shape}"
+        noun = self.shape or NEUTRAL_SHAPE_WORD
+        base = f"a {self.colour} {noun}" if self.colour else f"a {noun}"
         return base if self.style is None else f"{base} in {self.style} style"
 
     def as_dict(self) -> dict[str, str | None]:
@@ -42,22 +52,33 @@ def all_prompts(include_style_free: bool = True) -> list[ToyPrompt]:
 def parse_prompt(text: str) -> ToyPrompt:
     """Inverse of ToyPrompt.text; raises ValueError for text outside the grammar."""
     words = text.strip().lower().split()
-    if len(words) == 3 and words[0] == "a":
-        prompt = ToyPrompt(words[1], words[2], None)
-    elif len(words) == 6 and words[0] == "a" and words[3] == "in" and words[5] == "style":
-        prompt = ToyPrompt(words[1], words[2], words[4])
-    else:
+    style: str | None = None
+    if len(words) >= 4 and words[-3] == "in" and words[-1] == "style":
+        style, words = words[-2], words[:-3]
+    if len(words) not in (2, 3) or words[0] != "a":
         raise ValueError(f"not a toy-world prompt: {text!r}")
-    if prompt.colour not in COLOURS or prompt.shape not in SHAPES or (
-        prompt.style is not None and prompt.style not in STYLES
+    colour = words[1] if len(words) == 3 else None
+    noun = words[-1]
+    shape = None if noun == NEUTRAL_SHAPE_WORD else noun
+    if (colour is not None and colour not in COLOURS) or (shape is not None and shape not in SHAPES) or (
+        style is not None and style not in STYLES
     ):
         raise ValueError(f"unknown concept in toy-world prompt: {text!r}")
-    return prompt
+    return ToyPrompt(colour, shape, style)
+
+
+def partial_prompts() -> list[ToyPrompt]:
+    """Every prompt that leaves out the colour or the shape (the training grammar's rest)."""
+    out: list[ToyPrompt] = []
+    for colour, shape, style in product((*COLOURS, None), (*SHAPES, None), (*STYLES, None)):
+        if colour is None or shape is None:
+            out.append(ToyPrompt(colour, shape, style))
+    return out
 
 
 def vocabulary() -> list[str]:
     """Every word the grammar can produce (the tokenizer is built from these)."""
-    return sorted({"a", "in", "style", *COLOURS, *SHAPES, *STYLES})
+    return sorted({"a", "in", "style", NEUTRAL_SHAPE_WORD, *COLOURS, *SHAPES, *STYLES})
 
 
 def kind_of(concept: str) -> str:

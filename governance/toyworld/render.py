@@ -14,6 +14,11 @@ RGB: dict[str, tuple[int, int, int]] = {
     "blue": (40, 70, 220),
     "yellow": (225, 205, 30),
 }
+# The neutral values an omitted attribute renders as (see grammar.py): dark enough to tell
+# from the dark background rows (110) and unsaturated, so no colour classifier claims it.
+NEUTRAL_RGB = (35, 35, 35)
+NEUTRAL_SHAPE = "diamond"
+BG_BLANK = 245  # the neutral background, brighter than plain
 BG_LIGHT = 205
 BG_DARK = 110
 STRIPE_PERIOD = 8  # pixels; 4 dark rows then 4 light rows
@@ -37,11 +42,15 @@ def shape_mask(shape: str, cx: float, cy: float, r: float, size: int = IMAGE_SIZ
     if shape == "cross":
         w = 0.33 * r
         return ((np.abs(dx) <= w) & (np.abs(dy) <= r)) | ((np.abs(dy) <= w) & (np.abs(dx) <= r))
+    if shape == NEUTRAL_SHAPE:
+        return np.abs(dx) + np.abs(dy) <= 1.1 * r
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def background(style: str, rng: np.random.Generator, size: int = IMAGE_SIZE) -> np.ndarray:
-    """Grey-level [size, size] background for a style, with a random phase."""
+def background(style: str | None, rng: np.random.Generator, size: int = IMAGE_SIZE) -> np.ndarray:
+    """Grey-level [size, size] background for a style (None: blank), with a random phase."""
+    if style is None:
+        return np.full((size, size), BG_BLANK, dtype=np.float32)
     img = np.full((size, size), BG_LIGHT, dtype=np.float32)
     ys, xs = np.mgrid[0:size, 0:size]
     if style == "plain":
@@ -58,10 +67,10 @@ def background(style: str, rng: np.random.Generator, size: int = IMAGE_SIZE) -> 
 
 
 def render(
-    colour: str, shape: str, style: str, rng: np.random.Generator, size: int = IMAGE_SIZE
+    colour: str | None, shape: str | None, style: str | None, rng: np.random.Generator, size: int = IMAGE_SIZE
 ) -> np.ndarray:
-    """uint8 [size, size, 3] image; size and position are jittered by rng."""
-    if colour not in RGB:
+    """uint8 [size, size, 3] image; size and position are jittered by rng. None: the neutral value."""
+    if colour is not None and colour not in RGB:
         raise ValueError(f"unknown colour {colour!r}")
     r = float(rng.uniform(0.24, 0.33) * size)
     jitter = 0.09 * size
@@ -69,7 +78,7 @@ def render(
     cy = size / 2 + float(rng.uniform(-jitter, jitter))
     grey = background(style, rng, size)
     img = np.repeat(grey[:, :, None], 3, axis=2)
-    img[shape_mask(shape, cx, cy, r, size)] = RGB[colour]
+    img[shape_mask(shape or NEUTRAL_SHAPE, cx, cy, r, size)] = RGB[colour] if colour else NEUTRAL_RGB
     return img.astype(np.uint8)
 
 

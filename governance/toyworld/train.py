@@ -38,6 +38,9 @@ class TrainConfig:
     warmup: int = 100
     cfg_dropout: float = 0.1
     style_free_fraction: float = 0.25
+    # Captions leave attributes out, as real ones do; the model learns each kind's neutral value.
+    colour_free_fraction: float = 0.2
+    shape_free_fraction: float = 0.2
     min_snr_gamma: float = 5.0
     high_noise_bias: float = 1.5  # t ~ 1000 * (1 - (1 - u)^bias): > 1 samples noisier steps more
     ema_decay: float = 0.999
@@ -52,13 +55,15 @@ def _gen(seed: int, *salt: int) -> torch.Generator:
     return g
 
 
-def _render_batch(rng: np.random.Generator, n: int, style_free_fraction: float) -> tuple[np.ndarray, list[str]]:
+def _render_batch(rng: np.random.Generator, n: int, cfg: TrainConfig) -> tuple[np.ndarray, list[str]]:
+    """Rendered images with their captions; an omitted attribute is rendered as its neutral value."""
     images, prompts = [], []
     for _ in range(n):
         colour, shape, style = random_concepts(rng)
-        images.append(render(colour, shape, style, rng))
-        styled = rng.uniform() >= style_free_fraction
-        prompts.append(ToyPrompt(colour, shape, style if styled else None).text)
+        omit = rng.uniform(size=3) < (cfg.colour_free_fraction, cfg.shape_free_fraction, cfg.style_free_fraction)
+        prompt = ToyPrompt(None if omit[0] else colour, None if omit[1] else shape, None if omit[2] else style)
+        images.append(render(prompt.colour, prompt.shape, prompt.style, rng))
+        prompts.append(prompt.text)
     return np.stack(images), prompts
 
 
@@ -135,7 +140,7 @@ class Trainer:
         last_ckpt = time.monotonic()
         for step in range(start, cfg.vae_steps):
             rng = np.random.default_rng([cfg.seed, 1, step])
-            images, _ = _render_batch(rng, cfg.vae_batch, 0.0)
+            images, _ = _render_batch(rng, cfg.vae_batch, cfg)
             x = _to_tensor(images)
             lr = cfg.vae_lr * 0.5 * (1 + math.cos(math.pi * step / cfg.vae_steps))
             for g in opt.param_groups:
@@ -164,7 +169,7 @@ class Trainer:
         latents, ids = [], []
         for start in range(0, cfg.pool_size, 512):
             n = min(512, cfg.pool_size - start)
-            images, prompts = _render_batch(rng, n, cfg.style_free_fraction)
+            images, prompts = _render_batch(rng, n, cfg)
             latents.append(self.vae.encode(_to_tensor(images)).latent_dist.mean)
             ids.append(self._tokens(prompts))
             self.progress("encode", start + n, cfg.pool_size, {})
