@@ -150,6 +150,22 @@ def deployment_audit(store: Any, deployment_id: int | None, mapping_ids: list[in
     return [e.to_json() for e in sorted({e.seq: e for e in events}.values(), key=lambda e: e.seq)]
 
 
+def sweep_seed_clashes(evidence: dict[int, list[dict[str, Any]]], seeds: tuple[int, ...]) -> list[str]:
+    """{mapping id: its evidence} -> the mappings whose operating point was swept on these very
+    evaluation images (styled wording, same seeds): evaluating on them would grade the sweep on
+    its own training data."""
+    clashes: list[str] = []
+    for mid, items in evidence.items():
+        for ev in items:
+            if ev.get("kind") != "sweep":
+                continue
+            table = json.loads(ev.get("ref") or "{}")
+            shared = sorted(set(table.get("seeds", [])) & set(seeds))
+            if shared and str(table.get("prompts", "")).startswith("styled"):
+                clashes.append(f"mapping {mid} (seeds {','.join(map(str, shared))})")
+    return clashes
+
+
 def evaluate_deployment(deployment: Path, *, store: Any | None, check_registry: bool = True,
                         seeds: tuple[int, ...] = EVAL_SEEDS, report: Path | None = None, track: bool = True,
                         progress: Progress | None = None,
@@ -165,6 +181,13 @@ def evaluate_deployment(deployment: Path, *, store: Any | None, check_registry: 
     targets = toy_targets([e.concept for e in entries])
     payload = enforced.saegov.manifest.payload
     d = payload.defaults
+    mapping_ids = [e.mapping_id for e in entries if e.mapping_id is not None]
+    if store is not None and check_registry:
+        clashes = sweep_seed_clashes({m: store.get_mapping(m, with_features=False).evidence for m in mapping_ids},
+                                     seeds)
+        if clashes:
+            raise EvalError("the evaluation seeds were used to sweep the operating point of "
+                            + "; ".join(clashes) + ": evaluate on other seeds")
     jobs = eval_jobs(seeds)
     tick = progress or (lambda stage, i, n: None)
     # "Before" is the same verified pipeline with its hooks off: only the blocklist differs.
@@ -187,7 +210,6 @@ def evaluate_deployment(deployment: Path, *, store: Any | None, check_registry: 
                        "UA_whitebox_unprotected": (a.get("whitebox") or {}).get("UA_unprotected")}
                    for c, a in per_concept.items()}
         result.attack = {"summary": summary, "per_concept": per_concept}
-    mapping_ids = [e.mapping_id for e in entries if e.mapping_id is not None]
     if report is not None:
         result.report = write_eval_report(result, report, store, mapping_ids, enforced.saegov)
     if track:

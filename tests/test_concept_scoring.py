@@ -196,6 +196,16 @@ def test_concept_sweep_picks_the_best_measured_point(workspace: tuple[Store, Pat
                                             "--sweep-seeds", "0", "--actor", "erin"])
     assert bad.exit_code != 0 and bad.output.startswith("error:") and "evaluation seeds" in bad.output
 
+    # ... and evaluation refuses seeds a style sweep used (colours sweep on other wording).
+    from governance.deployment_eval import sweep_seed_clashes
+
+    evidence = {out["mapping_id"]: m.evidence}
+    assert sweep_seed_clashes(evidence, (100,)) == []
+    styled = {**table, "prompts": "styled wording, sweep seeds", "seeds": [100, 101]}
+    evidence[99] = [{"kind": "sweep", "ref": json.dumps(styled)}]
+    assert sweep_seed_clashes(evidence, (0, 1)) == []
+    assert sweep_seed_clashes(evidence, (1, 101, 100)) == ["mapping 99 (seeds 100,101)"]
+
 
 def saegov_cli():
     from cli.main import saegov
