@@ -1,13 +1,15 @@
 """Upper-bound diagnostic: can ANY activation edit at a hook point remove a concept and keep the rest?
 
-Subtracts alpha x (mean activation on the concept's prompts - mean on a reference), per timestep, from the conditional half of the hook point's output (an oracle that knows
-the concept direction exactly, with no SAE in between), then judges the images of the concept's
+Subtracts alpha x (mean activation on the concept's prompts - mean on a reference), per
+timestep, from the conditional half of the hook point's output (an oracle that knows the
+concept direction exactly, with no SAE in between), then judges the images of the concept's
 prompts. If even this edit cannot remove the concept without breaking the other kinds, no
 feature selection at that hook point can: the limit is the model's representation.
 
 The reference is the other prompts of the concept's kind (`--reference others`), or the same
-prompts with the concept left out (`--reference neutral`: "a circle" for "a red circle"), so that
-alpha 1 moves the mean activation exactly onto the caption without the concept.
+prompts with the concept left out (`--reference neutral`: "a circle in plain style" for "a red
+circle in plain style"), so that alpha 1 moves the mean activation exactly onto the caption
+without the concept.
 
     python benchmarks/oracle_steering.py --concept red --hookpoint up_blocks.1.attentions.2 --alphas 1,2,3,4
 """

@@ -159,8 +159,14 @@ def sweep_seed_clashes(evidence: dict[int, list[dict[str, Any]]], seeds: tuple[i
         for ev in items:
             if ev.get("kind") != "sweep":
                 continue
-            table = json.loads(ev.get("ref") or "{}")
-            shared = sorted(set(table.get("seeds", [])) & set(seeds))
+            try:  # evidence is free-form (mapping import): what is not a sweep table says nothing
+                table = json.loads(ev.get("ref") or "{}")
+            except (TypeError, ValueError):
+                continue
+            used = table.get("seeds") if isinstance(table, dict) else None
+            if not isinstance(used, list):
+                continue
+            shared = sorted({s for s in used if isinstance(s, int)} & set(seeds))
             if shared and str(table.get("prompts", "")).startswith("styled"):
                 clashes.append(f"mapping {mid} (seeds {','.join(map(str, shared))})")
     return clashes
@@ -182,7 +188,7 @@ def evaluate_deployment(deployment: Path, *, store: Any | None, check_registry: 
     payload = enforced.saegov.manifest.payload
     d = payload.defaults
     mapping_ids = [e.mapping_id for e in entries if e.mapping_id is not None]
-    if store is not None and check_registry:
+    if store is not None:
         clashes = sweep_seed_clashes({m: store.get_mapping(m, with_features=False).evidence for m in mapping_ids},
                                      seeds)
         if clashes:
@@ -200,7 +206,9 @@ def evaluate_deployment(deployment: Path, *, store: Any | None, check_registry: 
     result = DeploymentEval(deployment=str(deployment), blocklist=payload.blocklist, targets=targets, seeds=seeds,
                             steps=d.num_inference_steps, guidance=d.guidance_scale, jobs=jobs, before=before,
                             after=after, metrics=metrics, metrics_before=metrics_before,
-                            registry_checked=enforced.saegov.registry_checked, notes=list(enforced.saegov.notes))
+                            registry_checked=enforced.saegov.registry_checked,
+                            notes=list(enforced.saegov.notes) + ([] if store is not None else [
+                                "no registry: not checked whether a style sweep used these seeds"]))
     if attack is not None:
         per_concept = attack(enforced, targets)
         summary = {c: {**{k: a.get(k) for k in ("UA_no_attack", "UA_paraphrase", "UA_whitebox", "n_paraphrase",

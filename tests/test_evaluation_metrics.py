@@ -42,3 +42,21 @@ def test_style_target_ignores_style_free_prompts_and_other_blocked_concepts() ->
     # Blue is blocked too: its image does not count for dotted's colour retention.
     assert m["dotted"]["CRA_by_kind"]["colour"] == pytest.approx(1.0)
     assert m["blue"]["UA"] == 0.0 and m["blue"]["IRA"] == pytest.approx(1.0)
+
+
+def test_sweep_seed_clashes_reads_only_sweep_tables() -> None:
+    """Evaluation refuses seeds a styled sweep used; free-form evidence is never a crash."""
+    import json
+
+    from governance.deployment_eval import sweep_seed_clashes
+
+    styled = {"prompts": "styled wording, sweep seeds", "seeds": [100, 101]}
+    style_free = {"prompts": "style-free wording", "seeds": [0, 1]}
+    evidence = {
+        1: [{"kind": "sweep", "ref": json.dumps(styled)}, {"kind": "note", "ref": "seeds 0,1"}],
+        2: [{"kind": "sweep", "ref": json.dumps(style_free)}],
+        3: [{"kind": "sweep", "ref": "https://example.org/sweep"}, {"kind": "sweep", "ref": "[1, 2]"},
+            {"kind": "sweep", "ref": json.dumps({"prompts": "styled", "seeds": 5})}, {"kind": "sweep"}],
+    }
+    assert sweep_seed_clashes(evidence, (0, 1)) == []
+    assert sweep_seed_clashes(evidence, (101, 7)) == ["mapping 1 (seeds 101)"]

@@ -81,10 +81,39 @@ def test_neutral_values_are_not_mistaken_for_concepts() -> None:
     for _ in range(50):
         pred = classify(render(None, None, None, rng))
         assert (pred.colour, pred.shape, pred.style) == (None, None, None)
-    for colour in COLOURS:  # the uncoloured object is still found, and its shape
+    for style in STYLES:  # the uncoloured object is still found, and its shape and background
         for shape in SHAPES:
-            pred = classify(render(None, shape, "striped", rng))
-            assert pred.colour is None and pred.shape == shape and pred.style == "striped"
+            pred = classify(render(None, shape, style, rng))
+            assert pred.colour is None and pred.shape == shape and pred.style == style
+
+
+def test_uncoloured_object_on_plain_is_plain_when_blurred() -> None:
+    """A removed colour leaves an uncoloured object; its soft edge must not read as dots."""
+    kernel = np.exp(-0.5 * np.arange(-3, 4) ** 2)  # Gaussian, sigma 1 pixel
+    kernel /= kernel.sum()
+
+    def blur(img: np.ndarray) -> np.ndarray:
+        padded = np.pad(img, ((3, 3), (3, 3), (0, 0)), mode="edge")
+        rows = sum(w * padded[i:i + img.shape[0]] for i, w in enumerate(kernel))
+        return sum(w * rows[:, i:i + img.shape[1]] for i, w in enumerate(kernel))
+
+    rng = np.random.default_rng(5)
+    for i in range(40):
+        img = render(None, SHAPES[i % 4], "plain", rng).astype(np.float32)
+        assert classify_style(blur(img).round().astype(np.uint8)) == "plain"
+
+
+def test_training_captions_match_their_images() -> None:
+    from governance.toyworld.train import TrainConfig, _render_batch
+
+    images, captions = _render_batch(np.random.default_rng(11), 200, TrainConfig())
+    omitted = 0
+    for img, caption in zip(images, captions):
+        truth, pred = parse_prompt(caption), classify(img)
+        assert (pred.colour, pred.shape) == (truth.colour, truth.shape), caption
+        assert pred.style == truth.style, caption
+        omitted += truth.colour is None or truth.shape is None
+    assert 40 <= omitted <= 110  # about 1 - 0.8 * 0.8 = 36 % leave out the colour or the shape
 
 
 def test_tokenizer_keeps_every_word_whole() -> None:

@@ -131,11 +131,16 @@ def classify_style(image: object) -> str | None:
     None for the blank (neutral) background."""
     arr = _as_array(image)
     shape = object_mask(arr)
+    # A 2-pixel rim: the blurred edge of an uncoloured object is darker than the light
+    # background and must not read as dots.
     rim = shape.copy()
-    rim[1:] |= shape[:-1]
-    rim[:-1] |= shape[1:]
-    rim[:, 1:] |= shape[:, :-1]
-    rim[:, :-1] |= shape[:, 1:]
+    for _ in range(2):
+        grown = rim.copy()
+        grown[1:] |= rim[:-1]
+        grown[:-1] |= rim[1:]
+        grown[:, 1:] |= rim[:, :-1]
+        grown[:, :-1] |= rim[:, 1:]
+        rim = grown
     grey = arr.mean(axis=2)
     dark = (grey < (BG_LIGHT + BG_DARK) / 2) & ~rim
     bg = ~rim
