@@ -40,11 +40,14 @@ def prompts_cmd(as_json: bool) -> None:
 def train_cmd(out: Path, minutes: float, seed: int, vae_steps: int, max_steps: int | None) -> None:
     """Train the toy world from scratch (seeded, resumable: re-run the same command)."""
     from cli.progress import stage_progress
-    from governance.toyworld.train import TrainConfig, Trainer
+    from governance.toyworld.train import CheckpointMismatch, TrainConfig, Trainer
 
     cfg = TrainConfig(seed=seed, minutes=minutes, vae_steps=vae_steps, max_steps=max_steps)
-    with stage_progress() as progress:
-        final = Trainer(out, cfg, progress).run()
+    try:
+        with stage_progress() as progress:
+            final = Trainer(out, cfg, progress).run()
+    except CheckpointMismatch as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(f"trained pipeline written to {final}")
 
 

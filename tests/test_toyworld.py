@@ -177,7 +177,13 @@ def test_training_resumes_exactly_after_interruption(tmp_path: Path) -> None:
         Trainer(tmp_path / "b", _small_cfg(), crash).run()
     state = json.loads((tmp_path / "b" / "checkpoint" / "state.json").read_text())
     assert state["stage"] == "unet" and state["step"] == 4
-    Trainer(tmp_path / "b", _small_cfg()).run()
+    from dataclasses import replace
+
+    from governance.toyworld.train import CheckpointMismatch
+
+    with pytest.raises(CheckpointMismatch, match="lr differ"):  # another recipe is refused, not mixed in
+        Trainer(tmp_path / "b", replace(_small_cfg(), lr=1e-3)).run()
+    Trainer(tmp_path / "b", replace(_small_cfg(), checkpoint_every_s=999.0)).run()  # pacing may change
     a = load_file(str(tmp_path / "a" / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors"))
     b = load_file(str(tmp_path / "b" / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors"))
     assert a.keys() == b.keys()

@@ -115,6 +115,14 @@ def _unprefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torc
     return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
 
 
+class CheckpointMismatch(ValueError):
+    """A checkpoint made with another recipe: resuming it would mix two trainings."""
+
+
+# Settings that only pace a run, not shape its result; they may change between resumptions.
+_PACING = {"checkpoint_every_s", "minutes"}
+
+
 class Trainer:
     def __init__(self, out: Path, cfg: TrainConfig, progress: Progress | None = None) -> None:
         self.out = out
@@ -278,6 +286,12 @@ class Trainer:
         stage, step, state, meta = "vae", 0, None, {}
         if (self.ckpt / "state.json").exists():
             meta = json.loads((self.ckpt / "state.json").read_text())
+            ours, theirs = asdict(self.cfg), dict(meta.get("config", {}))
+            differ = sorted(k for k in (set(ours) | set(theirs)) - _PACING if ours.get(k) != theirs.get(k))
+            if differ:
+                raise CheckpointMismatch(
+                    f"the checkpoint in {self.ckpt} was made with another recipe ({', '.join(differ)} differ): "
+                    "resume with the same settings, or train into another --out")
             state = load_file(str(self.ckpt / "state.safetensors"))
             stage, step = str(meta["stage"]), int(meta["step"])
             self.vae.load_state_dict(_unprefixed(state, "vae"))
