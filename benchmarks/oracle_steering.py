@@ -16,6 +16,7 @@ without the concept.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 import torch
 
@@ -37,8 +38,6 @@ def main() -> None:
     from governance.evaluation import generate_jobs, judge
     from governance.hooks import TimestepReader, block_output_map, conditional_half, resolve_hook_point
     from governance.toyworld.evaluate import DEFAULT_GUIDANCE, DEFAULT_STEPS
-    from dataclasses import replace
-
     from governance.toyworld.grammar import all_prompts, kind_of
     from governance.toyworld.loading import load_pipeline
 

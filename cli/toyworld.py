@@ -88,9 +88,10 @@ def eval_cmd(model: Path | None, steps: int | None, guidance: float | None, seed
         pipe = load_pipeline(model)
     except ModelLoadError as exc:
         raise click.ClickException(str(exc)) from None
+    prompts = all_prompts() + (partial_prompts() if partial else [])
     with stage_progress() as progress:
         res = evaluate(
-            pipe, prompts=all_prompts() + (partial_prompts() if partial else []), seeds=seed_list, steps=steps or DEFAULT_STEPS,
+            pipe, prompts=prompts, seeds=seed_list, steps=steps or DEFAULT_STEPS,
             guidance=DEFAULT_GUIDANCE if guidance is None else guidance,
             progress=lambda done, total: progress("generate", done, total, {}),
         )

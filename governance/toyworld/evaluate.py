@@ -25,7 +25,6 @@ class EvalResult:
     colour_correct: int = 0
     shape_correct: int = 0
     style_correct: int = 0
-    style_total: int = 0
     seconds: float = 0.0
     misses: dict[str, int] = field(default_factory=dict)
 
@@ -39,7 +38,7 @@ class EvalResult:
 
     @property
     def style_accuracy(self) -> float:
-        return self.style_correct / max(self.style_total, 1)
+        return self.style_correct / max(self.n_images, 1)
 
     @property
     def seconds_per_image(self) -> float:
@@ -89,7 +88,6 @@ def evaluate(
         for (p, _), img in zip(chunk, images):
             pred = classify(img)
             res.n_images += 1
-            res.style_total += 1
             # An omitted attribute is expected as its neutral value, which the classifiers report as None.
             for kind in ("colour", "shape", "style"):
                 want = getattr(p, kind)
