@@ -38,8 +38,9 @@ def register(root: click.Group) -> None:
 
     @grp.command("checkpoint")
     @click.option("--out", "out", type=click.Path(path_type=Path), required=True)
+    @json_option
     @registry_command
-    def checkpoint(out: Path) -> None:
+    def checkpoint(out: Path, as_json: bool) -> None:
         """Verify, then write {size, head_hash, merkle_root, time} to FILE."""
         import json
 
@@ -50,6 +51,9 @@ def register(root: click.Group) -> None:
             out.write_text(json.dumps(cp.model_dump(), indent=2) + "\n")
         except OSError as exc:
             raise ValidationFailed(f"{out}: cannot write ({exc.strerror})") from None
+        if as_json:
+            print_json({"path": str(out), **cp.model_dump()})
+            return
         click.echo(f"checkpoint: {cp.size} events, root {cp.merkle_root[:16]} -> {out}")
 
     @grp.command("log")

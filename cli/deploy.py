@@ -102,10 +102,11 @@ def register(root: click.Group) -> None:
     @click.option("--steps", type=int, default=None, help="Default: the deployment's approved step count.")
     @click.option("--guidance", type=float, default=None, help="Default: the deployment's approved guidance.")
     @actor_option
+    @json_option
     @registry_command
     @governance_errors
     def generate(deployment: Path, prompt: str, seed: int, out: Path, trace_file: Path | None, record: bool,
-                 steps: int | None, guidance: float | None, actor: str | None) -> None:
+                 steps: int | None, guidance: float | None, actor: str | None, as_json: bool) -> None:
         """Generate one image through a verified deployment, with its feature trace."""
         import hashlib
 
@@ -138,6 +139,11 @@ def register(root: click.Group) -> None:
         if trace_file is not None:
             trace_file.write_text(json.dumps(trace, indent=2) + "\n")
         n = sum(len(c["suppressed"]) > 0 for c in trace["unet_calls"])
+        if as_json:
+            print_json({"image": str(out), "trace_file": str(trace_file) if trace_file else None,
+                        "generation_id": trace.get("generation_id"), "suppressed_calls": n,
+                        "unet_calls": len(trace["unet_calls"]), "trace": trace})
+            return
         click.echo(f"{out}: suppression in {n} of {len(trace['unet_calls'])} UNet calls"
                    + (f"; recorded as generation {trace['generation_id']}" if "generation_id" in trace else ""))
 

@@ -247,6 +247,10 @@ def test_audit_commands(populated: CLI, tmp_path: Path) -> None:
     c("audit", "checkpoint", "--out", cp)
     body = json.loads(cp.read_text())
     assert set(body) == {"size", "head_hash", "merkle_root", "time"}
+    again = c.json("audit", "checkpoint", "--out", tmp_path / "cp2.json")
+    assert again["path"] == str(tmp_path / "cp2.json")
+    assert {k: again[k] for k in ("size", "head_hash", "merkle_root")} == {
+        k: body[k] for k in ("size", "head_hash", "merkle_root")}
     c("concept", "add", "blue", "--kind", "colour", actor="erin")
     assert c.json("audit", "verify", "--checkpoint", cp)["checkpoint_size"] == body["size"]
     log = c.json("audit", "log", "--actor", "rob")

@@ -170,6 +170,15 @@ def test_cli_build_generate_record_explain(world) -> None:
         assert rep["deployment"]["built_by"] == "erin"
     r = runner.invoke(saegov, ["audit", "explain", str(img)])
     assert "approved by rob" in r.output and "Concept 'red'" in r.output
+    img2 = world["tmp"] / "g2.png"
+    r = runner.invoke(saegov, ["generate", "--deployment", str(out), "a red circle", "--seed", "3",
+                               "--out", str(img2), "--json"])
+    assert r.exit_code == 0, r.output
+    got = json.loads(r.stdout)
+    assert got["image"] == str(img2) and got["generation_id"] is None and got["trace_file"] is None
+    assert got["unet_calls"] == len(t["unet_calls"]) and got["suppressed_calls"] >= 1
+    # the same prompt and seed through the same deployment suppress the same features
+    assert got["trace"]["unet_calls"] == t["unet_calls"]
 
 
 def test_cli_bad_inputs_are_one_line_errors(world, tmp_path: Path) -> None:

@@ -1,11 +1,12 @@
 """On the trained toy world: the features `concept score` selects for a colour fire on images of
 that colour far more than on the other colours.
 
-Pipeline: collect activations of every colour prompt (10 DDIM steps, CFG 9) -> train a small SAE
-(x4, k 8) -> per-timestep statistics of each colour (seed 0) -> top-2 features per timestep ->
-firing of those (timestep, feature) pairs on fresh generations (seed 1000) of each colour's
-prompts, grouped by the prompted colour. Skipped (with the reason) while the trained toy world
-is not installed; the untrained architecture is not expected to separate colours.
+Pipeline: collect activations of every colour prompt (10 DDIM steps, CFG 9) at the hook point the
+demo blocks colours at -> train a small SAE (x4, k 8) -> per-timestep statistics of each colour
+(seed 0) -> top-2 features per timestep -> firing of those (timestep, feature) pairs on fresh
+generations (seed 1000) of each colour's prompts, grouped by the prompted colour. Skipped (with
+the reason) while the trained toy world is not installed; the untrained architecture is not
+expected to separate colours.
 """
 from __future__ import annotations
 
@@ -17,12 +18,15 @@ import torch
 torch.set_num_threads(1)
 
 STEPS = 10
-HOOK = "up_blocks.1.attentions.1"
-# Measured on the committed toy world v2 (small x4, k=8 SAE): red 3.01, green 2.19, blue 1.83,
-# yellow 2.16 (v1 was red 1.77, green 3.25, blue 28.8, yellow 3.98). Every colour must clearly
-# prefer its own images.
-MIN_RATIO = 1.5
-MEAN_RATIO = 2.0
+# `saegov demo` blocks colours at `.2`, where colour blocking measured best (docs/evaluation.md);
+# at `.1` the same pipeline measures red 3.01, green 2.19, blue 1.83, yellow 2.16.
+HOOK = "up_blocks.1.attentions.2"
+# Measured on the committed toy world v2 (small x4, k=8 SAE) at `.2`: red 4.34, green 3.02,
+# blue 3.90, yellow 2.00 (mean 3.31). Yellow is the weakest because its RGB (225, 205, 30) is red
+# light plus green light: its features also fire on red (0.75 of their yellow level), while
+# red's fire on green and blue at 10 % and 5 % of their red level (the matrix the test prints).
+MIN_RATIO = 1.6
+MEAN_RATIO = 2.6
 
 
 def _trained_toy_world() -> Path | None:
@@ -33,8 +37,12 @@ def _trained_toy_world() -> Path | None:
     return default_pipeline_path() if is_trained() else None
 
 
-def colour_selectivity(model: str, work: Path, steps: int = STEPS) -> dict[str, float]:
-    """{colour: mean firing of its selected features on its own colour / on the other colours}."""
+def colour_selectivity(model: str, work: Path, steps: int = STEPS,
+                       matrix: dict[str, list[float]] | None = None) -> dict[str, float]:
+    """{colour: mean firing of its selected features on its own colour / on the other colours}.
+
+    `matrix`, when given, receives {colour: firing of its features on each colour / on its own}.
+    """
     from governance.activations.collect import CollectConfig, collect
     from governance.basemodel import load_pipeline
     from governance.concept_stats import ConceptPrompts, collect_concept_stats
@@ -67,6 +75,8 @@ def colour_selectivity(model: str, work: Path, steps: int = STEPS) -> dict[str, 
         fire = held_out.mu[:, feats, cols].mean(dim=1)  # [K]: mean over the selected pairs
         others = torch.cat([fire[:k], fire[k + 1:]]).mean()
         ratios[colour] = float(fire[k] / others.clamp_min(1e-12))
+        if matrix is not None:
+            matrix[colour] = [float(f / fire[k].clamp_min(1e-12)) for f in fire]
     return ratios
 
 
@@ -75,10 +85,15 @@ def colour_selectivity(model: str, work: Path, steps: int = STEPS) -> dict[str, 
                            "an untrained model has no colour features to find")
 def test_selected_colour_features_fire_on_their_colour(tmp_path: Path) -> None:
     model = _trained_toy_world()
-    ratios = colour_selectivity(str(model), tmp_path)
+    matrix: dict[str, list[float]] = {}
+    ratios = colour_selectivity(str(model), tmp_path, matrix=matrix)
     print("own-colour / other-colours firing ratio:", {c: round(r, 2) for c, r in ratios.items()})
+    print("firing on each colour / on its own:", {c: [round(v, 3) for v in row] for c, row in matrix.items()})
     assert min(ratios.values()) > MIN_RATIO, ratios
     assert sum(ratios.values()) / len(ratios) > MEAN_RATIO, ratios
+    for k, (colour, row) in enumerate(matrix.items()):
+        # every colour's features fire most on that colour, never as much on any other
+        assert max(v for j, v in enumerate(row) if j != k) < 0.85, (colour, row)
 
 
 if __name__ == "__main__":  # measure on any pipeline folder: python tests/test_toyworld_scoring.py PATH
