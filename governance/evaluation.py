@@ -75,13 +75,16 @@ def unlearning_metrics(judged: list[Judged], targets: list[str]) -> dict[str, di
     for c in targets:
         kind = kind_of(c)
         target_imgs = [j for j in judged if getattr(j.prompt, kind) == c]
-        # A style-free prompt asks for no style: its image is judged on colour and shape only.
+        # IRA counts the other concepts of the kind, as UnlearnCanvas does; an attribute the prompt
+        # leaves out (its neutral value) is no concept.
         others = [j for j in judged if getattr(j.prompt, kind) not in blocked | {c, None}]
         cra_parts = {}
         for other_kind in KIND_FIELD:
             if other_kind == kind:
                 continue
-            pool = [j for j in judged if getattr(j.prompt, other_kind) not in blocked | {None}]
+            # Retention includes the neutral values: a style-free prompt must keep its blank
+            # background, so a point that paints over it is not scored as harmless.
+            pool = [j for j in judged if getattr(j.prompt, other_kind) not in blocked]
             cra_parts[other_kind] = _acc(pool, other_kind)
         acc_t = _acc(target_imgs, kind)
         cra_vals = [v for v in cra_parts.values() if v is not None]

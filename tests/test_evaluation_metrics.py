@@ -20,13 +20,14 @@ def test_colour_target() -> None:
         j(ToyPrompt("red", "square", "dotted"), "red", "cross", "dotted"),     # red kept, shape lost
         j(ToyPrompt("green", "circle", "plain"), "green", "circle", "plain"),
         j(ToyPrompt("blue", "circle", "striped"), "red", "circle", "striped"),  # collateral damage
-        j(ToyPrompt("green", "cross", None), "green", "cross", "dotted"),       # style-free: no style judged
+        j(ToyPrompt("green", "cross", None), "green", "cross", "dotted"),       # style-free: blank lost
+        j(ToyPrompt("blue", "cross", None), "blue", "cross", None),             # style-free: blank kept
     ]
     m = unlearning_metrics(judged, ["red"])["red"]
     assert m["UA"] == pytest.approx(0.5) and m["n_target_images"] == 2
-    assert m["IRA"] == pytest.approx(2 / 3)
-    assert m["CRA_by_kind"] == {"shape": pytest.approx(4 / 5), "style": pytest.approx(1.0)}
-    assert m["CRA"] == pytest.approx(0.9)
+    assert m["IRA"] == pytest.approx(3 / 4)
+    assert m["CRA_by_kind"] == {"shape": pytest.approx(5 / 6), "style": pytest.approx(5 / 6)}
+    assert m["CRA"] == pytest.approx(5 / 6)
 
 
 def test_style_target_ignores_style_free_prompts_and_other_blocked_concepts() -> None:
