@@ -5,7 +5,8 @@ of `saegov concept sweep` (sweep images disjoint from evaluation), then the chos
 as a one-concept blocklist and measured on the evaluation images (styled prompts, seeds 0 and 1)
 with UA / IRA / CRA. Then all colours but one blocked at once, each at its chosen point.
 
-    python benchmarks/unlearning.py --sae .saegov/demo/saes/toy-sae-* --hookpoint up_blocks.1.attentions.2
+    python benchmarks/unlearning.py --sae .saegov/demo/saes/toy-sae-* --hookpoint up_blocks.1.attentions.2 \
+        --top-ns 1,4,8 --multipliers=-5,-10   # '=' because the value starts with '-'
 
 Prints a table (misses per concept, never averaged away) and writes --out JSON.
 """
@@ -33,6 +34,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sae", required=True, help="SAE folder (cfg.json + sae.safetensors)")
     ap.add_argument("--hookpoint", default="up_blocks.1.attentions.2")
+    ap.add_argument("--model", default=None, help="pipeline folder (default: the committed toy world)")
     ap.add_argument("--concepts", default="", help="comma-separated (default: all 11)")
     ap.add_argument("--top-ns", default="1,2,4")
     ap.add_argument("--taus", default="")
@@ -55,7 +57,7 @@ def main() -> None:
     from governance.toyworld.loading import load_pipeline
 
     steps, guidance = DEFAULT_STEPS, DEFAULT_GUIDANCE
-    pipe = load_pipeline()
+    pipe = load_pipeline(args.model)
     sae = TopKSAE.load(args.sae).eval()
     concepts = [c for c in args.concepts.split(",") if c] or [c for names in KINDS.values() for c in names]
     sweep = SweepRequest(taus=[float(t) for t in args.taus.split(",") if t],
@@ -110,7 +112,7 @@ def main() -> None:
                            "CRA": {c: m[c]["CRA"] for c in targets}}
             print(f"all colours but {keep:7s}: UA " + " ".join(f"{c} {100 * m[c]['UA']:.1f}" for c in targets)
                   + f"  kept-colour accuracy {100 * kept_acc:.1f}", flush=True)
-    args.out.write_text(json.dumps({"hookpoint": args.hookpoint, "sae": args.sae, "sweep": sweep.model_dump(),
+    args.out.write_text(json.dumps({"hookpoint": args.hookpoint, "sae": args.sae, "model": args.model, "sweep": sweep.model_dump(),
                                     "per_concept": results, "all_colours_but_one": multi}, indent=2, default=str))
     print(f"wrote {args.out} in {time.monotonic() - t0:.0f} s")
 
