@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("--top-ns", default="1,2,4")
     ap.add_argument("--taus", default="")
     ap.add_argument("--multipliers", default="-1,-5,-10")
+    ap.add_argument("--sweep-seeds", default="100", help="seeds of the sweep images (never 0 or 1)")
     ap.add_argument("--no-multi", action="store_true", help="skip the all-colours-but-one run")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("unlearning.json"))
@@ -62,7 +63,8 @@ def main() -> None:
     concepts = [c for c in args.concepts.split(",") if c] or [c for names in KINDS.values() for c in names]
     sweep = SweepRequest(taus=[float(t) for t in args.taus.split(",") if t],
                          top_ns=[int(n) for n in args.top_ns.split(",") if n],
-                         multipliers=[float(g) for g in args.multipliers.split(",") if g])
+                         multipliers=[float(g) for g in args.multipliers.split(",") if g],
+                         seeds=tuple(int(x) for x in args.sweep_seeds.split(",") if x))
     stats_by_kind: dict[str, Any] = {}
     jobs = eval_jobs()
     t0 = time.monotonic()
