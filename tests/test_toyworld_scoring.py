@@ -37,12 +37,8 @@ def _trained_toy_world() -> Path | None:
     return default_pipeline_path() if is_trained() else None
 
 
-def colour_selectivity(model: str, work: Path, steps: int = STEPS,
-                       matrix: dict[str, list[float]] | None = None) -> dict[str, float]:
-    """{colour: mean firing of its selected features on its own colour / on the other colours}.
-
-    `matrix`, when given, receives {colour: firing of its features on each colour / on its own}.
-    """
+def colour_selectivity(model: str, work: Path, steps: int = STEPS) -> dict[str, list[float]]:
+    """{colour: mean firing of its selected features on each colour (in COLOURS order) / on its own}."""
     from governance.activations.collect import CollectConfig, collect
     from governance.basemodel import load_pipeline
     from governance.concept_stats import ConceptPrompts, collect_concept_stats
@@ -67,17 +63,20 @@ def colour_selectivity(model: str, work: Path, steps: int = STEPS,
     stats = collect_concept_stats(pipe, sae, HOOK, concepts, steps=steps, guidance=9.0, seed=0)
     held_out = collect_concept_stats(pipe, sae, HOOK, concepts, steps=steps, guidance=9.0, seed=1000)
     assert held_out.timesteps == stats.timesteps
-    ratios: dict[str, float] = {}
+    matrix: dict[str, list[float]] = {}
     for k, colour in enumerate(stats.names):
         choices, _ = choose_features(stats.mu, stats.counts, k, stats.timesteps, -1.0, top_n=2)
         cols = [stats.timesteps.index(c.timestep) for c in choices]
         feats = [c.feature for c in choices]
         fire = held_out.mu[:, feats, cols].mean(dim=1)  # [K]: mean over the selected pairs
-        others = torch.cat([fire[:k], fire[k + 1:]]).mean()
-        ratios[colour] = float(fire[k] / others.clamp_min(1e-12))
-        if matrix is not None:
-            matrix[colour] = [float(f / fire[k].clamp_min(1e-12)) for f in fire]
-    return ratios
+        matrix[colour] = [float(f / fire[k].clamp_min(1e-12)) for f in fire]
+    return matrix
+
+
+def own_vs_others(matrix: dict[str, list[float]]) -> dict[str, float]:
+    """{colour: firing on its own colour / mean firing on the other colours}."""
+    return {c: 1.0 / max(sum(v for j, v in enumerate(row) if j != k) / (len(row) - 1), 1e-12)
+            for k, (c, row) in enumerate(matrix.items())}
 
 
 @pytest.mark.skipif(_trained_toy_world() is None,
@@ -85,8 +84,8 @@ def colour_selectivity(model: str, work: Path, steps: int = STEPS,
                            "an untrained model has no colour features to find")
 def test_selected_colour_features_fire_on_their_colour(tmp_path: Path) -> None:
     model = _trained_toy_world()
-    matrix: dict[str, list[float]] = {}
-    ratios = colour_selectivity(str(model), tmp_path, matrix=matrix)
+    matrix = colour_selectivity(str(model), tmp_path)
+    ratios = own_vs_others(matrix)
     print("own-colour / other-colours firing ratio:", {c: round(r, 2) for c, r in ratios.items()})
     print("firing on each colour / on its own:", {c: [round(v, 3) for v in row] for c, row in matrix.items()})
     assert min(ratios.values()) > MIN_RATIO, ratios
@@ -102,4 +101,5 @@ if __name__ == "__main__":  # measure on any pipeline folder: python tests/test_
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     with tempfile.TemporaryDirectory() as d:
-        print(colour_selectivity(sys.argv[1], Path(d)))
+        m = colour_selectivity(sys.argv[1], Path(d))
+        print(own_vs_others(m), m)
