@@ -21,7 +21,7 @@ def main() -> None:
     import torch
 
     from governance.activations.collect import CollectConfig, collect_with_pipeline
-    from governance.basemodel import load_pipeline, model_folder_hash
+    from governance.basemodel.loading import load_pipeline, model_folder_hash
     from governance.toyworld.grammar import all_prompts
 
     ap = argparse.ArgumentParser()

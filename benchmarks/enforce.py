@@ -31,7 +31,7 @@ def main() -> None:
 
     from governance.enforcement import EnforcedStableDiffusionPipeline
     from governance.enforcement.intervention import enforcer_of
-    from governance.hooks import block_output_map
+    from governance.basemodel.hooks import block_output_map
     from governance.toyworld.loading import load_pipeline
 
     enforced = EnforcedStableDiffusionPipeline.from_pretrained(args.deployment, check_registry=False)

@@ -35,13 +35,13 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from governance.evaluation import generate_jobs, judge
-    from governance.hooks import TimestepReader, block_output_map, conditional_half, resolve_hook_point
-    from governance.toyworld.evaluate import DEFAULT_GUIDANCE, DEFAULT_STEPS
-    from governance.toyworld.grammar import all_prompts, kind_of
+    from governance.evaluation.metrics import generate_jobs, judge
+    from governance.basemodel.hooks import TimestepReader, block_output_map, conditional_half, resolve_hook_point
+    from governance.toyworld.quality import DEFAULT_GUIDANCE, DEFAULT_STEPS
+    from governance.toyworld.grammar import all_prompts, attribute_of
     from governance.toyworld.loading import load_pipeline
 
-    kind = kind_of(args.concept)
+    kind = attribute_of(args.concept)
     pipe = load_pipeline(args.model)
     block = resolve_hook_point(pipe.unet, args.hookpoint)
     prompts = all_prompts(include_style_free=False)

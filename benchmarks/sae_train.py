@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from governance.sae.data import ActivationDataset, iter_batches, open_dataset  # noqa: E402
 from governance.sae.model import TopKSAE  # noqa: E402
-from governance.sae.trainer import TrainConfig, evaluate, train_sae  # noqa: E402
+from governance.sae.trainer import TrainConfig, sae_metrics, train_sae  # noqa: E402
 
 
 def import_sparse_coder() -> tuple[Any, Any]:
@@ -81,7 +81,7 @@ def train_sparsify(ds: ActivationDataset, cfg: TrainConfig) -> tuple[TopKSAE, fl
             step += 1
     seconds = time.perf_counter() - t0
     sc.set_decoder_norm_to_unit_norm()
-    from governance.sae.config import SaeConfig
+    from governance.formats.sae_config import SaeConfig
 
     ours = TopKSAE(SaeConfig(d_in=ds.d_in, expansion_factor=cfg.expansion_factor, num_latents=cfg.num_latents,
                              k=cfg.k, batch_topk=False))
@@ -107,7 +107,7 @@ def main() -> None:
                       batch_tokens=args.batch_tokens, seed=args.seed, device="cpu")
     ours = train_sae(ds, cfg)
     sp_sae, sp_tps, sp_steps = train_sparsify(ds, cfg)
-    sp_eval = evaluate(sp_sae, ds, cfg.eval_tokens)
+    sp_eval = sae_metrics(sp_sae, ds, cfg.eval_tokens)
     rows = {
         "saegov": {"tokens_per_s": ours.tokens_per_s, "steps": ours.steps, "fvu": ours.final["fvu"],
                    "dead_pct": ours.final["dead_pct"], "lr": ours.lr},

@@ -23,7 +23,7 @@ import torch
 
 def reorder(stats: Any, target: str) -> Any:
     """The same statistics with `target` as concept 0 (what the selection functions expect)."""
-    from governance.concept_stats import ConceptStats
+    from governance.scoring.statistics import ConceptStats
 
     order = [stats.names.index(target)] + [i for i, n in enumerate(stats.names) if n != target]
     return ConceptStats(names=[stats.names[i] for i in order], timesteps=stats.timesteps,
@@ -46,21 +46,21 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from governance.concept_stats import ConceptPrompts, collect_concept_stats
-    from governance.concept_sweep import SweepRequest, blocklist_for, make_selector
-    from governance.enforcement.intervention import Blocklist, apply_blocklist, remove_blocklist
-    from governance.enforcement.spec import BlocklistSpec, SaeRef
-    from governance.evaluation import eval_jobs, generate_jobs, judge, unlearning_metrics
+    from governance.scoring.statistics import ConceptPrompts, collect_concept_stats
+    from governance.scoring.sweep import SweepRequest, blocklist_for, make_selector
+    from governance.enforcement.intervention import EnforcedBlocklist, apply_blocklist, remove_blocklist
+    from governance.formats.blocklist import BlocklistSpec, SaeRef
+    from governance.evaluation.metrics import eval_jobs, generate_jobs, judge, unlearning_metrics
     from governance.sae.model import TopKSAE
-    from governance.scoring import choose_features
-    from governance.toyworld.evaluate import DEFAULT_GUIDANCE, DEFAULT_STEPS
-    from governance.toyworld.grammar import COLOURS, KINDS, all_prompts, kind_of
+    from governance.scoring.maths import choose_features
+    from governance.toyworld.quality import DEFAULT_GUIDANCE, DEFAULT_STEPS
+    from governance.toyworld.grammar import ATTRIBUTES, COLOURS, all_prompts, attribute_of, registry_kind
     from governance.toyworld.loading import load_pipeline
 
     steps, guidance = DEFAULT_STEPS, DEFAULT_GUIDANCE
     pipe = load_pipeline(args.model)
     sae = TopKSAE.load(args.sae).eval()
-    concepts = [c for c in args.concepts.split(",") if c] or [c for names in KINDS.values() for c in names]
+    concepts = [c for c in args.concepts.split(",") if c] or [c for names in ATTRIBUTES.values() for c in names]
     sweep = SweepRequest(taus=[float(t) for t in args.taus.split(",") if t],
                          top_ns=[int(n) for n in args.top_ns.split(",") if n],
                          multipliers=[float(g) for g in args.multipliers.split(",") if g],
@@ -71,9 +71,9 @@ def main() -> None:
     results: dict[str, Any] = {}
     entries: dict[str, Any] = {}
     for c in concepts:
-        kind = kind_of(c)
+        kind = attribute_of(c)
         if kind not in stats_by_kind:
-            cps = [ConceptPrompts(n, tuple(p.text for p in all_prompts() if getattr(p, kind) == n)) for n in KINDS[kind]]
+            cps = [ConceptPrompts(n, tuple(p.text for p in all_prompts() if getattr(p, kind) == n)) for n in ATTRIBUTES[kind]]
             stats_by_kind[kind] = collect_concept_stats(pipe, sae, args.hookpoint, cps, steps=steps,
                                                         guidance=guidance, seed=0, batch_size=32)
         stats = reorder(stats_by_kind[kind], c)
@@ -81,10 +81,10 @@ def main() -> None:
         table = json.loads(chosen.evidence[0]["ref"])
         choices, _ = choose_features(stats.mu, stats.counts, 0, stats.timesteps, chosen.gamma,
                                      tau=chosen.tau, top_n=chosen.top_n)
-        spec = blocklist_for(c, kind, args.hookpoint, chosen.gamma, choices, stats.timesteps,
+        spec = blocklist_for(c, registry_kind(c), args.hookpoint, chosen.gamma, choices, stats.timesteps,
                               type(pipe.scheduler).__name__, steps)
         entries[c] = spec.entries[0]
-        apply_blocklist(pipe, Blocklist(spec=spec, sae=sae))
+        apply_blocklist(pipe, EnforcedBlocklist(spec=spec, sae=sae))
         try:
             images = generate_jobs(pipe, jobs, steps, guidance)
         finally:
@@ -103,7 +103,7 @@ def main() -> None:
             targets = [c for c in COLOURS if c != keep]
             spec = BlocklistSpec(name="multi", sae=SaeRef(hook_point=args.hookpoint),
                                  entries=[entries[c] for c in targets])
-            apply_blocklist(pipe, Blocklist(spec=spec, sae=sae))
+            apply_blocklist(pipe, EnforcedBlocklist(spec=spec, sae=sae))
             try:
                 images = generate_jobs(pipe, jobs, steps, guidance)
             finally:

@@ -1,53 +1,21 @@
-"""`saegov activations ...`: collect a hook point's activations into a sharded dataset."""
+"""`saegov activations collect|show`: a hook point's activations as a sharded dataset."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+from typing import Any
 
 import click
 
-from cli.common import fail, subgroup
+from cli.common import default_device, subgroup
+from governance.common.errors import UsageError
 
 
 def register(group: click.Group) -> None:
     acts = subgroup(group, "activations", "Activation datasets (hook point outputs over prompts).")
     acts.add_command(collect_cmd)
     acts.add_command(show_cmd)
-
-
-def read_prompts(path: Path) -> list[str]:
-    """A JSON list (strings, or objects with a "prompt" key as `toyworld prompts --json` prints), or
-    one prompt per line (blank lines and lines starting with # skipped)."""
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: malformed JSON ({exc})") from None
-        if not isinstance(data, list):
-            raise ValueError(f"{path}: expected a JSON list of prompts")
-        prompts = [d["prompt"] if isinstance(d, dict) and "prompt" in d else d for d in data]
-        if not all(isinstance(p, str) for p in prompts):
-            raise ValueError(f"{path}: every entry must be a string or an object with a 'prompt' string")
-    else:
-        prompts = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-    if not prompts:
-        raise ValueError(f"{path}: no prompts")
-    return prompts
-
-
-def default_model() -> str | None:
-    try:
-        from governance.toyworld.paths import default_pipeline_path, is_trained
-    except ImportError:
-        return None
-    return str(default_pipeline_path()) if is_trained() else None
-
-
-def default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @click.command("collect")
@@ -72,36 +40,26 @@ def collect_cmd(model: str | None, hook_point: str, prompts_file: Path, steps: i
                 out: Path, prompts_per_shard: int, batch_size: int, height: int | None, width: int | None,
                 device: str | None, dtype: str, as_json: bool) -> None:
     """Collect conditional-half activations at a hook point (resumable; torchrun shards prompts)."""
-    import os
-
-    from pydantic import ValidationError
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from governance.activations.collect import CollectConfig, CollectionError, collect
-    from governance.basemodel import ModelLoadError
-    from governance.hooks import HookPointError
+    from governance.activations.collect import CollectConfig, collect
+    from governance.formats.prompts import read_prompts
+    from governance.toyworld.paths import embedded_model
 
-    model = model or default_model()
+    model = model or embedded_model()
     if model is None:
-        fail("give --model (no trained toy world is installed to default to)")
-    try:
-        prompts = read_prompts(prompts_file)
-        cfg = CollectConfig(model=model, hook_point=hook_point, prompts=prompts, out=out, steps=steps,
-                            guidance=guidance, seed=seed, height=height, width=width,
-                            prompts_per_shard=prompts_per_shard, batch_size=batch_size,
-                            device=device or default_device(), dtype=dtype)
-    except (ValueError, ValidationError) as exc:
-        fail(_first_line(exc))
+        raise UsageError("give --model (no trained toy world is installed to default to)")
+    cfg = CollectConfig(model=model, hook_point=hook_point, prompts=read_prompts(prompts_file), out=out, steps=steps,
+                        guidance=guidance, seed=seed, height=height, width=width,
+                        prompts_per_shard=prompts_per_shard, batch_size=batch_size,
+                        device=device or default_device(), dtype=dtype)
     rank0 = int(os.environ.get("RANK", "0")) == 0
-    try:
-        with Progress(TextColumn("collect {task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
-                      disable=not rank0) as bar:  # stderr: stdout stays clean for --json
-            task = bar.add_task(hook_point, total=None)
-            manifest = collect(cfg, progress=lambda done, total: bar.update(task, completed=done, total=total))
-    except (CollectionError, HookPointError, ModelLoadError) as exc:
-        fail(str(exc))
+    with Progress(TextColumn("collect {task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
+                  disable=not rank0) as bar:  # stderr: stdout stays clean for --json
+        task = bar.add_task(hook_point, total=None)
+        manifest = collect(cfg, progress=lambda done, total: bar.update(task, completed=done, total=total))
     if not rank0:
         return
     summary = _summary(manifest, out)
@@ -118,15 +76,9 @@ def collect_cmd(model: str | None, hook_point: str, prompts_file: Path, steps: i
 @click.option("--json", "as_json", is_flag=True)
 def show_cmd(folder: Path, as_json: bool) -> None:
     """Summarise an activation dataset's manifest."""
-    from pydantic import ValidationError
+    from governance.formats.activations import read_activation_manifest
 
-    from governance.activations.manifest import read_manifest
-
-    try:
-        manifest = read_manifest(folder)
-    except (FileNotFoundError, ValidationError, ValueError) as exc:
-        fail(_first_line(exc))
-    summary = _summary(manifest, folder)
+    summary = _summary(read_activation_manifest(folder)[0], folder)
     if as_json:
         click.echo(json.dumps(summary, indent=2, sort_keys=True))
     else:
@@ -134,31 +86,18 @@ def show_cmd(folder: Path, as_json: bool) -> None:
             click.echo(f"{k}: {v}")
 
 
-def _summary(manifest: object, folder: Path) -> dict[str, object]:
-    m = manifest  # ActivationManifest
+def _summary(m: Any, folder: Path) -> dict[str, object]:  # m: ActivationManifest
     return {
         "folder": str(folder),
-        "complete": m.complete,  # type: ignore[attr-defined]
-        "hook_point": m.params.hook_point,  # type: ignore[attr-defined]
-        "base_model_hash": m.params.base_model_hash,  # type: ignore[attr-defined]
-        "d_in": m.d_in,  # type: ignore[attr-defined]
-        "spatial_shape": list(m.spatial_shape),  # type: ignore[attr-defined]
-        "rows": m.total_rows,  # type: ignore[attr-defined]
-        "prompts": m.params.n_prompts,  # type: ignore[attr-defined]
-        "shards": f"{len(m.shards)}/{m.n_shards}",  # type: ignore[attr-defined]
-        "steps": m.params.steps,  # type: ignore[attr-defined]
-        "guidance": m.params.guidance,  # type: ignore[attr-defined]
-        "scheduler": m.scheduler_class,  # type: ignore[attr-defined]
+        "complete": m.complete,
+        "hook_point": m.params.hook_point,
+        "base_model_hash": m.params.base_model_hash,
+        "d_in": m.d_in,
+        "spatial_shape": list(m.spatial_shape),
+        "rows": m.total_rows,
+        "prompts": m.params.n_prompts,
+        "shards": f"{len(m.shards)}/{m.n_shards}",
+        "steps": m.params.steps,
+        "guidance": m.params.guidance,
+        "scheduler": m.scheduler_class,
     }
-
-
-def _first_line(exc: BaseException) -> str:
-    from pydantic import ValidationError
-
-    if isinstance(exc, ValidationError):
-        err = exc.errors()[0]
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        loc = ".".join(str(p) for p in err["loc"])
-        return f"{loc}: {msg}" if loc else msg
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__

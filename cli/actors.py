@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import click
 
-from cli.common import actor_option, emit, json_option, open_store, registry_command, subgroup
+from cli.common import actor_option, emit, json_option, open_store, subgroup
 
-ROLE_CHOICES = ["admin", "engineer", "reviewer", "auditor"]
 
 def register(root: click.Group) -> None:
     grp = subgroup(root, "actor", "Actors (people) and their roles.")
@@ -15,7 +14,6 @@ def register(root: click.Group) -> None:
     @click.option("--role", required=True, help="admin, engineer, reviewer or auditor.")
     @actor_option
     @json_option
-    @registry_command
     def add(name: str, role: str, actor: str | None, as_json: bool) -> None:
         """Add an actor. The first actor ever added becomes admin; later, admins only."""
         rec = open_store().add_actor(name, role, actor)
@@ -23,7 +21,6 @@ def register(root: click.Group) -> None:
 
     @grp.command("list")
     @json_option
-    @registry_command
     def list_(as_json: bool) -> None:
         """List actors."""
         emit(open_store().list_actors(), as_json, ["id", "name", "role", "created_at"])

@@ -1,11 +1,12 @@
-"""`saegov audit verify|checkpoint|log`: the tamper-evident audit log."""
+"""`saegov audit verify|checkpoint|log|explain`: the tamper-evident audit log, and what a
+generation suppressed."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
 
-from cli.common import emit, json_option, open_store, print_json, registry_command, subgroup
+from cli.common import emit, json_option, open_store, print_json, subgroup
 
 
 def register(root: click.Group) -> None:
@@ -15,19 +16,11 @@ def register(root: click.Group) -> None:
     @click.option("--checkpoint", "checkpoint_file", type=click.Path(path_type=Path),
                   help="Also check against a checkpoint (detects truncation and rewriting).")
     @json_option
-    @registry_command
     def verify(checkpoint_file: Path | None, as_json: bool) -> None:
         """Recompute the chain; exit non-zero naming the first bad event."""
-        from registry.errors import ValidationFailed
-        from registry.schemas import Checkpoint, parse_json_model
+        from governance.formats.checkpoint import read_checkpoint
 
-        cp = None
-        if checkpoint_file is not None:
-            try:
-                raw = checkpoint_file.read_bytes()
-            except OSError as exc:
-                raise ValidationFailed(f"{checkpoint_file}: cannot read ({exc.strerror})") from None
-            cp = parse_json_model(Checkpoint, raw, str(checkpoint_file))
+        cp = read_checkpoint(checkpoint_file) if checkpoint_file is not None else None
         rep = open_store().verify_audit(cp)
         if as_json:
             print_json({"ok": True, "size": rep.size, "head_hash": rep.head_hash,
@@ -39,18 +32,12 @@ def register(root: click.Group) -> None:
     @grp.command("checkpoint")
     @click.option("--out", "out", type=click.Path(path_type=Path), required=True)
     @json_option
-    @registry_command
     def checkpoint(out: Path, as_json: bool) -> None:
         """Verify, then write {size, head_hash, merkle_root, time} to FILE."""
-        import json
-
-        from registry.errors import ValidationFailed
+        from governance.formats.checkpoint import write_checkpoint
 
         cp = open_store().audit_checkpoint()
-        try:
-            out.write_text(json.dumps(cp.model_dump(), indent=2) + "\n")
-        except OSError as exc:
-            raise ValidationFailed(f"{out}: cannot write ({exc.strerror})") from None
+        write_checkpoint(out, cp)
         if as_json:
             print_json({"path": str(out), **cp.model_dump()})
             return
@@ -63,10 +50,22 @@ def register(root: click.Group) -> None:
     @click.option("--since", "since_seq", type=int, help="From this sequence number.")
     @click.option("--limit", type=int)
     @json_option
-    @registry_command
     def log(who: str | None, subject: str | None, action: str | None, since_seq: int | None,
             limit: int | None, as_json: bool) -> None:
         """Show audit events."""
         events = open_store().audit_events(actor=who, subject=subject, action=action,
                                            since_seq=since_seq, limit=limit)
         emit(events, as_json, ["seq", "created_at", "actor", "action", "subject", "payload", "hash"])
+
+    @grp.command("explain")
+    @click.argument("target")
+    @json_option
+    def explain(target: str, as_json: bool) -> None:
+        """Which concepts a generation suppressed, by which features, approved by whom (IMG, TRACE or GENERATION_ID)."""
+        from governance.enforcement.explain import explain_target, render_text
+
+        report = explain_target(target)
+        if as_json:
+            print_json(report)
+        else:
+            click.echo(render_text(report))

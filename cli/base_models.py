@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from cli.common import actor_option, emit, json_option, open_store, registry_command, subgroup
+from cli.common import actor_option, emit, json_option, open_store, subgroup
 
 COLUMNS = ["id", "name", "source", "content_hash", "created_by", "created_at"]
 
@@ -17,14 +17,12 @@ def register(root: click.Group) -> None:
     @click.option("--hash", "content_hash", required=True, help="sha256 of its content.")
     @actor_option
     @json_option
-    @registry_command
     def add(name: str, source: str, content_hash: str, actor: str | None, as_json: bool) -> None:
         """Register a base model."""
         emit(open_store().register_base_model(name, source, content_hash, actor), as_json, COLUMNS)
 
     @grp.command("list")
     @json_option
-    @registry_command
     def list_(as_json: bool) -> None:
         """List base models."""
         emit(open_store().list_base_models(), as_json, COLUMNS)

@@ -3,20 +3,9 @@ from __future__ import annotations
 
 import click
 
-from cli.common import actor_option, emit, json_option, open_store, print_table, registry_command, subgroup
+from cli.common import actor_option, emit, json_option, open_store, parse_ref, print_table, subgroup
 
 LIST_COLUMNS = ["id", "name", "draft_mapping_ids", "versions", "created_by"]
-
-
-def _parse_ref(ref: str) -> tuple[str, int | None]:
-    from registry.errors import ValidationFailed
-
-    name, sep, ver = ref.partition("@")
-    if not sep:
-        return name, None
-    if not ver.isdigit():
-        raise ValidationFailed(f"bad blocklist reference {ref!r} (use NAME or NAME@VERSION)")
-    return name, int(ver)
 
 
 def register(root: click.Group) -> None:
@@ -27,7 +16,6 @@ def register(root: click.Group) -> None:
     @click.option("--mapping", "mapping_ids", type=int, multiple=True, required=True, help="Mapping ID (repeat).")
     @actor_option
     @json_option
-    @registry_command
     def create(name: str, mapping_ids: tuple[int, ...], actor: str | None, as_json: bool) -> None:
         """Create a blocklist whose draft holds the given mappings."""
         rec = open_store().create_blocklist(name, list(mapping_ids), actor)
@@ -38,7 +26,6 @@ def register(root: click.Group) -> None:
     @click.option("--mapping", "mapping_ids", type=int, multiple=True, required=True)
     @actor_option
     @json_option
-    @registry_command
     def add(name: str, mapping_ids: tuple[int, ...], actor: str | None, as_json: bool) -> None:
         """Add mappings to the draft of the next version."""
         emit(open_store().edit_blocklist(name, actor, add=mapping_ids), as_json, ["id", "name", "draft_mapping_ids"])
@@ -48,7 +35,6 @@ def register(root: click.Group) -> None:
     @click.option("--mapping", "mapping_ids", type=int, multiple=True, required=True)
     @actor_option
     @json_option
-    @registry_command
     def remove(name: str, mapping_ids: tuple[int, ...], actor: str | None, as_json: bool) -> None:
         """Remove mappings from the draft of the next version."""
         emit(open_store().edit_blocklist(name, actor, remove=mapping_ids), as_json, ["id", "name", "draft_mapping_ids"])
@@ -57,7 +43,6 @@ def register(root: click.Group) -> None:
     @click.argument("name")
     @actor_option
     @json_option
-    @registry_command
     def publish(name: str, actor: str | None, as_json: bool) -> None:
         """Freeze the draft as a new immutable version (all entries approved, one SAE)."""
         rec = open_store().publish_blocklist(name, actor)
@@ -69,10 +54,9 @@ def register(root: click.Group) -> None:
     @grp.command("show")
     @click.argument("ref")
     @json_option
-    @registry_command
     def show(ref: str, as_json: bool) -> None:
         """Show NAME (draft and versions) or NAME@VERSION (entries, approvals, state)."""
-        name, version = _parse_ref(ref)
+        name, version = parse_ref(ref)
         store = open_store()
         if version is None:
             rec = store.describe_blocklist(name)
@@ -97,7 +81,6 @@ def register(root: click.Group) -> None:
 
     @grp.command("list")
     @json_option
-    @registry_command
     def list_(as_json: bool) -> None:
         """List blocklists."""
         recs = open_store().list_blocklists()

@@ -1,62 +1,117 @@
-"""Shared helpers for `saegov` command modules: error handling, identity, store, output.
+"""Shared helpers for `saegov` command modules: the one error handler, identity, store, output.
 
 A command module looks like:
 
-    from cli.common import actor_option, json_option, emit, open_store, registry_command, subgroup
+    from cli.common import actor_option, emit, json_option, open_store, subgroup
 
     def register(root):
         sae = subgroup(root, "sae", "SAE versions.")   # shared with other modules
 
         @sae.command("list")
         @json_option
-        @registry_command
         def list_(as_json):
             emit(open_store().list_saes(), as_json, columns=["id", "ref", "hook_point"])
+
+Errors: every command runs inside `one_line_errors` (the root group applies it), which turns any
+`SaegovError` (registry and governance alike), a pydantic validation error, a database or MLflow
+failure and an OS error into `error: MESSAGE` on stderr and the documented exit code
+(governance.common.errors). Commands raise; they never catch library errors themselves.
 """
 from __future__ import annotations
 
 import functools
 import json
 import os
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import click
 
+from governance.common.errors import EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE, SaegovError, UsageError, first_line
+from governance.common.workspace import ENV_ACTOR
+
 F = TypeVar("F", bound=Callable[..., Any])
-ENV_ACTOR = "SAEGOV_ACTOR"
 
 
-def registry_command(fn: F) -> F:
-    """Turn registry errors (and database errors) into a one-line message and exit code."""
+def fail(message: str, code: int = EXIT_REFUSED) -> None:
+    """Print `error: MESSAGE` (one line) to stderr and exit non-zero."""
+    click.echo(f"error: {' '.join(str(message).split())}", err=True)
+    raise SystemExit(code)
+
+
+def error_line(exc: BaseException) -> tuple[str, int] | None:
+    """(message, exit code) for an error the user can act on; None for a bug (kept as a traceback)."""
+    if isinstance(exc, SaegovError):
+        return str(exc), exc.exit_code
+    pydantic = sys.modules.get("pydantic")
+    if pydantic is not None and isinstance(exc, pydantic.ValidationError):
+        from governance.formats.validation import validation_message
+
+        return validation_message(exc), EXIT_USAGE
+    sa_exc = sys.modules.get("sqlalchemy.exc")
+    if sa_exc is not None and isinstance(exc, sa_exc.OperationalError):
+        return f"database error: {first_line(exc)}", EXIT_UNREACHABLE
+    if sa_exc is not None and isinstance(exc, sa_exc.SQLAlchemyError):
+        return f"database error: {first_line(exc)}", EXIT_REFUSED
+    ml_exc = sys.modules.get("mlflow.exceptions")
+    if ml_exc is not None and isinstance(exc, ml_exc.MlflowException):
+        return f"MLflow: {first_line(exc)}", EXIT_REFUSED
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror}", EXIT_REFUSED
+    return None
+
+
+def one_line_errors(fn: F) -> F:
+    """The CLI's one error decorator (see the module docstring)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from sqlalchemy.exc import SQLAlchemyError
-
-        from registry.errors import RegistryError
-
         try:
             return fn(*args, **kwargs)
-        except RegistryError as exc:
-            fail(str(exc), exc.exit_code)
-        except SQLAlchemyError as exc:
-            msg = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-            fail(f"database error: {msg[0] if msg else type(exc).__name__}", 2)
+        except (click.exceptions.ClickException, click.exceptions.Abort, click.exceptions.Exit, SystemExit):
+            raise
+        except Exception as exc:  # noqa: BLE001 - classified below; bugs re-raised
+            line = error_line(exc)
+            if line is None:
+                raise
+            fail(*line)
 
     return wrapper  # type: ignore[return-value]
 
 
-def fail(message: str, code: int = 1) -> None:
-    """Print `error: MESSAGE` (one line) to stderr and exit non-zero."""
-    click.echo(f"error: {' '.join(str(message).split())}", err=True)
-    raise SystemExit(code)
+class SaegovGroup(click.Group):
+    """The root group: every sub-command it invokes runs inside `one_line_errors`, and click's own
+    usage errors are one line too (`error: saegov deploy build: Missing option '--out'.`)."""
+
+    @one_line_errors
+    def invoke(self, ctx: click.Context) -> Any:
+        return super().invoke(ctx)
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.ClickException as exc:
+            where = f"{exc.ctx.command_path}: " if getattr(exc, "ctx", None) is not None else ""
+            hint = " (see --help)" if isinstance(exc, click.exceptions.UsageError) else ""
+            fail(f"{where}{exc.format_message()}{hint}", exc.exit_code)
+        except click.exceptions.Abort:
+            fail("aborted", EXIT_REFUSED)
+        raise SystemExit(rv if isinstance(rv, int) else 0)
 
 
 def actor_option(fn: F) -> F:
     """`--actor NAME` (default: $SAEGOV_ACTOR), passed to the command as `actor`."""
     return click.option("--actor", "actor", envvar=ENV_ACTOR, default=None, metavar="NAME",
                         help=f"Who is acting (default: ${ENV_ACTOR}).")(fn)
+
+
+def resolve_actor(actor: str | None) -> str | None:
+    return actor or os.environ.get(ENV_ACTOR) or None
 
 
 def number_list(value: str | None, name: str, cast: Callable[[str], Any] = float) -> list[Any]:
@@ -69,13 +124,24 @@ def number_list(value: str | None, name: str, cast: Callable[[str], Any] = float
         raise click.BadParameter(f"expected comma-separated numbers, got {value!r}", param_hint=name) from None
 
 
-def resolve_actor(actor: str | None) -> str | None:
-    return actor or os.environ.get(ENV_ACTOR) or None
+def parse_ref(ref: str, what: str = "blocklist") -> tuple[str, int | None]:
+    """`NAME` or `NAME@VERSION`."""
+    name, sep, version = ref.partition("@")
+    if not sep:
+        return name, None
+    if not version.isdigit():
+        raise UsageError(f"bad {what} reference {ref!r} (use NAME or NAME@VERSION)")
+    return name, int(version)
 
 
 def json_option(fn: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(fn)
 
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def open_store(check: bool = True) -> Any:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from cli.common import print_json, registry_command, subgroup
+from cli.common import print_json, subgroup
 
 
 def register(root: click.Group) -> None:
@@ -11,7 +11,6 @@ def register(root: click.Group) -> None:
 
     @db.command("upgrade")
     @click.option("--revision", default="head", show_default=True, help="Target revision.")
-    @registry_command
     def upgrade(revision: str) -> None:
         """Create or migrate the registry database (SAEGOV_DATABASE_URL or SAEGOV_HOME)."""
         from registry.db import make_engine
@@ -24,7 +23,6 @@ def register(root: click.Group) -> None:
 
     @db.command("current")
     @click.option("--json", "as_json", is_flag=True)
-    @registry_command
     def current(as_json: bool) -> None:
         """Show the database's revision and the one this saegov needs."""
         from registry.db import current_revision, head_revision, make_engine

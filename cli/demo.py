@@ -13,6 +13,8 @@ from pathlib import Path
 
 import click
 
+from governance.common.errors import UsageError
+
 MARKER = ".saegov-demo"
 # The demo's defaults: the hook point after which no text enters the toy UNet, the reference k,
 # and a small sweep grid (measurements and their limits: docs/evaluation.md).
@@ -34,13 +36,13 @@ def _run(args: list[str]) -> None:
         saegov.main(args=args, prog_name="saegov", standalone_mode=False)
     except SystemExit as exc:
         if exc.code not in (0, None):
-            raise click.ClickException(f"demo step failed: saegov {' '.join(args)}") from None
+            raise  # the step printed its one-line error; the demo stops with its exit code
 
 
 def _fresh_workspace(path: Path) -> None:
     if path.exists():
         if not (path / MARKER).is_file():
-            raise click.ClickException(f"{path} exists and is not a demo workspace; choose another --workspace")
+            raise UsageError(f"{path} exists and is not a demo workspace; choose another --workspace")
         shutil.rmtree(path)
     path.mkdir(parents=True)
     (path / MARKER).write_text("created by saegov demo; removed by the next demo run\n")
@@ -56,14 +58,16 @@ def _fresh_workspace(path: Path) -> None:
 @click.option("--multipliers", default=DEMO_MULTIPLIERS, show_default=True, help="Sweep: gammas.")
 def demo(workspace: Path, colour: str, style: str, hookpoint: str, top_ns: str, multipliers: str) -> None:
     """Collect, train an SAE, sweep two concepts, review, publish, deploy, generate, evaluate, verify."""
-    from governance.toyworld.evaluate import DEFAULT_GUIDANCE, DEFAULT_STEPS
+    from governance.formats.prompts import write_prompts
+    from governance.toyworld.loading import ToyWorldMissing
+    from governance.toyworld.quality import DEFAULT_GUIDANCE, DEFAULT_STEPS
     from governance.toyworld.grammar import COLOURS, STYLES, all_prompts
     from governance.toyworld.paths import default_pipeline_path, is_trained
 
     if colour not in COLOURS or style not in STYLES:
-        raise click.ClickException(f"--colour must be one of {COLOURS}, --style one of {STYLES}")
+        raise UsageError(f"--colour must be one of {COLOURS}, --style one of {STYLES}")
     if not is_trained():
-        raise click.ClickException(f"no trained toy world at {default_pipeline_path()}")
+        raise ToyWorldMissing(f"no trained toy world at {default_pipeline_path()}")
     t0 = time.monotonic()
     ws = workspace.resolve()
     _fresh_workspace(ws)
@@ -77,11 +81,11 @@ def demo(workspace: Path, colour: str, style: str, hookpoint: str, top_ns: str, 
     prompts_dir.mkdir()
     prompts = all_prompts()
     # Two seeds per prompt (prompt i uses seed + i), so the SAE sees every combination twice.
-    (prompts_dir / "all.txt").write_text("\n".join(p.text for p in prompts + prompts) + "\n")
+    write_prompts(prompts_dir / "all.txt", [p.text for p in prompts + prompts])
     for kind, names in (("colour", COLOURS), ("style", STYLES)):
         for name in names:
             mine = [p.text for p in prompts if getattr(p, kind) == name]
-            (prompts_dir / f"{name}.txt").write_text("\n".join(mine) + "\n")
+            write_prompts(prompts_dir / f"{name}.txt", mine)
 
     click.secho("1. Registry and people", bold=True, err=True)
     _run(["db", "upgrade"])

@@ -5,8 +5,7 @@ from pathlib import Path
 
 import click
 
-from cli.common import fail, json_option, number_list, print_json, registry_command
-from cli.deploy import governance_errors
+from cli.common import json_option, number_list, print_json
 
 
 def _seeds(value: str) -> tuple[int, ...]:
@@ -32,51 +31,19 @@ def register(root: click.Group) -> None:
                   help="Do not consult the registry (no revocation check, no heatmaps, no audit trail).")
     @click.option("--no-track", is_flag=True, help="Do not log to MLflow.")
     @json_option
-    @registry_command
-    @governance_errors
     def eval_(deployment: Path, seeds: str, report: Path | None, attack: bool, attack_prompts: int,
               attack_iterations: int, attack_tokens: int, offline: bool, no_track: bool, as_json: bool) -> None:
         """Measure what a deployment removes and keeps (UnlearnCanvas-style, on the toy world)."""
-        from mlflow.exceptions import MlflowException
-
         from cli.progress import stage_progress
-        from governance.deployment_eval import EvalError, evaluate_deployment
-        from governance.enforcement.deployment import reachable_store, read_manifest
-        from governance.tracking import saegov_home
+        from governance.evaluation.attack import AttackSettings
+        from governance.evaluation.deployment import run_evaluation
 
-        seed_list = _seeds(seeds)
-        if not deployment.is_dir():
-            fail(f"no deployment folder at {deployment}")
-        store = None if offline else reachable_store()
-        out = report
-        if out is None:
-            name = read_manifest(deployment)[0].payload.blocklist.replace("@", "-v")
-            out = saegov_home() / "reports" / f"eval-{name}.html"
-        try:  # refuse an unwritable report path now, not after minutes of generation
-            out.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            fail(f"cannot write the report to {out}: {exc.strerror or exc}")
-        attack_fn = None
-        if attack:
-            def attack_fn(pipe, targets):  # noqa: ANN001, ANN202 - a closure over the CLI options
-                from governance.attack import attack_unlearning
-
-                d = pipe.saegov.manifest.payload.defaults
-                return attack_unlearning(pipe, targets, seeds=seed_list, steps=d.num_inference_steps,
-                                         guidance=d.guidance_scale, iterations=attack_iterations,
-                                         n_tokens=attack_tokens, max_prompts=attack_prompts,
-                                         progress=lambda stage, i, n: tick(f"attack {stage}", i, n))
-        try:
-            with stage_progress() as progress:
-                def tick(stage: str, i: int, n: int) -> None:
-                    progress(stage, i, n, {})
-
-                result = evaluate_deployment(deployment, store=store, check_registry=not offline, seeds=seed_list,
-                                             report=out, track=not no_track, progress=tick, attack=attack_fn)
-        except EvalError as exc:
-            fail(str(exc))
-        except MlflowException as exc:
-            fail(f"MLflow: {str(exc).splitlines()[0]} (the report was written to {out})")
+        settings = AttackSettings(iterations=attack_iterations, n_tokens=attack_tokens,
+                                  max_prompts=attack_prompts) if attack else None
+        with stage_progress() as progress:
+            result = run_evaluation(deployment, offline=offline, seeds=_seeds(seeds), report=report,
+                                    track=not no_track, progress=lambda stage, i, n: progress(stage, i, n, {}),
+                                    attack=settings)
         if as_json:
             print_json(result.summary())
             return

@@ -5,41 +5,39 @@ import importlib
 
 import click
 
+from cli.common import SaegovGroup
+
 # Each module exposes `register(group)`; kept as names so that `saegov --help` imports no torch.
+# In the order of the flow (docs/architecture.md).
 _COMMAND_MODULES = [
-    "cli.toyworld",
     "cli.db",
     "cli.actors",
     "cli.base_models",
+    "cli.toyworld",
+    "cli.activations",
     "cli.saes",
     "cli.sae_train",
     "cli.concepts",
+    "cli.scoring",
     "cli.mappings",
     "cli.reviews",
     "cli.blocklists",
-    "cli.audit",
-    "cli.activations",
-    "cli.scoring",
     "cli.deploy",
+    "cli.generate",
+    "cli.audit",
     "cli.evaluate",
     "cli.demo",
 ]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=SaegovGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="saegov")
 def saegov() -> None:
     """saegov: concept registry and governance for SAE-based unlearning in diffusion models."""
 
 
 for _name in _COMMAND_MODULES:
-    try:
-        _mod = importlib.import_module(_name)
-    except ModuleNotFoundError as exc:  # a module not written yet must not break the others
-        if exc.name != _name:
-            raise
-        continue
-    _mod.register(saegov)
+    importlib.import_module(_name).register(saegov)
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from cli.common import actor_option, emit, json_option, open_store, registry_command, subgroup
+from cli.common import actor_option, emit, json_option, open_store, subgroup
 
 COLUMNS = ["id", "concept", "sae_ref", "state", "selection_rule", "tau", "top_n", "gamma",
            "scheduler", "num_steps", "n_features", "created_by"]
@@ -19,7 +19,6 @@ def register(root: click.Group) -> None:
     @click.option("--sae", "sae_ref", required=True, help="SAE ID, NAME or NAME@VERSION.")
     @actor_option
     @json_option
-    @registry_command
     def import_(file: Path, sae_ref: str, actor: str | None, as_json: bool) -> None:
         """Import a mapping JSON file as a draft mapping."""
         emit(open_store().import_mapping_file(file, sae_ref, actor), as_json, COLUMNS)
@@ -29,7 +28,6 @@ def register(root: click.Group) -> None:
     @click.option("--concept")
     @click.option("--sae", "sae_ref")
     @json_option
-    @registry_command
     def list_(state: str | None, concept: str | None, sae_ref: str | None, as_json: bool) -> None:
         """List mappings."""
         emit(open_store().list_mappings(state, concept, sae_ref), as_json, COLUMNS)
@@ -37,7 +35,6 @@ def register(root: click.Group) -> None:
     @grp.command("show")
     @click.argument("mapping_id")
     @json_option
-    @registry_command
     def show(mapping_id: str, as_json: bool) -> None:
         """Show a mapping: features per timestep and its reviews."""
         from cli.common import print_table

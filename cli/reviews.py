@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from cli.common import actor_option, emit, json_option, open_store, registry_command, subgroup
+from cli.common import actor_option, emit, json_option, open_store, subgroup
 
 
 def register(root: click.Group) -> None:
@@ -23,7 +23,6 @@ def _make(action: str):  # type: ignore[no-untyped-def]
     @click.option("--justification", "-j", default=None, help="Why (required).")
     @actor_option
     @json_option
-    @registry_command
     def cmd(mapping_id: str, justification: str | None, actor: str | None, as_json: bool) -> None:
         rec = open_store().review(mapping_id, action, actor, justification)
         if as_json:

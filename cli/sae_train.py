@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from cli.common import actor_option, fail, json_option, print_json, subgroup
+from cli.common import actor_option, json_option, one_line_errors, print_json, subgroup
+from governance.common.errors import UsageError
 
 
 @click.command("train")
@@ -38,37 +39,26 @@ def train_cmd(activations: Path, expansion: int, num_latents: int, k: int, epoch
     """Train a TopK SAE (Batch-TopK + AuxK) on an activation dataset and register it."""
     from pydantic import ValidationError
 
-    from governance.sae.data import DatasetError
-    from governance.sae.model import SaeLoadError
-    from governance.sae.pipeline import TrainRefused, train_and_record
+    from governance.formats.validation import validation_message
+    from governance.sae.service import train_and_record
     from governance.sae.trainer import TrainConfig, dist_info
 
     try:
         cfg = TrainConfig(expansion_factor=expansion, num_latents=num_latents, k=k, epochs=epochs, lr=lr,
                           batch_tokens=batch_tokens, dead_tokens=dead_tokens, seed=seed, device=device)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        fail(f"invalid option {'.'.join(map(str, err['loc']))}: {err['msg']}")
+        raise UsageError(f"invalid option {validation_message(exc)}") from None
     if not activations.is_dir():
-        fail(f"activation dataset {activations} is not a folder")
-    try:
-        from registry.errors import RegistryError
-    except ImportError:  # the registry is optional for --no-register runs
-        RegistryError = RuntimeError  # type: ignore[misc,assignment]  # noqa: N806
+        raise UsageError(f"activation dataset {activations} is not a folder")
 
     from cli.progress import stage_progress
 
-    try:
-        with stage_progress() as progress:
-            def on_step(step: int, total: int, m: dict[str, float]) -> None:
-                progress("train", step, total, {k_: m[k_] for k_ in ("fvu", "l0", "dead_pct", "lr")})
+    with stage_progress() as progress:
+        def on_step(step: int, total: int, m: dict[str, float]) -> None:
+            progress("train", step, total, {k_: m[k_] for k_ in ("fvu", "l0", "dead_pct", "lr")})
 
-            outcome = train_and_record(activations, cfg, out=out, name=name, actor=actor,
-                                       use_mlflow=not no_mlflow, register=not no_register, on_step=on_step)
-    except (DatasetError, SaeLoadError, TrainRefused, RegistryError) as exc:
-        fail(str(exc), getattr(exc, "exit_code", 1))
-    except ValueError as exc:  # e.g. a dataset smaller than one batch
-        fail(str(exc))
+        outcome = train_and_record(activations, cfg, out=out, name=name, actor=actor,
+                                   use_mlflow=not no_mlflow, register=not no_register, on_step=on_step)
     if dist_info()[0] != 0:
         return
     summary = outcome.summary()
@@ -91,4 +81,5 @@ def register(root: click.Group) -> None:
 
 
 if __name__ == "__main__":  # torchrun -m cli.sae_train ...
+    train_cmd.callback = one_line_errors(train_cmd.callback)  # type: ignore[arg-type]
     train_cmd(prog_name="saegov sae train")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from cli.common import actor_option, emit, json_option, open_store, registry_command, subgroup
+from cli.common import actor_option, emit, json_option, open_store, subgroup
 
 COLUMNS = ["id", "ref", "hook_point", "d_in", "n_latents", "k", "architecture", "base_model",
            "weights_sha256", "created_by", "created_at"]
@@ -24,7 +24,6 @@ def register(root: click.Group) -> None:
     @click.option("--mlflow-model-version")
     @actor_option
     @json_option
-    @registry_command
     def import_(directory: Path, hook_point: str | None, name: str | None, base_model: str | None,
                 activation_dataset_hash: str | None, mlflow_run_id: str | None,
                 mlflow_model_version: str | None, actor: str | None, as_json: bool) -> None:
@@ -37,7 +36,6 @@ def register(root: click.Group) -> None:
 
     @grp.command("list")
     @json_option
-    @registry_command
     def list_(as_json: bool) -> None:
         """List SAE versions."""
         emit(open_store().list_saes(), as_json, COLUMNS)
@@ -45,7 +43,6 @@ def register(root: click.Group) -> None:
     @grp.command("show")
     @click.argument("ref")
     @json_option
-    @registry_command
     def show(ref: str, as_json: bool) -> None:
         """Show one SAE version (ID, NAME or NAME@VERSION)."""
         rec = open_store().get_sae(ref)

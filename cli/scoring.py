@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 import click
 
-from cli.common import actor_option, fail, json_option, number_list, open_store, print_json, registry_command, subgroup
+from cli.common import actor_option, default_device, json_option, number_list, open_store, print_json, subgroup
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -49,37 +49,25 @@ def statistics_options(batch_size: int) -> Callable[[F], F]:
 @statistics_options(batch_size=8)
 @actor_option
 @json_option
-@registry_command
 def score_cmd(name: str, sae_ref: str, tau: float | None, top_n: int | None, gamma: float, steps: int,
               guidance: float, seed: int, model: str | None, batch_size: int, device: str | None,
               no_mlflow: bool, actor: str | None, as_json: bool) -> None:
     """Score concept NAME against the other concepts of its kind; store a draft feature mapping."""
     import sys
 
-    from pydantic import ValidationError
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from cli.activations import _first_line, default_device
-    from governance.basemodel import ModelLoadError
-    from governance.concept_scoring import ScoreRequest, ScoringError, score_concept
-    from governance.hooks import HookPointError
-    from governance.sae.model import SaeLoadError
+    from governance.scoring.service import ScoreRequest, score_concept
 
-    try:
-        req = ScoreRequest(concept=name, sae=sae_ref, tau=tau, top_n=top_n, gamma=gamma, steps=steps,
-                           guidance=guidance, seed=seed, model=model, batch_size=batch_size,
-                           device=device or default_device(), track=not no_mlflow)
-    except ValidationError as exc:
-        fail(_first_line(exc))
+    req = ScoreRequest(concept=name, sae=sae_ref, tau=tau, top_n=top_n, gamma=gamma, steps=steps,
+                       guidance=guidance, seed=seed, model=model, batch_size=batch_size,
+                       device=device or default_device(), track=not no_mlflow)
     store = open_store()
-    try:
-        with Progress(TextColumn(f"score {name}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=Console(stderr=True), disable=not sys.stderr.isatty()) as bar:
-            task = bar.add_task("prompts", total=None)
-            out = score_concept(store, req, actor, progress=lambda d, t: bar.update(task, completed=d, total=t))
-    except (ScoringError, ModelLoadError, HookPointError, SaeLoadError) as exc:
-        fail(_first_line(exc))
+    with Progress(TextColumn(f"score {name}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True), disable=not sys.stderr.isatty()) as bar:
+        task = bar.add_task("prompts", total=None)
+        out = score_concept(store, req, actor, progress=lambda d, t: bar.update(task, completed=d, total=t))
     m = out.mapping
     if as_json:
         print_json({"mapping_id": m.id, "state": m.state, "concept": m.concept, "sae": m.sae_ref,
@@ -110,7 +98,6 @@ def score_cmd(name: str, sae_ref: str, tau: float | None, top_n: int | None, gam
 @statistics_options(batch_size=32)
 @actor_option
 @json_option
-@registry_command
 def sweep_cmd(name: str, sae_ref: str, taus: str | None, top_ns: str | None, multipliers: str, objective: str,
               sweep_seeds: str,
               steps: int, guidance: float, seed: int, model: str | None, batch_size: int, device: str | None,
@@ -121,41 +108,28 @@ def sweep_cmd(name: str, sae_ref: str, taus: str | None, top_ns: str | None, mul
     judged by the toy world's classifiers, and the best pair's features become the mapping, with
     the whole table as its evidence.
     """
-    from pydantic import ValidationError
-
-    from cli.activations import _first_line, default_device
     from cli.progress import stage_progress
-    from governance.basemodel import ModelLoadError
-    from governance.concept_scoring import ScoreRequest, ScoringError, score_concept
-    from governance.concept_sweep import SweepRequest, make_selector
-    from governance.hooks import HookPointError
-    from governance.sae.model import SaeLoadError
-    from governance.toyworld.grammar import kind_of
+    from governance.scoring.selection import ScoringError
+    from governance.scoring.service import ScoreRequest, score_concept
+    from governance.scoring.sweep import SweepRequest, make_selector
+    from governance.toyworld.grammar import is_toy_concept
 
-    try:
-        sweep = SweepRequest(taus=number_list(taus, "--taus"), top_ns=number_list(top_ns, "--top-ns", int),
-                             multipliers=number_list(multipliers, "--multipliers"),
-                             seeds=tuple(number_list(sweep_seeds, "--sweep-seeds", int)), batch_size=batch_size,
-                             objective=objective)
-        req = ScoreRequest(concept=name, sae=sae_ref, top_n=1, gamma=-1.0, steps=steps, guidance=guidance, seed=seed,
-                           model=model, batch_size=batch_size, device=device or default_device(), track=not no_mlflow)
-    except ValidationError as exc:
-        fail(_first_line(exc))
-    try:
-        kind_of(name)
-    except KeyError:
-        fail(f"sweep measures on the toy world, whose classifiers do not know {name!r}")
+    sweep = SweepRequest(taus=number_list(taus, "--taus"), top_ns=number_list(top_ns, "--top-ns", int),
+                         multipliers=number_list(multipliers, "--multipliers"),
+                         seeds=tuple(number_list(sweep_seeds, "--sweep-seeds", int)), batch_size=batch_size,
+                         objective=objective)
+    req = ScoreRequest(concept=name, sae=sae_ref, top_n=1, gamma=-1.0, steps=steps, guidance=guidance, seed=seed,
+                       model=model, batch_size=batch_size, device=device or default_device(), track=not no_mlflow)
+    if not is_toy_concept(name):
+        raise ScoringError(f"sweep measures on the toy world, whose classifiers do not know {name!r}")
     store = open_store()
-    try:
-        with stage_progress() as progress:
-            selector = make_selector(sweep, steps=steps, guidance=guidance,
-                                     progress=lambda d, t: progress(f"sweep {name}", d, t, {}))
-            out = score_concept(store, req, actor, progress=lambda d, t: progress(f"statistics {name}", d, t, {}),
-                                selector=selector)
-    except (ScoringError, ModelLoadError, HookPointError, SaeLoadError) as exc:
-        fail(_first_line(exc))
+    with stage_progress() as progress:
+        selector = make_selector(sweep, steps=steps, guidance=guidance,
+                                 progress=lambda d, t: progress(f"sweep {name}", d, t, {}))
+        out = score_concept(store, req, actor, progress=lambda d, t: progress(f"statistics {name}", d, t, {}),
+                            selector=selector)
     m = out.mapping
-    table = next(json.loads(e.ref) for e in out.spec.evidence if e.kind == "sweep")
+    table = json.loads(out.spec.evidence_of("sweep")[0].ref)
     if as_json:
         print_json({"mapping_id": m.id, "state": m.state, "concept": m.concept, "sae": m.sae_ref,
                     "n_features": m.n_features, "mlflow_run_id": out.mlflow_run_id, "sweep": table,

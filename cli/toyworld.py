@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
@@ -40,24 +39,22 @@ def prompts_cmd(as_json: bool) -> None:
 def train_cmd(out: Path, minutes: float, seed: int, vae_steps: int, max_steps: int | None) -> None:
     """Train the toy world from scratch (seeded, resumable: re-run the same command)."""
     from cli.progress import stage_progress
-    from governance.toyworld.train import CheckpointMismatch, TrainConfig, Trainer
+    from governance.toyworld.train import TrainConfig, Trainer
 
     cfg = TrainConfig(seed=seed, minutes=minutes, vae_steps=vae_steps, max_steps=max_steps)
-    try:
-        with stage_progress() as progress:
-            final = Trainer(out, cfg, progress).run()
-    except CheckpointMismatch as exc:
-        raise click.ClickException(str(exc)) from None
+    with stage_progress() as progress:
+        final = Trainer(out, cfg, progress).run()
     click.echo(f"trained pipeline written to {final}")
 
 
 @toyworld.command("path")
 def path_cmd() -> None:
     """Print the path of the committed, trained toy-world pipeline."""
+    from governance.toyworld.loading import ToyWorldMissing
     from governance.toyworld.paths import default_pipeline_path, is_trained
 
     if not is_trained():
-        raise click.ClickException(f"no trained toy world at {default_pipeline_path()}")
+        raise ToyWorldMissing(f"no trained toy world at {default_pipeline_path()}")
     click.echo(str(default_pipeline_path()))
 
 
@@ -73,24 +70,17 @@ def path_cmd() -> None:
 def eval_cmd(model: Path | None, steps: int | None, guidance: float | None, seeds: str, partial: bool,
              as_json: bool) -> None:
     """Generate every prompt with each seed and score colour, shape and style exactly."""
+    from cli.common import number_list
     from cli.progress import stage_progress
-    from governance.toyworld.evaluate import DEFAULT_GUIDANCE, DEFAULT_STEPS, evaluate
     from governance.toyworld.grammar import all_prompts, partial_prompts
     from governance.toyworld.loading import load_pipeline
+    from governance.toyworld.quality import DEFAULT_GUIDANCE, DEFAULT_STEPS, measure_quality
 
-    try:
-        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
-    except ValueError:
-        raise click.BadParameter(f"not a comma-separated list of integers: {seeds!r}", param_hint="--seeds")
-    from governance.basemodel import ModelLoadError
-
-    try:
-        pipe = load_pipeline(model)
-    except ModelLoadError as exc:
-        raise click.ClickException(str(exc)) from None
+    seed_list = number_list(seeds, "--seeds", int)
+    pipe = load_pipeline(model)
     prompts = all_prompts() + (partial_prompts() if partial else [])
     with stage_progress() as progress:
-        res = evaluate(
+        res = measure_quality(
             pipe, prompts=prompts, seeds=seed_list, steps=steps or DEFAULT_STEPS,
             guidance=DEFAULT_GUIDANCE if guidance is None else guidance,
             progress=lambda done, total: progress("generate", done, total, {}),

@@ -1,15 +1,16 @@
 """File artifacts read without torch: sha256, safetensors headers, reference SAE folders."""
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
 from dataclasses import dataclass
 from math import prod
 from pathlib import Path
 
+from governance.common.hashing import sha256_bytes, sha256_file
+from governance.formats.sae_config import CFG_NAME, WEIGHTS_NAME, SaeConfig
+from governance.formats.validation import parse_json_model
 from registry.errors import ValidationFailed
-from registry.schemas import SAEConfig, parse_json_model
 
 DTYPE_SIZES = {
     "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
@@ -17,13 +18,6 @@ DTYPE_SIZES = {
 }
 MAX_HEADER = 100 * 1024 * 1024
 
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -83,7 +77,7 @@ def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
 @dataclass(frozen=True)
 class SAECheckpointInfo:
     folder: Path
-    config: SAEConfig
+    config: SaeConfig
     config_raw: dict
     tensors: dict[str, TensorInfo]
     weights_sha256: str
@@ -93,18 +87,16 @@ class SAECheckpointInfo:
 def inspect_sae_folder(folder: Path) -> SAECheckpointInfo:
     """Validate a reference-format SAE folder (`cfg.json` + `sae.safetensors`)."""
     folder = Path(folder)
-    cfg_path, weights_path = folder / "cfg.json", folder / "sae.safetensors"
+    cfg_path, weights_path = folder / CFG_NAME, folder / WEIGHTS_NAME
     if not folder.is_dir():
         raise ValidationFailed(f"{folder}: not a directory")
     for p in (cfg_path, weights_path):
         if not p.is_file():
             raise ValidationFailed(f"{folder}: missing {p.name}")
     raw = cfg_path.read_bytes()
-    cfg: SAEConfig = parse_json_model(SAEConfig, raw, str(cfg_path))
+    cfg: SaeConfig = parse_json_model(SaeConfig, raw, str(cfg_path))
     tensors = read_safetensors_header(weights_path)
-    n, d = cfg.n_latents, cfg.d_in
-    expected = {"encoder.weight": (n, d), "encoder.bias": (n,), "W_dec": (n, d), "b_dec": (d,)}
-    for name, shape in expected.items():
+    for name, shape in cfg.weight_shapes().items():
         if name not in tensors:
             raise ValidationFailed(f"{weights_path}: missing tensor {name!r}")
         if tensors[name].shape != shape:
@@ -120,5 +112,5 @@ def inspect_sae_folder(folder: Path) -> SAECheckpointInfo:
         config_raw=json.loads(raw),
         tensors=tensors,
         weights_sha256=sha256_file(weights_path),
-        cfg_sha256=hashlib.sha256(raw).hexdigest(),
+        cfg_sha256=sha256_bytes(raw),
     )

@@ -16,20 +16,16 @@ from typing import Any, Iterable, Iterator
 from sqlalchemy import Connection, select, text
 from sqlalchemy.orm import Session
 
+from governance.common.jsonio import canonical_json
+from governance.common.timeutil import iso_utc, utcnow
+from governance.formats.checkpoint import Checkpoint
 from registry.errors import AuditVerificationError
 from registry.models import GENESIS_HASH, AuditEvent, AuditHead
-from registry.schemas import Checkpoint
-from registry.timeutil import iso_utc, utcnow
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode
 # What that encoder uses for each string (the C implementation when available).
 _encode_str = getattr(json.encoder, "c_encode_basestring", None) or json.encoder.py_encode_basestring
 
-
-def canonical_json(value: Any) -> str:
-    """Sorted keys, no whitespace, UTF-8 (not ASCII-escaped), no NaN."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True,
-                      allow_nan=False, default=str)
 
 
 def event_hash(seq: int, prev_hash: str, created_at: str, actor: str, action: str,

@@ -7,18 +7,13 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
 
-from registry.errors import ConfigError, SchemaOutOfDate
+from governance.common.errors import first_line
+from governance.common.workspace import ENV_DATABASE_URL, workspace_home
+from registry.errors import ConfigError, DatabaseUnreachable, SchemaOutOfDate
 
-ENV_HOME = "SAEGOV_HOME"
-ENV_DATABASE_URL = "SAEGOV_DATABASE_URL"
 UPGRADE_HINT = "run `saegov db upgrade`"
-
-
-def workspace_home() -> Path:
-    """`SAEGOV_HOME`, default `./.saegov`."""
-    return Path(os.environ.get(ENV_HOME) or ".saegov")
 
 
 def database_url() -> str:
@@ -104,21 +99,32 @@ def current_revision(engine: Engine) -> str | None:
                 return None
             return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
     except SQLAlchemyError as exc:
-        raise ConfigError(f"cannot open database: {_first_line(exc)}") from None
+        raise DatabaseUnreachable(f"cannot open database: {first_line(exc)}") from None
 
 
 def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str]:
     """Migrate to `revision`; returns (revision before, revision after)."""
     from alembic import command
+    from alembic.script import ScriptDirectory
+    from alembic.script.revision import RevisionError
+    from alembic.util import CommandError
 
+    try:
+        ScriptDirectory.from_config(alembic_config()).get_revisions(revision)
+    except (CommandError, RevisionError):
+        raise ConfigError(f"unknown revision {revision!r}; `saegov db current` shows the head") from None
     before = current_revision(engine)
     cfg = alembic_config()
     try:
         with engine.begin() as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
+    except CommandError as exc:
+        raise ConfigError(f"migration refused: {first_line(exc)}") from None
+    except OperationalError as exc:
+        raise DatabaseUnreachable(f"migration failed: {first_line(exc)}") from None
     except SQLAlchemyError as exc:
-        raise ConfigError(f"migration failed: {_first_line(exc)}") from None
+        raise ConfigError(f"migration failed: {first_line(exc)}") from None
     return before, current_revision(engine) or ""
 
 
@@ -133,7 +139,3 @@ def check_schema(engine: Engine) -> None:
             f"database schema is at revision {current}, this saegov needs {head}; {UPGRADE_HINT}"
         )
 
-
-def _first_line(exc: BaseException) -> str:
-    msg = str(getattr(exc, "orig", None) or exc).strip()
-    return msg.splitlines()[0] if msg else type(exc).__name__

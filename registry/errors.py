@@ -1,23 +1,30 @@
-"""Domain exceptions of the registry. The CLI turns each into a one-line error."""
+"""Domain errors of the registry, under saegov's one hierarchy (governance.common.errors): each
+carries the exit code of its category; the CLI turns any of them into a one-line error."""
 from __future__ import annotations
 
+from governance.common.errors import (
+    EXIT_AUDIT, EXIT_PERMISSION, EXIT_SCHEMA, EXIT_USAGE, SaegovError, UnreachableError,
+)
 
-class RegistryError(Exception):
-    """Base class: a refusal or failure the user can act on. The message is one line."""
 
-    exit_code = 1
+class RegistryError(SaegovError):
+    """Base class: a refusal or failure the user can act on (exit 1 unless a subclass says)."""
 
 
 class ConfigError(RegistryError):
-    """Bad database URL, unreachable database, bad workspace."""
+    """A bad database URL or workspace setting."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
+
+
+class DatabaseUnreachable(RegistryError, UnreachableError):
+    """The database cannot be opened or stopped answering."""
 
 
 class SchemaOutOfDate(RegistryError):
     """The database is unmigrated or at another revision than this code expects."""
 
-    exit_code = 3
+    exit_code = EXIT_SCHEMA
 
 
 class NotFound(RegistryError):
@@ -31,7 +38,7 @@ class AlreadyExists(RegistryError):
 class PermissionDenied(RegistryError):
     """Unknown actor, wrong role, or a four-eyes violation."""
 
-    exit_code = 4
+    exit_code = EXIT_PERMISSION
 
 
 class InvalidTransition(RegistryError):
@@ -39,13 +46,13 @@ class InvalidTransition(RegistryError):
 
 
 class ValidationFailed(RegistryError):
-    """Malformed input: JSON, config, safetensors, mapping, prompts ..."""
+    """A request the registry's rules refuse (an unapproved mapping, an empty blocklist ...)."""
 
 
 class AuditVerificationError(RegistryError):
     """The audit chain does not verify; `seq` names the first bad event (None: not per-event)."""
 
-    exit_code = 5
+    exit_code = EXIT_AUDIT
 
     def __init__(self, message: str, seq: int | None = None) -> None:
         super().__init__(message)

@@ -20,7 +20,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-from registry.timeutil import utcnow
+from governance.common.timeutil import utcnow
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -79,7 +79,7 @@ class Actor(Base):
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("actors.id"))
 
 
-class BaseModel(Base):
+class BaseModelRow(Base):
     __tablename__ = "base_models"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -117,7 +117,7 @@ class SAEVersion(Base):
     created_by_id: Mapped[int] = mapped_column(ForeignKey("actors.id"))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
-    base_model: Mapped[BaseModel | None] = relationship()
+    base_model: Mapped[BaseModelRow | None] = relationship()
     created_by: Mapped[Actor] = relationship()
 
 
@@ -199,7 +199,7 @@ class Review(Base):
     actor: Mapped[Actor] = relationship()
 
 
-class Blocklist(Base):
+class BlocklistRow(Base):
     """A named blocklist: a draft set of mappings, frozen into numbered versions by publishing."""
 
     __tablename__ = "blocklists"
@@ -244,7 +244,7 @@ class BlocklistVersion(Base):
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     revoked_by_mapping_id: Mapped[int | None] = mapped_column(ForeignKey("feature_mappings.id"))
 
-    blocklist: Mapped[Blocklist] = relationship(back_populates="versions")
+    blocklist: Mapped[BlocklistRow] = relationship(back_populates="versions")
     published_by: Mapped[Actor] = relationship()
     entries: Mapped[list[BlocklistVersionEntry]] = relationship(
         order_by="BlocklistVersionEntry.mapping_id"

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from registry.schemas import FeatureEntry
+from governance.formats.mapping import FeatureEntry
 
 
 class Record(BaseModel):

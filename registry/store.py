@@ -22,15 +22,21 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
+from governance.common.errors import first_line
+from governance.common.jsonio import canonical_json
+from governance.common.timeutil import utcnow
+from governance.formats.checkpoint import Checkpoint
+from governance.formats.mapping import FeatureEntry, MappingSpec
+from governance.formats.validation import read_json_model
 from registry import audit, workflow
 from registry.artifacts import inspect_sae_folder
 from registry.db import check_schema, make_engine
 from registry.errors import (
     AlreadyExists,
-    ConfigError,
+    RegistryError,
+    DatabaseUnreachable,
     NotFound,
     PermissionDenied,
-    RegistryError,
     ValidationFailed,
 )
 from registry.models import (
@@ -39,8 +45,8 @@ from registry.models import (
     Actor,
     AuditEvent,
     AuditHead,
-    BaseModel,
-    Blocklist,
+    BaseModelRow,
+    BlocklistRow,
     BlocklistDraftEntry,
     BlocklistVersion,
     BlocklistVersionEntry,
@@ -67,8 +73,6 @@ from registry.records import (
     ReviewRecord,
     SAERecord,
 )
-from registry.schemas import Checkpoint, FeatureEntry, MappingSpec, parse_json_model
-from registry.timeutil import utcnow
 
 SAERef = int | str  # id, "ID", "name@version" or "name" (latest version)
 _SHA256_RE = "0123456789abcdef"
@@ -103,6 +107,22 @@ class Store:
             check_schema(engine)
         return cls(engine)
 
+    @classmethod
+    def open_if_present(cls) -> Store | None:
+        """The workspace's registry when one is configured (SAEGOV_DATABASE_URL, or a
+        registry.db in SAEGOV_HOME) and opens; None otherwise ("not checked" is then stated
+        by the caller)."""
+        import os
+
+        from governance.common.workspace import ENV_DATABASE_URL, workspace_home
+
+        if not os.environ.get(ENV_DATABASE_URL) and not (workspace_home() / "registry.db").is_file():
+            return None
+        try:
+            return cls.open()
+        except RegistryError:
+            return None
+
     def close(self) -> None:
         self.engine.dispose()
 
@@ -114,7 +134,7 @@ class Store:
             with self._sessions() as s, s.begin():
                 yield s
         except OperationalError as exc:
-            raise ConfigError(f"database error: {_first_line(exc)}") from None
+            raise DatabaseUnreachable(f"database error: {first_line(exc)}") from None
 
     @contextmanager
     def _write(self, actor: str | None, action: str) -> Iterator[_Tx]:
@@ -126,9 +146,9 @@ class Store:
                 workflow.require_role(row.name, row.role, action)
                 yield _Tx(s, head, row)
         except IntegrityError as exc:
-            raise AlreadyExists(f"conflict: {_first_line(exc)}") from None
+            raise AlreadyExists(f"conflict: {first_line(exc)}") from None
         except OperationalError as exc:
-            raise ConfigError(f"database error: {_first_line(exc)}") from None
+            raise DatabaseUnreachable(f"database error: {first_line(exc)}") from None
 
     @staticmethod
     def _actor_row(s: Session, name: str | None) -> Actor:
@@ -171,7 +191,7 @@ class Store:
                                    f"actor:{name}", {"name": name, "role": role, "first": first})
                 return _actor(row)
         except IntegrityError as exc:
-            raise AlreadyExists(f"conflict: {_first_line(exc)}") from None
+            raise AlreadyExists(f"conflict: {first_line(exc)}") from None
 
     def list_actors(self) -> list[ActorRecord]:
         with self._read() as s:
@@ -183,9 +203,9 @@ class Store:
                             actor: str | None) -> BaseModelRecord:
         content_hash = _check_sha256(content_hash, "base model content hash")
         with self._write(actor, "base_model.register") as tx:
-            if tx.session.scalar(select(BaseModel).where(BaseModel.name == name)):
+            if tx.session.scalar(select(BaseModelRow).where(BaseModelRow.name == name)):
                 raise AlreadyExists(f"base model {name!r} already exists")
-            row = BaseModel(name=name, source=source, content_hash=content_hash,
+            row = BaseModelRow(name=name, source=source, content_hash=content_hash,
                             created_by_id=tx.actor.id)
             tx.session.add(row)
             tx.session.flush()
@@ -195,13 +215,13 @@ class Store:
 
     def list_base_models(self) -> list[BaseModelRecord]:
         with self._read() as s:
-            rows = s.execute(select(BaseModel, Actor.name).join(Actor, BaseModel.created_by_id == Actor.id)
-                             .order_by(BaseModel.id))
+            rows = s.execute(select(BaseModelRow, Actor.name).join(Actor, BaseModelRow.created_by_id == Actor.id)
+                             .order_by(BaseModelRow.id))
             return [_base_model(b, n) for b, n in rows]
 
     def get_base_model(self, name: str) -> BaseModelRecord:
         with self._read() as s:
-            row = s.scalar(select(BaseModel).where(BaseModel.name == name))
+            row = s.scalar(select(BaseModelRow).where(BaseModelRow.name == name))
             if row is None:
                 raise NotFound(f"unknown base model {name!r}")
             return _base_model(row, s.get(Actor, row.created_by_id).name)  # type: ignore[union-attr]
@@ -228,7 +248,7 @@ class Store:
             s = tx.session
             bm = None
             if base_model is not None:
-                bm = s.scalar(select(BaseModel).where(BaseModel.name == base_model))
+                bm = s.scalar(select(BaseModelRow).where(BaseModelRow.name == base_model))
                 if bm is None:
                     raise NotFound(f"unknown base model {base_model!r}")
             latest = s.scalar(select(func.max(SAEVersion.version)).where(SAEVersion.name == name))
@@ -384,7 +404,7 @@ class Store:
                 selection_rule=spec.selection.rule, tau=spec.selection.tau,
                 top_n=spec.selection.top_n, gamma=spec.gamma, scheduler=spec.scheduler,
                 num_steps=spec.num_steps, spec=spec_json,
-                spec_sha256=hashlib.sha256(audit.canonical_json(spec_json).encode()).hexdigest(),
+                spec_sha256=spec.sha256(),
                 evidence=ev, created_by_id=tx.actor.id,
             )
             s.add(row)
@@ -400,11 +420,7 @@ class Store:
             return _mapping(row, with_features=True)
 
     def import_mapping_file(self, path: str | Path, sae: SAERef, actor: str | None) -> MappingRecord:
-        try:
-            raw = Path(path).read_bytes()
-        except OSError as exc:
-            raise ValidationFailed(f"{path}: cannot read ({exc.strerror})") from None
-        spec = parse_json_model(MappingSpec, raw, str(path))
+        spec = read_json_model(MappingSpec, Path(path))
         return self.create_mapping(sae, None, spec, actor)
 
     @staticmethod
@@ -491,8 +507,8 @@ class Store:
 
     # --- blocklists --------------------------------------------------------------------------
 
-    def _blocklist_row(self, s: Session, name: str) -> Blocklist:
-        row = s.scalar(select(Blocklist).where(Blocklist.name == name))
+    def _blocklist_row(self, s: Session, name: str) -> BlocklistRow:
+        row = s.scalar(select(BlocklistRow).where(BlocklistRow.name == name))
         if row is None:
             raise NotFound(f"unknown blocklist {name!r}")
         return row
@@ -504,10 +520,10 @@ class Store:
             raise ValidationFailed(f"invalid blocklist name {name!r} (non-empty, no '@')")
         with self._write(actor, "blocklist.create") as tx:
             s = tx.session
-            if s.scalar(select(Blocklist).where(Blocklist.name == name)):
+            if s.scalar(select(BlocklistRow).where(BlocklistRow.name == name)):
                 raise AlreadyExists(f"blocklist {name!r} already exists")
             ids = sorted({self._mapping_row(s, m).id for m in mapping_ids})
-            row = Blocklist(name=name, created_by_id=tx.actor.id)
+            row = BlocklistRow(name=name, created_by_id=tx.actor.id)
             s.add(row)
             s.flush()
             s.add_all(BlocklistDraftEntry(blocklist_id=row.id, mapping_id=m) for m in ids)
@@ -553,7 +569,7 @@ class Store:
             content = [{"mapping_id": m.id, "concept": m.concept.name, "spec_sha256": m.spec_sha256,
                         "approval_review_id": approvals[m.id].id} for m in mappings]
             sae_row = mappings[0].sae
-            digest = hashlib.sha256(audit.canonical_json(
+            digest = hashlib.sha256(canonical_json(
                 {"sae_weights_sha256": sae_row.weights_sha256, "entries": content}).encode()).hexdigest()
             if row.versions and row.versions[-1].content_sha256 == digest:
                 raise ValidationFailed(
@@ -591,7 +607,7 @@ class Store:
 
     def list_blocklists(self) -> list[BlocklistRecord]:
         with self._read() as s:
-            return [_blocklist(b) for b in s.scalars(select(Blocklist).order_by(Blocklist.id))]
+            return [_blocklist(b) for b in s.scalars(select(BlocklistRow).order_by(BlocklistRow.id))]
 
     # --- deployments and generations ---------------------------------------------------------
 
@@ -637,7 +653,7 @@ class Store:
         """Record one generation's trace (stored as canonical JSON with its sha256)."""
         prompt_sha256 = _check_sha256(prompt_sha256, "prompt sha256")
         try:
-            trace_text = audit.canonical_json(trace)
+            trace_text = canonical_json(trace)
         except (TypeError, ValueError) as exc:
             raise ValidationFailed(f"trace is not JSON-serialisable: {exc}") from None
         digest = hashlib.sha256(trace_text.encode()).hexdigest()
@@ -696,33 +712,29 @@ class Store:
             with self.engine.connect() as conn, closing(audit.iter_event_rows(conn)) as rows:
                 return audit.verify_rows(rows, head=audit.read_head(conn), checkpoint=checkpoint)
         except SQLAlchemyError as exc:
-            raise ConfigError(f"database error: {_first_line(exc)}") from None
+            raise DatabaseUnreachable(f"database error: {first_line(exc)}") from None
 
     def audit_checkpoint(self) -> Checkpoint:
         try:
             with self.engine.connect() as conn:
                 return audit.make_checkpoint(conn)
         except SQLAlchemyError as exc:
-            raise ConfigError(f"database error: {_first_line(exc)}") from None
+            raise DatabaseUnreachable(f"database error: {first_line(exc)}") from None
 
 
 # --- row -> record ----------------------------------------------------------------------------
-
-def _first_line(exc: BaseException) -> str:
-    msg = str(getattr(exc, "orig", None) or exc).strip()
-    return msg.splitlines()[0] if msg else type(exc).__name__
 
 
 def _actor(a: Actor) -> ActorRecord:
     return ActorRecord(id=a.id, name=a.name, role=a.role, created_at=a.created_at)
 
 
-def _base_model(b: BaseModel, creator: str) -> BaseModelRecord:
+def _base_model(b: BaseModelRow, creator: str) -> BaseModelRecord:
     return BaseModelRecord(id=b.id, name=b.name, source=b.source, content_hash=b.content_hash,
                            created_by=creator, created_at=b.created_at)
 
 
-def _sae(r: SAEVersion, creator: str, bm: BaseModel | None) -> SAERecord:
+def _sae(r: SAEVersion, creator: str, bm: BaseModelRow | None) -> SAERecord:
     return SAERecord(
         id=r.id, ref=f"{r.name}@{r.version}", name=r.name, version=r.version, hook_point=r.hook_point,
         d_in=r.d_in, n_latents=r.n_latents, k=r.k, architecture=r.architecture, config=r.config,
@@ -764,7 +776,7 @@ def _mapping(m: FeatureMapping, with_features: bool, n_features: int | None = No
         reviews=[_review(r) for r in m.reviews], timesteps=feats)
 
 
-def _blocklist(b: Blocklist) -> BlocklistRecord:
+def _blocklist(b: BlocklistRow) -> BlocklistRecord:
     return BlocklistRecord(
         id=b.id, name=b.name,
         created_by=_session_actor_name(b, b.created_by_id), created_at=b.created_at,

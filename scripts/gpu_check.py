@@ -23,9 +23,9 @@ def main() -> int:
     from safetensors.torch import load_file
 
     from governance.activations.collect import CollectConfig, collect_with_pipeline
-    from governance.sae.config import SaeConfig
+    from governance.formats.sae_config import SaeConfig
     from governance.sae.model import TopKSAE
-    from governance.sd15 import build_sd15_shaped_pipeline, config_hash
+    from governance.basemodel.sd15 import build_sd15_shaped_pipeline, config_hash
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--prompts", type=int, default=4)

@@ -1,9 +1,5 @@
-"""Collect a hook point's activations over a prompt list into fp16 safetensors shards.
-
-Layout of the output folder:
-    shard-00000.safetensors   activations [N, d_in] fp16, timesteps [N] int32, prompt_index [N] int32
-    shard-00000.json          the shard's record (sha256, rows, prompt range), written after it
-    manifest.json             ActivationManifest; `complete` once every shard is there
+"""Collect a hook point's activations over a prompt list into fp16 safetensors shards
+(the folder's layout and manifest: governance.formats.activations).
 
 Properties the design relies on:
 - Shard i always holds prompts [i*P, (i+1)*P) and prompt j is generated with seed `seed + j`
@@ -29,21 +25,24 @@ from typing import Any, Callable
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from governance.activations.manifest import (
+from governance.basemodel.loading import load_pipeline, model_folder_hash
+from governance.common.errors import GovernanceError
+from governance.common.hashing import sha256_file
+from governance.common.jsonio import write_json_atomic
+from governance.formats.activations import (
     FORMAT,
+    MANIFEST_NAME,
     ActivationManifest,
     CollectionParams,
-    MANIFEST_NAME,
     ShardInfo,
+    ShardRecord,
     prompts_sha256,
-    read_manifest,
+    read_activation_manifest,
     shard_name,
-    write_json_atomic,
-    write_manifest,
+    shard_record_name,
+    write_activation_manifest,
 )
-from governance.basemodel import load_pipeline, model_folder_hash
-from governance.hashing import sha256_file
-from governance.hooks import (
+from governance.basemodel.hooks import (
     TimestepReader,
     add_named_hook,
     block_output_map,
@@ -56,7 +55,7 @@ from governance.hooks import (
 Progress = Callable[[int, int], None]  # (prompts done by this rank, prompts of this rank)
 
 
-class CollectionError(ValueError):
+class CollectionError(GovernanceError):
     """A collection request that cannot be honoured (one line for the CLI)."""
 
 
@@ -78,20 +77,8 @@ class CollectConfig(BaseModel):
     dtype: str = "float32"
 
 
-class ShardRecord(BaseModel):
-    """Sidecar of a finished shard: its ShardInfo plus the facts the manifest needs."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    info: ShardInfo
-    d_in: int
-    spatial_shape: tuple[int, int]
-    timesteps: list[int]
-    unet_calls_per_prompt: int
-
-
 def _record_path(out: Path, index: int) -> Path:
-    return out / f"shard-{index:05d}.json"
+    return out / shard_record_name(index)
 
 
 def dist_info() -> tuple[int, int]:
@@ -268,7 +255,7 @@ def collect_with_pipeline(pipe: Any, base_model_hash: str, cfg: CollectConfig,
         prompts_per_shard=cfg.prompts_per_shard,
     )
     if (out / MANIFEST_NAME).is_file():
-        old = read_manifest(out).params
+        old = read_activation_manifest(out)[0].params
         if old.comparable() != params.comparable():
             diff = sorted(k for k, v in params.comparable().items() if old.comparable().get(k) != v)
             raise CollectionError(f"{str(out)!r} holds a different collection (differs in: {', '.join(diff)}); use another --out")
@@ -307,7 +294,7 @@ def collect_with_pipeline(pipe: Any, base_model_hash: str, cfg: CollectConfig,
                 tick(end - start)
             records[i] = rec
             if world == 1:  # progress is visible in the manifest; with several ranks only rank 0 merges
-                write_manifest(out, _manifest(cfg, params, pipe.scheduler, list(records.values()), n_shards))
+                write_activation_manifest(out, _manifest(cfg, params, pipe.scheduler, list(records.values()), n_shards))
     finally:
         remove_hooks(block, "saegov.collect.capture")
         reader.remove()
@@ -316,9 +303,9 @@ def collect_with_pipeline(pipe: Any, base_model_hash: str, cfg: CollectConfig,
     if rank == 0:
         all_records = [r for r in (_read_record(out, i) for i in range(n_shards)) if r is not None]
         manifest = _manifest(cfg, params, pipe.scheduler, all_records, n_shards)
-        write_manifest(out, manifest)
+        write_activation_manifest(out, manifest)
     _barrier(world)
-    return read_manifest(out)
+    return read_activation_manifest(out)[0]
 
 
 def _read_record(out: Path, index: int) -> ShardRecord | None:

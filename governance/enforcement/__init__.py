@@ -1,12 +1,16 @@
-"""Enforcement: blocklists applied to diffusers pipelines, deployments, traces."""
+"""Enforcement: the SAeUron intervention as named hooks (`intervention`), deployment folders
+built, signed and verified (`deployment`, `signing`), the enforced pipeline (`pipeline`),
+per-image traces (`trace`), `saegov generate` (`generate`) and `audit explain` (`explain`)."""
 from __future__ import annotations
 
 from governance.enforcement.deployment import DeploymentError, build_deployment, verify_deployment
-from governance.enforcement.intervention import Blocklist, EnforcementError, apply_blocklist, remove_blocklist
+from governance.enforcement.intervention import (
+    EnforcedBlocklist, EnforcementError, apply_blocklist, blocklist_suspended, remove_blocklist,
+)
 
 __all__ = [
-    "Blocklist", "DeploymentError", "EnforcedStableDiffusionPipeline", "EnforcementError",
-    "apply_blocklist", "build_deployment", "remove_blocklist", "verify_deployment",
+    "DeploymentError", "EnforcedBlocklist", "EnforcedStableDiffusionPipeline", "EnforcementError",
+    "apply_blocklist", "blocklist_suspended", "build_deployment", "remove_blocklist", "verify_deployment",
 ]
 
 

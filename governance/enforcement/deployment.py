@@ -1,4 +1,4 @@
-"""Building and verifying deployment folders.
+"""Building and verifying deployment folders (the layout: governance.formats.deployment).
 
 A deployment is a normal diffusers folder (`save_pretrained` layout) plus `saegov/`:
 `sae/` (cfg.json + sae.safetensors), `blocklist.json`, and `manifest.json` (sha256 of every
@@ -7,44 +7,40 @@ built by/at) signed with Ed25519. Loading verifies all of it and refuses on any 
 """
 from __future__ import annotations
 
-import datetime as dt
+import json
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
+from governance.common.errors import FormatError, GovernanceError
+from governance.common.hashing import sha256_bytes, sha256_file
+from governance.common.timeutil import iso_seconds
+from governance.common.workspace import uri_to_path
 from governance.enforcement import signing
-from governance.enforcement.spec import (
-    Approval, BlockedConcept, BlocklistSpec, GenerationDefaults, Manifest, ManifestPayload, SaeRef, Signature,
+from governance.formats.blocklist import Approval, BlockedConcept, BlocklistSpec, SaeRef, read_blocklist, write_blocklist
+from governance.formats.deployment import (
+    MANIFEST, SAE_DIR, SAEGOV_DIR, DeploymentManifest, GenerationDefaults, ManifestPayload, Signature,
+    read_deployment_manifest, write_deployment_manifest,
 )
-from governance.hashing import sha256_bytes, sha256_file
-from registry.audit import canonical_json
 
-SAEGOV_DIR = "saegov"
-MANIFEST = f"{SAEGOV_DIR}/manifest.json"
 DEFAULT_GUIDANCE = 7.5
 
 
-class DeploymentError(ValueError):
+class DeploymentError(GovernanceError):
     """A deployment that cannot be built, or that fails verification (one-line message)."""
 
 
 @dataclass
 class VerifiedDeployment:
     path: Path
-    manifest: Manifest
+    manifest: DeploymentManifest
     manifest_sha256: str
     blocklist: BlocklistSpec
     registry_checked: bool
     deployment_id: int | None = None
     notes: list[str] = field(default_factory=list)
-
-
-def _utc_now() -> str:
-    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def _hash_tree(root: Path) -> dict[str, str]:
@@ -74,20 +70,10 @@ def blocklist_spec_from_record(bl: Any, sae: Any) -> BlocklistSpec:
     )
 
 
-def _uri_to_path(uri: str) -> Path:
-    from urllib.parse import unquote, urlparse
-
-    if uri.startswith("file:"):
-        return Path(unquote(urlparse(uri).path))
-    return Path(uri)
-
-
 def build_deployment(store: Any, blocklist: str, version: int | None, model: str, out: Path, actor: str,
                      guidance: float | None = None, error_mode: str = "faithful") -> tuple[Path, Any]:
     """Build `out` from a published blocklist; returns (path, DeploymentRecord)."""
-    import diffusers
-
-    from governance.basemodel import load_pipeline, model_folder_hash
+    from governance.basemodel.loading import load_pipeline, model_folder_hash
     from governance.sae.model import TopKSAE
 
     out = Path(out)
@@ -106,21 +92,25 @@ def build_deployment(store: Any, blocklist: str, version: int | None, model: str
     if len(schedulers) != 1:
         raise DeploymentError(f"mappings of {bl.ref} were scored with different schedules: {sorted(schedulers)}")
     scheduler_name, num_steps = schedulers.pop()
+    sched_cls = scheduler_class(scheduler_name)
+    from governance.tracking.runs import check_tracking
+
+    check_tracking()  # an unreachable MLflow server is refused before minutes of work, not after
     sae_rec = store.get_sae(bl.sae_id)
-    sae_dir = _uri_to_path(sae_rec.weights_uri)
+    sae_dir = uri_to_path(sae_rec.weights_uri)
     try:
         sae = TopKSAE.load(sae_dir, expected_sha256=sae_rec.weights_sha256)
-    except Exception as exc:  # noqa: BLE001 - any load problem is one line
+    except GovernanceError as exc:
         raise DeploymentError(f"SAE {sae_rec.ref}: {exc}") from None
     pipe, folder = load_pipeline(model)
     base_hash = model_folder_hash(folder)
     if sae_rec.base_model_hash and sae_rec.base_model_hash != base_hash:
         raise DeploymentError(f"model {model} (hash {base_hash[:12]}) is not the base model of SAE {sae_rec.ref} "
                               f"(hash {sae_rec.base_model_hash[:12]})")
-    sched_cls = getattr(diffusers, scheduler_name, None)
-    if sched_cls is None:
-        raise DeploymentError(f"unknown scheduler {scheduler_name!r} in the mappings")
-    pipe.scheduler = sched_cls.from_config(pipe.scheduler.config)
+    try:
+        pipe.scheduler = sched_cls.from_config(pipe.scheduler.config)
+    except Exception as exc:  # noqa: BLE001 - a scheduler that rejects this model's config
+        raise DeploymentError(f"scheduler {scheduler_name!r} cannot be configured for {model}: {exc}") from None
     spec = blocklist_spec_from_record(bl, sae_rec)
     spec = _with_justifications(store, spec)
     if guidance is None:
@@ -132,22 +122,21 @@ def build_deployment(store: Any, blocklist: str, version: int | None, model: str
         pipe.save_pretrained(str(tmp), safe_serialization=True)
         sg = tmp / SAEGOV_DIR
         sg.mkdir()
-        sae_sha = sae.save(sg / "sae")
+        sae_sha = sae.save(tmp / SAE_DIR)
         if sae_sha != sae_rec.weights_sha256:
             raise DeploymentError(f"SAE {sae_rec.ref} re-saved with a different hash (dtype or layout changed)")
-        (sg / "blocklist.json").write_text(canonical_json(spec.model_dump(mode="json")) + "\n")
+        write_blocklist(sg, spec)
         payload = ManifestPayload(
             files=_hash_tree(tmp), base_model_hash=base_hash, sae=spec.sae, blocklist=bl.ref,
             blocklist_sha256=bl.content_sha256, mapping_ids=[e.mapping_id for e in bl.entries],
             approval_review_ids=[int(e.approval_review_id) for e in bl.entries],
             defaults=GenerationDefaults(scheduler=scheduler_name, num_inference_steps=num_steps, guidance_scale=guidance),
-            error_mode=error_mode, built_by=actor, built_at=_utc_now(),
+            error_mode=error_mode, built_by=actor, built_at=iso_seconds(),
         )
         key = signing.load_or_create_key()
-        message = canonical_json(payload.model_dump(mode="json")).encode()
-        manifest = Manifest(payload=payload, signature=Signature(public_key=signing.public_hex(key), value=signing.sign(key, message)))
-        manifest_bytes = (canonical_json(manifest.model_dump(mode="json")) + "\n").encode()
-        (tmp / MANIFEST).write_bytes(manifest_bytes)
+        signature = Signature(public_key=signing.public_hex(key), value=signing.sign(key, payload.signed_message()))
+        manifest = DeploymentManifest(payload=payload, signature=signature)
+        manifest_bytes = write_deployment_manifest(tmp, manifest)
         mlflow_version = _log_to_mlflow(tmp, bl, sae_rec, base_hash, actor)
         record = store.record_deployment(
             blocklist=bl.name, version=bl.version, path=str(out.resolve()), manifest_sha256=sha256_bytes(manifest_bytes),
@@ -182,8 +171,6 @@ def _scored_guidance(store: Any, bl: Any) -> float | None:
         for ev in m.evidence:
             if isinstance(ev, dict) and ev.get("kind") == "scoring_params":
                 try:
-                    import json
-
                     return float(json.loads(ev["ref"]).get("guidance"))
                 except (ValueError, TypeError, KeyError):
                     continue
@@ -191,7 +178,7 @@ def _scored_guidance(store: Any, bl: Any) -> float | None:
 
 
 def _log_to_mlflow(folder: Path, bl: Any, sae: Any, base_hash: str, actor: str) -> str | None:
-    from governance.tracking import Tracker
+    from governance.tracking.runs import Tracker
 
     with Tracker("deployment", base_hash, run_name=f"deploy-{bl.ref}",
                  tags={"saegov.blocklist": bl.ref, "saegov.sae_id": str(sae.id), "saegov.built_by": actor}) as tr:
@@ -201,16 +188,22 @@ def _log_to_mlflow(folder: Path, bl: Any, sae: Any, base_hash: str, actor: str) 
                                          tags={"saegov.blocklist": bl.ref})
 
 
-def read_manifest(path: Path) -> tuple[Manifest, bytes]:
-    mpath = path / MANIFEST
-    if not mpath.is_file():
-        raise DeploymentError(f"{path} is not a saegov deployment (no {MANIFEST})")
-    raw = mpath.read_bytes()
+def scheduler_class(name: str) -> Any:
+    """The diffusers scheduler class a mapping names; refused unless it is one."""
+    import diffusers
+    from diffusers import SchedulerMixin
+
+    cls = getattr(diffusers, name, None) if name.isidentifier() else None
+    if not (isinstance(cls, type) and issubclass(cls, SchedulerMixin)):
+        raise DeploymentError(f"{name!r} in the mappings is not a diffusers scheduler")
+    return cls
+
+
+def read_manifest(path: Path) -> tuple[DeploymentManifest, bytes]:
     try:
-        return Manifest.model_validate_json(raw), raw
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise DeploymentError(f"{MANIFEST}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        return read_deployment_manifest(path)
+    except FormatError as exc:
+        raise DeploymentError(str(exc)) from None
 
 
 def verify_deployment(path: str | Path, store: Any | None = None, check_registry: bool = True,
@@ -219,8 +212,7 @@ def verify_deployment(path: str | Path, store: Any | None = None, check_registry
     path = Path(path)
     manifest, raw = read_manifest(path)
     p = manifest.payload
-    message = canonical_json(p.model_dump(mode="json")).encode()
-    if not signing.verify(manifest.signature.public_key, message, manifest.signature.value):
+    if not signing.verify(manifest.signature.public_key, p.signed_message(), manifest.signature.value):
         raise DeploymentError(f"{MANIFEST}: signature does not match its contents")
     if trusted_key is not None and manifest.signature.public_key != trusted_key:
         raise DeploymentError(f"{MANIFEST}: signed by key {manifest.signature.public_key[:16]}..., not the trusted key")
@@ -233,32 +225,22 @@ def verify_deployment(path: str | Path, store: Any | None = None, check_registry
     extra = sorted(set(actual) - set(p.files))
     if extra:
         raise DeploymentError(f"file {extra[0]} is not in the manifest")
-    blocklist = BlocklistSpec.model_validate_json((path / SAEGOV_DIR / "blocklist.json").read_text())
+    try:
+        blocklist = read_blocklist(path / SAEGOV_DIR)
+    except FormatError as exc:
+        raise DeploymentError(str(exc)) from None
     result = VerifiedDeployment(path=path, manifest=manifest, manifest_sha256=sha256_bytes(raw),
                                 blocklist=blocklist, registry_checked=False)
     if check_registry:
         if store is None:
-            store = reachable_store()
+            from registry.store import Store
+
+            store = Store.open_if_present()
         if store is None:
             result.notes.append("registry not reachable: approvals not re-checked")
         else:
             _check_registry(store, result)
     return result
-
-
-def reachable_store() -> Any | None:
-    import os
-
-    from governance.tracking import saegov_home
-
-    if not os.environ.get("SAEGOV_DATABASE_URL") and not (saegov_home() / "registry.db").is_file():
-        return None
-    from registry.store import Store
-
-    try:
-        return Store.open()
-    except Exception:  # noqa: BLE001 - an unreachable registry means "not checked", stated in notes
-        return None
 
 
 def _check_registry(store: Any, result: VerifiedDeployment) -> None:

@@ -1,62 +1,63 @@
 """`saegov audit explain`: which features removed what, approved by whom, in which deployment."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-TRACE_PNG_KEY = "saegov-trace"
+from governance.common.errors import GovernanceError
+from governance.formats.blocklist import read_blocklist
+from governance.formats.deployment import SAEGOV_DIR
+from governance.formats.trace import Trace, parse_trace, read_trace
 
 
-class ExplainError(ValueError):
-    pass
+class ExplainError(GovernanceError):
+    """A trace that cannot be found or explained."""
 
 
-def load_trace(target: str, store: Any | None) -> tuple[dict[str, Any], int | None]:
+def load_trace(target: str, store: Any | None) -> tuple[Trace, int | None]:
     """A trace from a PNG made by `saegov generate`, a trace JSON file, or a generation ID."""
     path = Path(target)
     if path.is_file():
-        raw = path.read_bytes()
-        if raw.startswith(b"\x89PNG"):
-            from PIL import Image
-
-            with Image.open(path) as img:
-                text = img.text.get(TRACE_PNG_KEY) if hasattr(img, "text") else None
-            if not text:
-                raise ExplainError(f"{target}: image carries no saegov trace")
-            return json.loads(text), None
-        try:
-            return json.loads(raw), None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ExplainError(f"{target}: neither a PNG with a trace nor trace JSON") from None
+        return read_trace(path), None
     if target.isdigit():
         if store is None:
             raise ExplainError("a generation ID needs the registry")
-        gens = [g for g in store.list_generations() if g.id == int(target)]
-        if not gens:
-            raise ExplainError(f"unknown generation {target}")
-        return gens[0].trace, gens[0].id
+        from registry.errors import NotFound
+
+        try:
+            gen = store.get_generation(int(target))
+        except NotFound:
+            raise ExplainError(f"unknown generation {target}") from None
+        return parse_trace(gen.trace, f"generation {gen.id}"), gen.id
     raise ExplainError(f"{target}: no such file, and not a generation ID")
 
 
-def explain(trace: dict[str, Any], store: Any | None, generation_id: int | None = None) -> dict[str, Any]:
-    if trace.get("format") != "saegov.trace/v1":
-        raise ExplainError("not a saegov trace (format saegov.trace/v1 expected)")
+def _local_approvals(deployment_path: str) -> dict[int | None, dict[str, Any]]:
+    """mapping id -> approval, from the deployment's blocklist.json when the folder is here."""
+    folder = Path(deployment_path) / SAEGOV_DIR
+    if not (folder / "blocklist.json").is_file():
+        return {}
+    try:
+        spec = read_blocklist(folder)
+    except Exception:  # noqa: BLE001 - a damaged local copy adds nothing; the registry may still answer
+        return {}
+    return {e.mapping_id: e.approval.model_dump() for e in spec.entries}
+
+
+def explain(trace: Trace, store: Any | None, generation_id: int | None = None) -> dict[str, Any]:
+    from registry.errors import RegistryError
+
     concepts: dict[str, dict[str, Any]] = {}
-    for call in trace.get("unet_calls", []):
-        for s in call.get("suppressed", []):
-            c = concepts.setdefault(s["concept"], {"concept": s["concept"], "mapping_id": s["mapping_id"],
-                                                   "approval_review_id": s["approval_review_id"],
-                                                   "features": {}, "unet_calls": 0})
-            c["features"].setdefault(str(s["feature"]), []).append(call["timestep"])
-        for name in {s["concept"] for s in call.get("suppressed", [])}:
+    for call in trace.unet_calls:
+        for s in call.suppressed:
+            c = concepts.setdefault(s.concept, {"concept": s.concept, "mapping_id": s.mapping_id,
+                                                "approval_review_id": s.approval_review_id,
+                                                "features": {}, "unet_calls": 0})
+            c["features"].setdefault(s.feature, []).append(call.timestep)
+        for name in {s.concept for s in call.suppressed}:
             concepts[name]["unet_calls"] += 1
-    dep = dict(trace.get("deployment") or {})
-    blocklist_file = Path(dep.get("path", "")) / "saegov" / "blocklist.json"
-    local = {}
-    if blocklist_file.is_file():
-        for e in json.loads(blocklist_file.read_text()).get("entries", []):
-            local[e.get("mapping_id")] = e.get("approval", {})
+    dep = trace.deployment.model_dump()
+    local = _local_approvals(trace.deployment.path)
     for c in concepts.values():
         approval = dict(local.get(c["mapping_id"], {}))
         state = None
@@ -68,19 +69,19 @@ def explain(trace: dict[str, Any], store: Any | None, generation_id: int | None 
                 if review is not None:
                     approval = {"review_id": review.id, "by": review.actor, "at": review.created_at.isoformat(),
                                 "justification": review.justification}
-            except Exception:  # noqa: BLE001 - the registry may not know it; local facts still stand
+            except RegistryError:  # the registry may not know it; local facts still stand
                 pass
         c["approval"] = approval
         c["mapping_state_now"] = state
-        c["features"] = [{"feature": int(f), "timesteps": ts} for f, ts in sorted(c["features"].items(), key=lambda kv: int(kv[0]))]
-    if store is not None and dep.get("deployment_id") is not None:
+        c["features"] = [{"feature": f, "timesteps": ts} for f, ts in sorted(c["features"].items())]
+    if store is not None and trace.deployment.deployment_id is not None:
         try:
-            d = store.get_deployment(int(dep["deployment_id"]))
+            d = store.get_deployment(trace.deployment.deployment_id)
             dep.update({"built_by": d.built_by, "built_at": d.built_at.isoformat(), "blocklist_state_now": d.blocklist_state})
-        except Exception:  # noqa: BLE001
+        except RegistryError:
             pass
-    return {"generation_id": generation_id, "prompt_sha256": trace.get("prompt_sha256"), "seed": trace.get("seed"),
-            "deployment": dep, "unet_calls": len(trace.get("unet_calls", [])),
+    return {"generation_id": generation_id, "prompt_sha256": trace.prompt_sha256, "seed": trace.seed,
+            "deployment": dep, "unet_calls": len(trace.unet_calls),
             "suppressed": sorted(concepts.values(), key=lambda c: c["concept"])}
 
 
@@ -100,3 +101,13 @@ def render_text(report: dict[str, Any]) -> str:
                      f"(review {a.get('review_id', c['approval_review_id'])}): \"{a.get('justification') or ''}\"."
                      + (f" Its state now: {c['mapping_state_now']}." if c.get("mapping_state_now") else ""))
     return "\n".join(lines)
+
+
+def explain_target(target: str) -> dict[str, Any]:
+    """`saegov audit explain TARGET`: load the trace (PNG, JSON or generation ID) and explain it
+    with the workspace's registry when there is one."""
+    from registry.store import Store
+
+    store = Store.open_if_present()
+    trace, gen_id = load_trace(target, store)
+    return explain(trace, store, gen_id if gen_id is not None else trace.generation_id)

@@ -18,14 +18,20 @@ default, recorded in the trace), or is refused (`schedule="strict"`).
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
-from governance.enforcement.spec import BlocklistSpec
-from governance.hooks import TimestepReader, add_named_hook, block_output_map, from_tokens, remove_hooks, resolve_hook_point, to_tokens
+from governance.basemodel.hooks import (
+    TimestepReader, add_named_hook, block_output_map, from_tokens, hook_names, remove_hooks, resolve_hook_point,
+    to_tokens,
+)
+from governance.common.errors import GovernanceError
+from governance.formats.blocklist import BlocklistSpec, read_blocklist
 from governance.sae.model import TopKSAE
 
 HOOK_PREFIX = "saegov.enforce"
@@ -34,22 +40,24 @@ ErrorMode = Literal["faithful", "reference"]
 Schedule = Literal["nearest", "strict"]
 
 
-class EnforcementError(RuntimeError):
-    pass
+class EnforcementError(GovernanceError):
+    """A blocklist that cannot be enforced on this pipeline or at this timestep."""
 
 
 @dataclass
-class Blocklist:
-    """A blocklist spec together with the SAE its feature IDs refer to."""
+class EnforcedBlocklist:
+    """A blocklist spec together with the SAE its feature IDs refer to: what `apply_blocklist`
+    attaches. (The registry's blocklist is a named, versioned list of approved mappings; its
+    published version becomes a deployment's `blocklist.json`, this spec.)"""
 
     spec: BlocklistSpec
     sae: TopKSAE
 
     @classmethod
-    def load(cls, folder: str | Path, expected_sae_sha256: str | None = None) -> Blocklist:
+    def load(cls, folder: str | Path, expected_sae_sha256: str | None = None) -> EnforcedBlocklist:
         """From a deployment's `saegov/` folder (blocklist.json + sae/)."""
         folder = Path(folder)
-        spec = BlocklistSpec.model_validate_json((folder / "blocklist.json").read_text())
+        spec = read_blocklist(folder)
         sae = TopKSAE.load(folder / "sae", expected_sha256=expected_sae_sha256 or spec.sae.weights_sha256)
         return cls(spec=spec, sae=sae)
 
@@ -76,7 +84,7 @@ class CallRecord:
 class Enforcer:
     """The state behind the hooks of one pipeline: compiled tables and the trace so far."""
 
-    def __init__(self, pipe: Any, blocklist: Blocklist, *, error_mode: ErrorMode = "faithful",
+    def __init__(self, pipe: Any, blocklist: EnforcedBlocklist, *, error_mode: ErrorMode = "faithful",
                  schedule: Schedule = "nearest") -> None:
         if error_mode not in ("faithful", "reference"):
             raise EnforcementError(f"unknown error mode {error_mode!r}")
@@ -162,7 +170,7 @@ class Enforcer:
 
     # -- the intervention -----------------------------------------------------------------------
     # No torch.no_grad here: pipelines already sample under no_grad, and the white-box prompt
-    # attack (governance.attack) needs gradients to flow through the intervention.
+    # attack (governance.evaluation.attack) needs gradients to flow through the intervention.
     def _hook(self, module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> Any:
         x = block_output_map(output)
         b, c, h, w = x.shape
@@ -304,7 +312,7 @@ class Enforcer:
             })
 
 
-def apply_blocklist(pipe: Any, blocklist: Blocklist, *, error_mode: ErrorMode = "faithful",
+def apply_blocklist(pipe: Any, blocklist: EnforcedBlocklist, *, error_mode: ErrorMode = "faithful",
                     schedule: Schedule = "nearest") -> Enforcer:
     """Attach the blocklist to `pipe` (idempotent: a previous one is removed first)."""
     remove_blocklist(pipe)
@@ -326,3 +334,23 @@ def remove_blocklist(pipe: Any) -> bool:
 
 def enforcer_of(pipe: Any) -> Enforcer | None:
     return pipe.__dict__.get(ATTR)
+
+
+def _hooks_attached(pipe: Any) -> bool:
+    enforcer = enforcer_of(pipe)
+    return enforcer is not None and any(n.startswith(HOOK_PREFIX) for n in hook_names(enforcer.block))
+
+
+@contextmanager
+def blocklist_suspended(pipe: Any) -> Iterator[None]:
+    """The pipeline without its enforcement hooks inside the block; the same enforcer re-attached
+    after (the "before" images of an evaluation, an attack's reference latent)."""
+    enforcer = enforcer_of(pipe)
+    attached = _hooks_attached(pipe)
+    if attached:
+        enforcer.remove()  # type: ignore[union-attr]
+    try:
+        yield
+    finally:
+        if attached:
+            enforcer.attach()  # type: ignore[union-attr]

@@ -3,49 +3,23 @@
     pipe = EnforcedStableDiffusionPipeline.from_pretrained("deployments/no-red")
     out = pipe("a red circle")          # the approved scheduler, step count and guidance
     out.traces[0]                       # which features were suppressed, for whom, approved by whom
+                                        # (a saegov.trace/v1 dict; out.trace_records: the models)
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
-from diffusers import StableDiffusionPipeline
+from governance.basemodel.loading import quiet_libraries
 
-from governance.enforcement.deployment import SAEGOV_DIR, VerifiedDeployment, verify_deployment
-from governance.enforcement.intervention import Blocklist, CallRecord, apply_blocklist, enforcer_of
+quiet_libraries()
 
+from diffusers import StableDiffusionPipeline  # noqa: E402 - after quiet_libraries, which must run first
 
-def build_traces(calls: list[CallRecord], n_images: int, cfg: bool, deployment: dict[str, Any],
-                 prompts: list[str], seeds: list[int | None]) -> list[dict[str, Any]]:
-    """One trace per image from the enforcer's per-call records.
-
-    With classifier-free guidance the UNet batch is [uncond, cond]: sample j and j + n both
-    belong to image j; a suppression in either half is listed, with the half named.
-    """
-    traces = []
-    for j in range(n_images):
-        steps = []
-        for call in calls:
-            suppressed = []
-            for f in call.fired:
-                halves = []
-                if j in f["samples"]:
-                    halves.append("uncond" if cfg else "cond")
-                if cfg and j + n_images in f["samples"]:
-                    halves.append("cond")
-                if halves:
-                    suppressed.append({k: f[k] for k in ("feature", "concept", "mapping_id", "approval_review_id", "scored_timestep")}
-                                      | {"halves": halves})
-            steps.append({"timestep": call.timestep, "suppressed": suppressed})
-        traces.append({
-            "format": "saegov.trace/v1",
-            "deployment": deployment,
-            "prompt_sha256": hashlib.sha256(prompts[j].encode()).hexdigest(),
-            "seed": seeds[j],
-            "unet_calls": steps,
-        })
-    return traces
+from governance.enforcement.deployment import VerifiedDeployment, verify_deployment  # noqa: E402
+from governance.enforcement.intervention import EnforcedBlocklist, apply_blocklist, enforcer_of  # noqa: E402
+from governance.enforcement.trace import build_traces  # noqa: E402
+from governance.formats.deployment import SAE_DIR, SAEGOV_DIR  # noqa: E402
 
 
 class EnforcedStableDiffusionPipeline(StableDiffusionPipeline):
@@ -63,7 +37,8 @@ class EnforcedStableDiffusionPipeline(StableDiffusionPipeline):
         pipe = super().from_pretrained(str(path), **kwargs)
         pipe.set_progress_bar_config(disable=True)
         pipe.saegov = verified
-        blocklist = Blocklist.load(path / SAEGOV_DIR, expected_sae_sha256=verified.manifest.payload.files.get(f"{SAEGOV_DIR}/sae/sae.safetensors"))
+        expected = verified.manifest.payload.files.get(f"{SAE_DIR}/sae.safetensors")
+        blocklist = EnforcedBlocklist.load(path / SAEGOV_DIR, expected_sae_sha256=expected)
         apply_blocklist(pipe, blocklist, error_mode=verified.manifest.payload.error_mode)
         return pipe
 
@@ -88,6 +63,7 @@ class EnforcedStableDiffusionPipeline(StableDiffusionPipeline):
         prompts = [p for p in prompts for _ in range(per_prompt)]
         n = len(out.images)
         seeds = list(seeds) if seeds is not None else [None] * n
-        out.traces = build_traces(enforcer.calls if enforcer else [], n, guidance > 1.0,
-                                  self.deployment_info, prompts or [""] * n, seeds)
+        out.trace_records = build_traces(enforcer.calls if enforcer else [], n, guidance > 1.0,
+                                         self.deployment_info, prompts or [""] * n, seeds)
+        out.traces = [t.to_json_dict() for t in out.trace_records]
         return out

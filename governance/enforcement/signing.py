@@ -14,21 +14,29 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from governance.tracking import saegov_home
+from governance.common.errors import GovernanceError
+from governance.common.workspace import workspace_home
 
 KEY_NAME = "deploy_ed25519"
 
 
+class SigningError(GovernanceError):
+    """The workspace's signing key cannot be read."""
+
+
 def key_path() -> Path:
-    return saegov_home() / "keys" / KEY_NAME
+    return workspace_home() / "keys" / KEY_NAME
 
 
 def load_or_create_key(path: Path | None = None) -> Ed25519PrivateKey:
     path = path or key_path()
     if path.is_file():
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        try:
+            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        except (ValueError, TypeError):
+            key = None
         if not isinstance(key, Ed25519PrivateKey):
-            raise ValueError(f"{path} is not an Ed25519 private key")
+            raise SigningError(f"{path} is not an Ed25519 private key")
         return key
     key = Ed25519PrivateKey.generate()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,4 @@
-"""Reading an activation dataset (folder with `manifest.json` + fp16 safetensors shards) for
-SAE training.
-
-The manifest is read with a minimal model that tolerates extra keys, so this reader does not
-depend on every field of `governance.activations.manifest` (it accepts both that layout, with
-`params.hook_point`, and a flat one with `hookpoint` / `base_model_hash`).
+"""Reading an activation dataset (governance.formats.activations) for SAE training.
 
 Streaming: shards are visited in a seeded random order per epoch, each rank keeps its own
 disjoint rows (`rank::world` of every shard), and a shuffle buffer of `buffer_tokens` rows
@@ -13,41 +8,20 @@ world) the shuffle is a full one.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors import safe_open
 
-from governance.hashing import sha256_bytes, sha256_file
+from governance.common.errors import FormatError, GovernanceError
+from governance.common.hashing import sha256_bytes, sha256_file
+from governance.formats.activations import MANIFEST_NAME, ActivationManifest, read_activation_manifest
 
-MANIFEST_NAME = "manifest.json"
 
-
-class DatasetError(ValueError):
+class DatasetError(GovernanceError):
     """A malformed, incomplete or tampered activation dataset."""
-
-
-class _Shard(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    file: str
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    rows: int = Field(ge=0)
-
-
-class _Manifest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    d_in: int = Field(gt=0)
-    shards: list[_Shard]
-    hookpoint: str | None = None
-    hook_point: str | None = None
-    base_model_hash: str | None = None
-    params: dict[str, Any] | None = None
-    complete: bool = True
 
 
 @dataclass(frozen=True)
@@ -58,7 +32,7 @@ class ActivationDataset:
     base_model_hash: str | None
     manifest_sha256: str  # lineage: sha256 of manifest.json bytes
     shards: tuple[tuple[Path, int], ...]  # (path, rows)
-    raw_manifest: dict[str, Any]
+    manifest: ActivationManifest
 
     @property
     def total_rows(self) -> int:
@@ -73,18 +47,11 @@ def open_dataset(folder: str | Path, verify: bool = True) -> ActivationDataset:
     """Parse the manifest and (by default) verify every shard's sha256 before any use."""
     folder = Path(folder)
     path = folder / MANIFEST_NAME
-    if not path.is_file():
-        raise DatasetError(f"{folder}: no {MANIFEST_NAME} (not an activation dataset)")
-    raw_bytes = path.read_bytes()
     try:
-        raw = json.loads(raw_bytes)
-        m = _Manifest.model_validate(raw)
-    except (json.JSONDecodeError, ValidationError) as exc:
-        raise DatasetError(f"{path}: invalid manifest ({str(exc).splitlines()[0]})") from None
-    params = m.params or {}
-    hookpoint = m.hookpoint or m.hook_point or params.get("hook_point") or params.get("hookpoint")
-    if not hookpoint:
-        raise DatasetError(f"{path}: manifest names no hook point")
+        m, raw_bytes = read_activation_manifest(folder)
+    except FormatError as exc:
+        raise DatasetError(f"invalid manifest: {exc}") from None
+    hookpoint = m.params.hook_point
     if not m.complete:
         raise DatasetError(f"{path}: collection is incomplete (resume it first)")
     if not m.shards or sum(s.rows for s in m.shards) == 0:
@@ -101,8 +68,8 @@ def open_dataset(folder: str | Path, verify: bool = True) -> ActivationDataset:
         shards.append((p, s.rows))
     return ActivationDataset(
         folder=folder, d_in=m.d_in, hookpoint=str(hookpoint),
-        base_model_hash=m.base_model_hash or params.get("base_model_hash"),
-        manifest_sha256=sha256_bytes(raw_bytes), shards=tuple(shards), raw_manifest=raw,
+        base_model_hash=m.params.base_model_hash,
+        manifest_sha256=sha256_bytes(raw_bytes), shards=tuple(shards), manifest=m,
     )
 
 

@@ -8,23 +8,19 @@ statistics, enforcement).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from governance.hashing import sha256_file
-from governance.sae.config import SaeConfig
-
-CFG_NAME = "cfg.json"
-WEIGHTS_NAME = "sae.safetensors"
+from governance.common.errors import FormatError, GovernanceError
+from governance.common.hashing import sha256_file
+from governance.formats.sae_config import CFG_NAME, WEIGHTS_NAME, SaeConfig, read_sae_config, write_sae_config
 
 
-class SaeLoadError(ValueError):
+class SaeLoadError(GovernanceError):
     """An SAE folder that is missing, malformed, or does not match its expected hash."""
 
 
@@ -117,7 +113,7 @@ class TopKSAE(nn.Module):
         }
         tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}
         save_file(tensors, str(folder / WEIGHTS_NAME))
-        (folder / CFG_NAME).write_text(json.dumps(self.cfg.to_json_dict(), indent=2, sort_keys=True) + "\n")
+        write_sae_config(folder, self.cfg)
         return sha256_file(folder / WEIGHTS_NAME)
 
     @classmethod
@@ -138,16 +134,14 @@ class TopKSAE(nn.Module):
                     "refusing to load"
                 )
         try:
-            cfg = SaeConfig.model_validate(json.loads(cfg_path.read_text()))
-        except (json.JSONDecodeError, ValidationError) as exc:
-            first = str(exc).splitlines()[0]
-            raise SaeLoadError(f"{cfg_path}: invalid config ({first})") from None
+            cfg, _ = read_sae_config(folder)
+        except FormatError as exc:
+            raise SaeLoadError(f"invalid config: {exc}") from None
         try:
             tensors = load_file(str(weights_path), device="cpu")
         except Exception as exc:  # safetensors raises its own error types for corrupt files
             raise SaeLoadError(f"{weights_path}: not a readable safetensors file ({exc})") from None
-        n, d = cfg.n_latents, cfg.d_in
-        expected = {"encoder.weight": (n, d), "encoder.bias": (n,), "W_dec": (n, d), "b_dec": (d,)}
+        expected = cfg.weight_shapes()
         for name, shape in expected.items():
             if name not in tensors:
                 raise SaeLoadError(f"{weights_path}: missing tensor {name!r}")

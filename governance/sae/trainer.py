@@ -25,7 +25,8 @@ import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from governance.sae.config import SaeConfig
+from governance.common.errors import GovernanceError
+from governance.formats.sae_config import SaeConfig
 from governance.sae.data import ActivationDataset, iter_batches, read_shard
 from governance.sae.model import TopKSAE, batch_topk_indices
 
@@ -33,6 +34,10 @@ REFERENCE_LATENTS = 20_480  # 1280 x 16: the width the reference lr 4e-4 was tun
 REFERENCE_DEAD_TOKENS = 10_000_000
 
 StepCallback = Callable[[int, int, dict[str, float]], None]
+
+
+class TrainRefused(GovernanceError):
+    """A training request refused before any work (bad output folder, a dataset too small ...)."""
 
 
 class TrainConfig(BaseModel):
@@ -199,11 +204,11 @@ def train_sae(ds: ActivationDataset, cfg: TrainConfig, on_step: StepCallback | N
 
     per_rank = cfg.batch_tokens // world
     if per_rank < 1:
-        raise ValueError(f"batch of {cfg.batch_tokens} tokens cannot be split over {world} ranks")
+        raise TrainRefused(f"batch of {cfg.batch_tokens} tokens cannot be split over {world} ranks")
     rows_min = min(ds.rows_for_rank(r, world) for r in range(world))
     steps_per_epoch = rows_min // per_rank
     if steps_per_epoch == 0:
-        raise ValueError(f"dataset has {ds.total_rows} rows, fewer than one batch of {cfg.batch_tokens} tokens")
+        raise TrainRefused(f"dataset has {ds.total_rows} rows, fewer than one batch of {cfg.batch_tokens} tokens")
     total_steps = steps_per_epoch * cfg.epochs
     global_batch = per_rank * world
     dead_tokens = cfg.resolved_dead_tokens(total_steps * global_batch)
@@ -268,7 +273,7 @@ def train_sae(ds: ActivationDataset, cfg: TrainConfig, on_step: StepCallback | N
     seconds = time.perf_counter() - t0
     final: dict[str, float] = {}
     if rank == 0:
-        final = evaluate(sae, ds, cfg.eval_tokens)
+        final = sae_metrics(sae, ds, cfg.eval_tokens)
         final["train_dead_pct"] = 100.0 * float((since_fired > dead_tokens).float().mean())
         final["train_fvu_last"] = history[-1]["fvu"]
         final["tokens_per_s"] = step * global_batch / max(seconds, 1e-9)
@@ -286,7 +291,7 @@ def _init_b_dec(sae: TopKSAE, x: Tensor, world: int) -> None:
 
 
 @torch.no_grad()
-def evaluate(sae: TopKSAE, ds: ActivationDataset, max_tokens: int, chunk: int = 8192) -> dict[str, float]:
+def sae_metrics(sae: TopKSAE, ds: ActivationDataset, max_tokens: int, chunk: int = 8192) -> dict[str, float]:
     """Per-token TopK (the inference rule) metrics on up to `max_tokens` rows, taken with an
     even stride from every shard: fvu, explained variance, l0, and dead % = latents that never
     fired on those rows."""

@@ -19,7 +19,10 @@ COLOURS: tuple[str, ...] = ("red", "green", "blue", "yellow")
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
 STYLES: tuple[str, ...] = ("plain", "striped", "dotted")
 
-KINDS: dict[str, tuple[str, ...]] = {"colour": COLOURS, "shape": SHAPES, "style": STYLES}
+# Vocabulary: an image has three *attributes* (a ToyPrompt field and a classifier each); the
+# registry files each concept under its *kind*: the shapes are the toy world's objects.
+ATTRIBUTES: dict[str, tuple[str, ...]] = {"colour": COLOURS, "shape": SHAPES, "style": STYLES}
+CONCEPT_KIND: dict[str, str] = {"colour": "colour", "shape": "object", "style": "style"}
 
 
 NEUTRAL_SHAPE_WORD = "shape"
@@ -81,8 +84,18 @@ def vocabulary() -> list[str]:
     return sorted({"a", "in", "style", NEUTRAL_SHAPE_WORD, *COLOURS, *SHAPES, *STYLES})
 
 
-def kind_of(concept: str) -> str:
-    for kind, names in KINDS.items():
+def attribute_of(concept: str) -> str:
+    """The attribute a toy concept is a value of (colour, shape or style); KeyError if none."""
+    for attribute, names in ATTRIBUTES.items():
         if concept in names:
-            return kind
+            return attribute
     raise KeyError(concept)
+
+
+def registry_kind(concept: str) -> str:
+    """The registry's kind of a toy concept: colour, object (the shapes) or style."""
+    return CONCEPT_KIND[attribute_of(concept)]
+
+
+def is_toy_concept(concept: str) -> bool:
+    return any(concept in names for names in ATTRIBUTES.values())

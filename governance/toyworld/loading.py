@@ -1,10 +1,10 @@
-"""The toy world through the project's one pipeline loader (`governance.basemodel`)."""
+"""The toy world through the project's one pipeline loader (`governance.basemodel.loading`)."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from governance.basemodel import ModelLoadError, load_pipeline as load_base_pipeline
+from governance.basemodel.loading import ModelLoadError, load_pipeline as load_base_pipeline
 
 
 class ToyWorldMissing(ModelLoadError):

@@ -13,3 +13,8 @@ def default_pipeline_path() -> Path:
 
 def is_trained() -> bool:
     return (WEIGHTS_DIR / "model_index.json").is_file()
+
+
+def embedded_model() -> str | None:
+    """The default model of every command: the committed toy world, when it is installed."""
+    return str(WEIGHTS_DIR) if is_trained() else None

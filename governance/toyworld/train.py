@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from governance.common.errors import GovernanceError
 from governance.toyworld import model as tw
 from governance.toyworld.grammar import ToyPrompt
 from governance.toyworld.render import IMAGE_SIZE, random_concepts, render
@@ -115,7 +116,7 @@ def _unprefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torc
     return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
 
 
-class CheckpointMismatch(ValueError):
+class CheckpointMismatch(GovernanceError):
     """A checkpoint made with another recipe: resuming it would mix two trainings."""
 
 

@@ -1,0 +1,55 @@
+"""`saegov generate`: one image through a verified deployment, with its trace in the PNG, in a
+JSON file and (with `record`) in the registry."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from governance.formats.trace import Trace, write_trace_json, write_trace_png
+
+
+@dataclass
+class Generated:
+    image: Path
+    trace_file: Path | None
+    trace: Trace
+
+    @property
+    def generation_id(self) -> int | None:
+        return self.trace.generation_id
+
+    def summary(self) -> dict[str, Any]:
+        return {"image": str(self.image), "trace_file": str(self.trace_file) if self.trace_file else None,
+                "generation_id": self.generation_id, "suppressed_calls": self.trace.suppressed_calls(),
+                "unet_calls": len(self.trace.unet_calls), "trace": self.trace.to_json_dict()}
+
+
+def generate_image(deployment: Path, prompt: str, *, seed: int, out: Path, trace_file: Path | None = None,
+                   record: bool = False, actor: str | None = None, steps: int | None = None,
+                   guidance: float | None = None) -> Generated:
+    import torch
+
+    from governance.enforcement.pipeline import EnforcedStableDiffusionPipeline
+
+    store = None
+    if record:
+        from registry.store import Store
+
+        store = Store.open()
+        store.check_actor(actor)  # refuse before the model loads, not after
+    pipe = EnforcedStableDiffusionPipeline.from_pretrained(deployment, store=store)
+    result = pipe(prompt, num_inference_steps=steps, guidance_scale=guidance,
+                  generator=torch.Generator().manual_seed(seed), seeds=[seed])
+    trace: Trace = result.trace_records[0]
+    if store is not None:
+        gen = store.record_generation(deployment_id=pipe.saegov.deployment_id,
+                                      prompt_sha256=hashlib.sha256(prompt.encode()).hexdigest(),
+                                      seed=seed, trace=trace.to_json_dict(), actor=actor)
+        trace = trace.model_copy(update={"generation_id": gen.id})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_trace_png(out, result.images[0], trace)
+    if trace_file is not None:
+        write_trace_json(trace_file, trace)
+    return Generated(image=out, trace_file=trace_file, trace=trace)

@@ -1,0 +1,104 @@
+"""The concept-to-feature mapping JSON (docs/mapping-format.md): `saegov.mapping/v1`.
+
+A mapping lists, per scored timestep value, the selected SAE features with their score, the
+scale applied above the gate and the gate; the same rows live in the registry.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from governance.common.jsonio import canonical_json, pretty_json
+from governance.formats.validation import read_json_model
+
+MAPPING_FORMAT = "saegov.mapping/v1"
+
+
+class FeatureEntry(BaseModel):
+    """One selected feature at one timestep: its score, the scale applied above the gate."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    feature: int = Field(ge=0)
+    score: float
+    scale: float
+    gate: float
+
+
+class Selection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rule: Literal["tau", "top_n"]
+    tau: float | None = Field(default=None, gt=0, lt=100)
+    top_n: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_parameter(self) -> Selection:
+        if self.rule == "tau" and (self.tau is None or self.top_n is not None):
+            raise ValueError("rule 'tau' needs tau (and no top_n)")
+        if self.rule == "top_n" and (self.top_n is None or self.tau is not None):
+            raise ValueError("rule 'top_n' needs top_n (and no tau)")
+        return self
+
+
+class EvidenceRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str = Field(min_length=1, description="e.g. mlflow_run, score_heatmap, sweep, scoring_params")
+    ref: str = Field(min_length=1)
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+
+FeaturesByTimestep = dict[int, list[FeatureEntry]]
+
+
+class MappingSpec(BaseModel):
+    """The concept-to-feature mapping JSON format (docs/mapping-format.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["saegov.mapping/v1"] = MAPPING_FORMAT
+    concept: str = Field(min_length=1)
+    selection: Selection
+    gamma: float
+    scheduler: str = Field(min_length=1)
+    num_steps: int = Field(gt=0)
+    timesteps: FeaturesByTimestep = Field(min_length=1)
+    evidence: list[EvidenceRef] = Field(default_factory=list)
+
+    @field_validator("timesteps")
+    @classmethod
+    def _check_timesteps(cls, value: FeaturesByTimestep) -> FeaturesByTimestep:
+        for t, entries in value.items():
+            if t < 0:
+                raise ValueError(f"timestep {t} is negative")
+            ids = [e.feature for e in entries]
+            if len(set(ids)) != len(ids):
+                raise ValueError(f"timestep {t} lists a feature twice")
+        return dict(sorted(value.items(), key=lambda kv: -kv[0]))
+
+    def max_feature_id(self) -> int:
+        return max((e.feature for es in self.timesteps.values() for e in es), default=-1)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        d = self.model_dump(mode="json")
+        d["timesteps"] = {str(t): v for t, v in d["timesteps"].items()}
+        return d
+
+    def sha256(self) -> str:
+        """The mapping's content hash (the registry's `spec_sha256`)."""
+        return hashlib.sha256(canonical_json(self.to_json_dict()).encode()).hexdigest()
+
+    def evidence_of(self, kind: str) -> list[EvidenceRef]:
+        return [e for e in self.evidence if e.kind == kind]
+
+
+def read_mapping(path: Path) -> MappingSpec:
+    return read_json_model(MappingSpec, path)
+
+
+def write_mapping(path: Path, spec: MappingSpec) -> None:
+    Path(path).write_text(pretty_json(spec.to_json_dict()))

@@ -1,0 +1,74 @@
+"""The operating-point sweep table (`saegov.sweep/v1`): every (rule, value, gamma) point with
+its measured UA / IRA / CRA, and the chosen one. Stored as the mapping's `sweep` evidence and
+as `sweep.json` in its MLflow run."""
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from governance.common.jsonio import pretty_json
+from governance.formats.validation import parse_json_model
+
+SWEEP_FORMAT = "saegov.sweep/v1"
+SWEEP_NAME = "sweep.json"
+OBJECTIVES = {"ua_ira": "(UA + IRA) / 2", "ua_ira_cra": "(UA + IRA + CRA) / 3"}
+
+
+class SweepPoint(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rule: Literal["tau", "top_n"]
+    value: int | float  # an int for top_n, as the sweep request gave it
+    gamma: float
+    UA: float
+    IRA: float
+    CRA: float
+    objective: float
+    n_entries: int
+    n_features: int
+
+
+class SweepTableHeader(BaseModel):
+    """What evaluation needs of any sweep table, including hand-written evidence: which seeds,
+    on which wording."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    seeds: list[int]
+    prompts: str = ""
+
+    @property
+    def styled(self) -> bool:
+        return self.prompts.startswith("styled")
+
+
+class SweepTable(SweepTableHeader):
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["saegov.sweep/v1"] = SWEEP_FORMAT
+    objective: str
+    images_per_point: int
+    chosen: SweepPoint
+    points: list[SweepPoint]
+
+    def evidence_text(self) -> str:
+        """The table as the `ref` of a mapping's `sweep` evidence (compact, sorted keys)."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+
+    def file_text(self) -> str:
+        return pretty_json(self.model_dump(mode="json"))
+
+
+def parse_sweep_table(text: str, what: str = "sweep table") -> SweepTable:
+    return parse_json_model(SweepTable, text, what)
+
+
+def sweep_header(text: str | None) -> SweepTableHeader | None:
+    """The seeds and wording of a `sweep` evidence text; None when it is not a sweep table
+    (evidence is free-form: `mapping import` accepts any text)."""
+    try:
+        return SweepTableHeader.model_validate_json(text or "")
+    except (ValidationError, ValueError):
+        return None

@@ -1,0 +1,198 @@
+"""`saegov sae train` end to end: verify the dataset, train (data-parallel under torchrun), save
+the SAE folder, track in MLflow, register the version in the registry with its lineage.
+
+Rank 0 alone writes files, talks to MLflow and to the registry; other ranks only train.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from governance.common.hashing import sha256_file
+from governance.common.timeutil import stamp
+from governance.common.workspace import workspace_home
+from governance.formats.sae_config import CFG_NAME
+from governance.sae.data import open_dataset
+from governance.sae.trainer import (
+    TrainConfig, TrainRefused, TrainResult, dist_info, init_distributed_from_env, train_sae,
+)
+
+TRAINING_NAME = "training.json"  # lineage + metrics next to the weights; ignored by SAE loaders
+ARCHITECTURE = "batch-topk"
+
+
+@dataclass
+class TrainOutcome:
+    folder: Path | None
+    weights_sha256: str | None
+    result: TrainResult
+    dataset_sha256: str
+    base_model_hash: str | None
+    hookpoint: str
+    mlflow_run_id: str | None = None
+    mlflow_model_version: str | None = None
+    registry_record: Any = None
+
+    def summary(self) -> dict[str, Any]:
+        rec = self.registry_record
+        return {
+            "folder": str(self.folder) if self.folder else None,
+            "weights_sha256": self.weights_sha256,
+            "hookpoint": self.hookpoint,
+            "dataset_sha256": self.dataset_sha256,
+            "base_model_hash": self.base_model_hash,
+            "steps": self.result.steps,
+            "tokens": self.result.tokens,
+            "seconds": round(self.result.seconds, 3),
+            "lr": self.result.lr,
+            "metrics": self.result.final,
+            "mlflow_run_id": self.mlflow_run_id,
+            "mlflow_model_version": self.mlflow_model_version,
+            "sae_id": getattr(rec, "id", None),
+            "sae_ref": getattr(rec, "ref", None),
+        }
+
+
+def default_name(hookpoint: str) -> str:
+    return f"sae-{hookpoint}"
+
+
+def default_out(name: str) -> Path:
+    return workspace_home() / "saes" / f"{name}-{stamp()}"
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise TrainRefused(f"output folder {out} exists and is not empty; refusing to overwrite")
+
+
+def train_and_record(activations: str | Path, cfg: TrainConfig, *, out: str | Path | None = None,
+                     name: str | None = None, actor: str | None = None, use_mlflow: bool = True,
+                     register: bool = True, store: Any = None,
+                     on_step: Callable[[int, int, dict[str, float]], None] | None = None) -> TrainOutcome:
+    created_pg = init_distributed_from_env()
+    try:
+        return _train_and_record(activations, cfg, out, name, actor, use_mlflow, register, store, on_step)
+    finally:
+        if created_pg:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _train_and_record(activations: str | Path, cfg: TrainConfig, out: str | Path | None, name: str | None,
+                      actor: str | None, use_mlflow: bool, register: bool, store: Any,
+                      on_step: Callable[[int, int, dict[str, float]], None] | None) -> TrainOutcome:
+    rank, _world = dist_info()
+    ds = open_dataset(activations)  # every rank verifies what it is about to read
+    name = name or default_name(ds.hookpoint)
+    lead = rank == 0
+    out_path = Path(out) if out else default_out(name)
+    if lead:
+        _check_out(out_path)
+        if register:
+            store = store or _open_store()
+            _check_may_register(store, actor)  # fail before hours of training, not after
+    tracker = None
+    if lead and use_mlflow:
+        from governance.tracking.runs import Tracker
+
+        tracker = Tracker("sae-train", ds.base_model_hash, run_name=f"train {name}", tags={
+            "saegov.hookpoint": ds.hookpoint, "saegov.activation_dataset_sha256": ds.manifest_sha256,
+        })
+        tracker.log_params({"train": cfg.model_dump(mode="json"), "hookpoint": ds.hookpoint,
+                            "activation_dataset_sha256": ds.manifest_sha256,
+                            "activation_dataset": str(Path(activations).resolve()),
+                            "base_model_hash": ds.base_model_hash, "dataset_rows": ds.total_rows,
+                            "world_size": _world})
+
+    def step_cb(step: int, total: int, m: dict[str, float]) -> None:
+        if tracker is not None:
+            tracker.log_metrics(m, step)
+        if on_step is not None:
+            on_step(step, total, m)
+
+    try:
+        result = train_sae(ds, cfg, on_step=step_cb)
+        outcome = TrainOutcome(folder=None, weights_sha256=None, result=result,
+                               dataset_sha256=ds.manifest_sha256, base_model_hash=ds.base_model_hash,
+                               hookpoint=ds.hookpoint)
+        if not lead:
+            return outcome
+        sha = result.sae.save(out_path)
+        outcome.folder, outcome.weights_sha256 = out_path.resolve(), sha
+        lineage = {
+            "hookpoint": ds.hookpoint, "base_model_hash": ds.base_model_hash,
+            "activation_dataset_sha256": ds.manifest_sha256, "weights_sha256": sha,
+            "train": cfg.model_dump(mode="json"), "resolved": {"lr": result.lr, "dead_tokens": result.dead_tokens},
+            "steps": result.steps, "tokens": result.tokens, "seconds": result.seconds, "metrics": result.final,
+            "mlflow_run_id": tracker.run_id if tracker else None,
+        }
+        (out_path / TRAINING_NAME).write_text(json.dumps(lineage, indent=2, sort_keys=True) + "\n")
+        if tracker is not None:
+            tracker.log_params({"resolved.lr": result.lr, "resolved.dead_tokens": result.dead_tokens,
+                                "sae.n_latents": result.sae.n_latents})
+            tracker.log_metrics({f"final_{k}": v for k, v in result.final.items()}, result.steps)
+            tracker.flush()
+            tracker.log_artifacts(out_path, "sae")
+            outcome.mlflow_run_id = tracker.run_id
+            outcome.mlflow_model_version = tracker.register_model_version(
+                default_name(ds.hookpoint), "sae", alias="candidate",
+                tags={"weights_sha256": sha, "activation_dataset_sha256": ds.manifest_sha256})
+        if register:
+            outcome.registry_record = register_trained_sae(store, outcome, name, actor, cfg)
+            if tracker is not None:
+                rec = outcome.registry_record
+                ids = {"saegov.sae_id": rec.id, "saegov.sae_ref": rec.ref}
+                tracker.set_tags(ids)
+                tracker.set_model_version_tags(default_name(ds.hookpoint), outcome.mlflow_model_version or "", ids)
+        if tracker is not None:
+            tracker.finish("FINISHED")
+        return outcome
+    except BaseException:
+        if tracker is not None:
+            tracker.finish("FAILED")
+        raise
+
+
+def _check_may_register(store: Any, actor: str | None) -> None:
+    from registry.workflow import require_role
+
+    who = store.check_actor(actor)
+    require_role(who.name, who.role, "sae.register")
+
+
+def _open_store() -> Any:
+    from registry.store import Store
+
+    return Store.open()
+
+
+def register_trained_sae(store: Any, outcome: TrainOutcome, name: str, actor: str | None,
+                         cfg: TrainConfig) -> Any:
+    """Registry integration: a new SAE version with sha256, metrics and lineage; the store
+    writes the audit event (`sae.register`) in the same transaction."""
+    assert outcome.folder is not None and outcome.weights_sha256 is not None
+    sae = outcome.result.sae
+    base_model = None
+    if outcome.base_model_hash:
+        # The registry links base models by name; find the one with this content hash.
+        for bm in store.list_base_models():
+            if bm.content_hash == outcome.base_model_hash:
+                base_model = bm.name
+                break
+    config = json.loads((outcome.folder / CFG_NAME).read_text())
+    # Kept with the version even when the base model is not (yet) registered by name.
+    config["saegov"] = {"base_model_hash": outcome.base_model_hash, "train": cfg.model_dump(mode="json"),
+                        "resolved_lr": outcome.result.lr, "dead_tokens": outcome.result.dead_tokens}
+    return store.register_sae_version(
+        name=name, hook_point=outcome.hookpoint, d_in=sae.d_in, n_latents=sae.n_latents, k=sae.k,
+        architecture=ARCHITECTURE, config=config, weights_uri=outcome.folder.as_uri(),
+        weights_sha256=outcome.weights_sha256, cfg_sha256=sha256_file(outcome.folder / CFG_NAME),
+        actor=actor, metrics={k: float(v) for k, v in outcome.result.final.items()},
+        base_model=base_model, activation_dataset_hash=outcome.dataset_sha256,
+        mlflow_run_id=outcome.mlflow_run_id, mlflow_model_version=outcome.mlflow_model_version,
+    )

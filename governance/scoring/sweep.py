@@ -1,0 +1,130 @@
+"""`concept sweep`: pick a concept's operating point (selection rule x gamma) from measured effect.
+
+SAEURON.md section 3: objects were tuned per concept by a grid over tau x gamma maximising
+(UA + IRA) / 2 on held-out sweep prompts. Here each grid point is applied to the base pipeline as
+a one-concept blocklist, sweep images are generated and judged by the toy world's exact
+classifiers, and the best point becomes the draft mapping; the whole table is its evidence.
+
+Sweep images never overlap the evaluation images (`governance.evaluation.eval_jobs`: styled
+prompts, seeds 0 and 1): colours and shapes are swept on the style-free wording ("a red circle"),
+which evaluation never uses; styles, which only the styled wording can ask for, on other seeds.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from governance.evaluation.metrics import EVAL_SEEDS, generate_jobs, judge, unlearning_metrics
+from governance.formats.blocklist import BlockedConcept, BlocklistSpec, SaeRef
+from governance.formats.sweep import OBJECTIVES, SWEEP_NAME, SweepPoint, SweepTable
+from governance.scoring.maths import FeatureChoice, choose_features
+from governance.scoring.selection import ScoringError, Selected, entries_by_timestep
+from governance.scoring.statistics import ConceptStats
+from governance.toyworld.grammar import ToyPrompt, all_prompts, attribute_of, registry_kind
+Progress = Callable[[int, int], None]  # (images done, images total)
+
+
+class SweepRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    taus: list[float] = Field(default_factory=list)
+    top_ns: list[int] = Field(default_factory=list)
+    multipliers: list[float] = Field(min_length=1)
+    seeds: tuple[int, ...] = Field(default=(100,), min_length=1)
+    batch_size: int = Field(default=32, gt=0)
+    # The paper's objective; "ua_ira_cra" also weighs what the other kinds keep, so that a point
+    # which "removes" the concept by destroying the whole image cannot win.
+    objective: Literal["ua_ira", "ua_ira_cra"] = "ua_ira"
+
+    @model_validator(mode="after")
+    def _check(self) -> SweepRequest:
+        if not self.taus and not self.top_ns:
+            raise ValueError("give at least one --taus or --top-ns value")
+        if any(not 0 < t < 100 for t in self.taus):
+            raise ValueError("every tau must lie in (0, 100)")
+        if any(n <= 0 for n in self.top_ns):
+            raise ValueError("every top-n must be positive")
+        self.seeds = tuple(dict.fromkeys(self.seeds))
+        if set(self.seeds) & set(EVAL_SEEDS):
+            raise ValueError(f"sweep seeds must differ from the evaluation seeds {EVAL_SEEDS}")
+        return self
+
+    def rules(self) -> list[tuple[str, float]]:
+        return [("tau", t) for t in self.taus] + [("top_n", n) for n in self.top_ns]
+
+
+def sweep_jobs(concept: str, seeds: tuple[int, ...]) -> list[tuple[ToyPrompt, int]]:
+    styles = attribute_of(concept) == "style"
+    prompts = [p for p in all_prompts() if (p.style is None) == (not styles)]
+    return [(p, s) for p in prompts for s in seeds]
+
+
+def best_point(points: list[SweepPoint]) -> SweepPoint:
+    """Highest objective; ties go to higher CRA, then to the fewest features touched."""
+    return max(points, key=lambda p: (round(p.objective, 9), round(p.CRA, 9), -p.n_entries, -abs(p.gamma)))
+
+
+def blocklist_for(concept: str, kind: str, hook: str, gamma: float, choices: list[FeatureChoice],
+                  timesteps: list[int], scheduler: str, steps: int) -> BlocklistSpec:
+    """A one-concept, unapproved blocklist spec: what a sweep point applies to the base pipeline."""
+    entry = BlockedConcept(concept=concept, kind=kind, gamma=gamma, scheduler=scheduler, num_steps=steps,
+                           timesteps=entries_by_timestep(choices, timesteps))
+    return BlocklistSpec(name="sweep", sae=SaeRef(hook_point=hook), entries=[entry])
+
+
+def make_selector(sweep: SweepRequest, *, steps: int, guidance: float,
+                  progress: Progress | None = None) -> Callable[[Any, Any, str, ConceptStats, str], Selected]:
+    def select(pipe: Any, sae: Any, hook: str, stats: ConceptStats, kind: str) -> Selected:
+        from governance.enforcement.intervention import EnforcedBlocklist, apply_blocklist, remove_blocklist
+
+        concept = stats.names[0]
+        try:
+            attribute_of(concept)
+        except KeyError:
+            raise ScoringError(f"sweep measures on the toy world, whose classifiers do not know {concept!r}") from None
+        jobs = sweep_jobs(concept, sweep.seeds)
+        grid = [(r, v, g) for r, v in sweep.rules() for g in sweep.multipliers]
+        total, done = len(grid) * len(jobs), 0
+        scheduler = type(pipe.scheduler).__name__
+        points: list[SweepPoint] = []
+        for rule, value, gamma in grid:
+            kwargs = {"tau": value} if rule == "tau" else {"top_n": int(value)}
+            try:
+                choices, _ = choose_features(stats.mu, stats.counts, 0, stats.timesteps, gamma, **kwargs)
+            except ValueError as exc:
+                raise ScoringError(f"sweep point {rule}={value}: {exc}") from None
+            spec = blocklist_for(concept, registry_kind(concept), hook, gamma, choices, stats.timesteps, scheduler,
+                                 steps)
+            apply_blocklist(pipe, EnforcedBlocklist(spec=spec, sae=sae))
+            try:
+                base = done
+                images = generate_jobs(pipe, jobs, steps, guidance, batch=sweep.batch_size,
+                                       progress=(lambda i, n: progress(base + i, total)) if progress else None)
+            finally:
+                remove_blocklist(pipe)
+            done += len(jobs)
+            m = unlearning_metrics(judge(images, jobs), [concept])[concept]
+            ua, ira, cra = (float(m[k]) if m[k] is not None else 0.0 for k in ("UA", "IRA", "CRA"))
+            score = (ua + ira) / 2 if sweep.objective == "ua_ira" else (ua + ira + cra) / 3
+            points.append(SweepPoint(rule=rule, value=value, gamma=gamma, UA=ua, IRA=ira, CRA=cra, objective=score,
+                                     n_entries=len(choices), n_features=len({c.feature for c in choices})))
+        best = best_point(points)
+        styled = attribute_of(concept) == "style"
+        table = SweepTable(objective=OBJECTIVES[sweep.objective], seeds=list(sweep.seeds), images_per_point=len(jobs),
+                           prompts="styled wording, sweep seeds" if styled else "style-free wording",
+                           chosen=best, points=points)
+        return Selected(
+            tau=best.value if best.rule == "tau" else None,
+            top_n=int(best.value) if best.rule == "top_n" else None,
+            gamma=best.gamma,
+            evidence=[{"kind": "sweep", "ref": table.evidence_text()}],
+            artifacts={SWEEP_NAME: table.file_text().encode()},
+            metrics={"sweep.UA": best.UA, "sweep.IRA": best.IRA, "sweep.CRA": best.CRA,
+                     "sweep.objective": best.objective, "sweep.points": float(len(points))},
+            params={"sweep": {"taus": sweep.taus, "top_ns": sweep.top_ns, "multipliers": sweep.multipliers,
+                              "seeds": list(sweep.seeds), "objective": sweep.objective}},
+        )
+
+    return select

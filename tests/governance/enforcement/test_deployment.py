@@ -1,0 +1,247 @@
+"""Deployments end to end on a real SQLite registry and MLflow store: build, verify, tamper,
+revoke, load with EnforcedStableDiffusionPipeline, generate with traces, explain."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli.main import saegov
+from registry.db import make_engine, upgrade
+from governance.formats.mapping import MappingSpec
+from registry.store import Store
+from tests.helpers.enforcement import frequent_features, load_pipe, random_sae, spec_for
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture
+def world(tmp_path: Path, toy_pipe_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    """A workspace with actors, an SAE of the toy pipeline, an approved mapping, a published blocklist."""
+    from governance.basemodel.loading import model_folder_hash
+
+    home = tmp_path / "ws"
+    monkeypatch.setenv("SAEGOV_HOME", str(home))
+    monkeypatch.delenv("SAEGOV_DATABASE_URL", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    home.mkdir()
+    engine = make_engine(f"sqlite:///{home / 'registry.db'}")
+    upgrade(engine)
+    engine.dispose()
+    store = Store.open()
+    store.add_actor("alice", "admin", None)
+    store.add_actor("erin", "engineer", "alice")
+    store.add_actor("rob", "reviewer", "alice")
+    sae = random_sae()
+    feats = frequent_features(load_pipe(toy_pipe_dir), sae, steps=5)
+    sae_dir = tmp_path / "sae"
+    sha = sae.save(sae_dir)
+    base_hash = model_folder_hash(toy_pipe_dir)
+    store.register_base_model("toy", str(toy_pipe_dir), base_hash, "alice")
+    rec = store.register_sae_version(name="toy-sae", hook_point="up_blocks.1.attentions.1", d_in=64,
+                                     n_latents=sae.n_latents, k=sae.k, architecture="topk",
+                                     config=sae.cfg.model_dump(), weights_uri=sae_dir.as_uri(),
+                                     weights_sha256=sha, actor="erin", base_model="toy")
+    store.add_concept("red", "colour", "erin", prompts=["a red circle"])
+    bl = spec_for(feats, steps=10, scale=-5.0)
+    entry = bl.entries[0]
+    spec = MappingSpec(concept="red", selection={"rule": "top_n", "top_n": 3}, gamma=-5.0,
+                       scheduler="DDIMScheduler", num_steps=10, timesteps=entry.timesteps)
+    m = store.create_mapping(rec.id, "red", spec, "erin")
+    store.propose(m.id, "erin", "red must go")
+    store.approve(m.id, "rob", "checked the heatmap")
+    store.create_blocklist("no-red", [m.id], "erin")
+    store.publish_blocklist("no-red", "erin")
+    return {"store": store, "home": home, "mapping": m.id, "model": toy_pipe_dir, "tmp": tmp_path}
+
+
+def _build(world, name="dep") -> Path:
+    from governance.enforcement import build_deployment
+
+    out = world["tmp"] / name
+    build_deployment(world["store"], "no-red", 1, str(world["model"]), out, "erin")
+    return out
+
+
+def test_build_verify_load_and_trace(world) -> None:
+    from governance.enforcement import EnforcedStableDiffusionPipeline, verify_deployment
+
+    out = _build(world)
+    assert (out / "model_index.json").is_file() and (out / "saegov" / "sae" / "sae.safetensors").is_file()
+    v = verify_deployment(out, store=world["store"])
+    assert v.registry_checked and v.deployment_id == 1
+    pipe = EnforcedStableDiffusionPipeline.from_pretrained(out, store=world["store"])
+    assert type(pipe.scheduler).__name__ == "DDIMScheduler"
+    result = pipe("a red circle", generator=torch.Generator().manual_seed(0), seeds=[0])
+    trace = result.traces[0]
+    assert len(trace["unet_calls"]) == 10  # the approved step count is the default
+    fired = [s for c in trace["unet_calls"] for s in c["suppressed"]]
+    assert fired and {s["concept"] for s in fired} == {"red"}
+    assert {s["mapping_id"] for s in fired} == {world["mapping"]}
+    events = [e.action for e in world["store"].audit_events()]
+    assert "deployment.record" in events
+    assert world["store"].verify_audit().size == len(events)
+
+
+def test_tampered_file_is_refused_by_name(world) -> None:
+    from governance.enforcement import DeploymentError, EnforcedStableDiffusionPipeline
+
+    out = _build(world)
+    bl = out / "saegov" / "blocklist.json"
+    original = bl.read_bytes()
+    data = json.loads(original)
+    data["entries"][0]["timesteps"] = {}
+    bl.write_text(json.dumps(data))
+    with pytest.raises(DeploymentError, match="saegov/blocklist.json was modified"):
+        EnforcedStableDiffusionPipeline.from_pretrained(out, store=world["store"])
+    bl.write_bytes(original)
+    shutil.copy(out / "saegov" / "manifest.json", out / "unet" / "extra.json")
+    with pytest.raises(DeploymentError, match="unet/extra.json is not in the manifest"):
+        EnforcedStableDiffusionPipeline.from_pretrained(out, store=world["store"])
+    (out / "unet" / "extra.json").unlink()
+    (out / "vae" / "config.json").unlink()
+    with pytest.raises(DeploymentError, match="vae/config.json is missing"):
+        EnforcedStableDiffusionPipeline.from_pretrained(out, store=world["store"])
+
+
+def test_forged_manifest_signature_is_refused(world) -> None:
+    from governance.enforcement import DeploymentError, verify_deployment
+
+    out = _build(world)
+    mpath = out / "saegov" / "manifest.json"
+    m = json.loads(mpath.read_text())
+    m["payload"]["defaults"]["guidance_scale"] = 1.0
+    mpath.write_text(json.dumps(m))
+    with pytest.raises(DeploymentError, match="signature"):
+        verify_deployment(out, check_registry=False)
+
+
+def test_revoked_approval_is_refused(world) -> None:
+    from governance.enforcement import DeploymentError, verify_deployment
+
+    out = _build(world)
+    world["store"].revoke(world["mapping"], "rob", "too broad")
+    with pytest.raises(DeploymentError, match=f"mapping {world['mapping']} \\(red\\) was revoked"):
+        verify_deployment(out, store=world["store"])
+    # Offline verification still passes on hashes and signature, and says it did not check.
+    v = verify_deployment(out, check_registry=False)
+    assert not v.registry_checked
+
+
+def test_unpublished_or_unapproved_blocklists_cannot_be_built(world) -> None:
+    from governance.common.errors import SaegovError
+    from governance.enforcement import build_deployment
+
+    store = world["store"]
+    world["store"].revoke(world["mapping"], "rob", "too broad")
+    with pytest.raises(SaegovError):
+        build_deployment(store, "no-red", 1, str(world["model"]), world["tmp"] / "x", "erin")
+    assert not (world["tmp"] / "x").exists()
+
+
+def test_cli_build_generate_record_explain(world) -> None:
+    from PIL import Image
+
+    runner = CliRunner()
+    out = world["tmp"] / "cli-dep"
+    r = runner.invoke(saegov, ["deploy", "build", "--blocklist", "no-red@1", "--model", str(world["model"]),
+                               "--out", str(out), "--actor", "erin"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(saegov, ["deploy", "verify", str(out), "--json"])
+    assert r.exit_code == 0 and json.loads(r.output)["registry_checked"] is True
+    img, trace = world["tmp"] / "g.png", world["tmp"] / "g.json"
+    r = runner.invoke(saegov, ["generate", "--deployment", str(out), "a red circle", "--seed", "3",
+                               "--out", str(img), "--trace", str(trace), "--record", "--actor", "erin"])
+    assert r.exit_code == 0, r.output
+    assert Image.open(img).size == (32, 32)
+    t = json.loads(trace.read_text())
+    assert t["seed"] == 3 and t["generation_id"] == 1
+    for target in (str(img), str(trace), "1"):
+        r = runner.invoke(saegov, ["audit", "explain", target, "--json"])
+        assert r.exit_code == 0, r.output
+        rep = json.loads(r.output)
+        assert rep["suppressed"][0]["concept"] == "red"
+        assert rep["suppressed"][0]["approval"]["by"] == "rob"
+        assert rep["suppressed"][0]["approval"]["justification"] == "checked the heatmap"
+        assert rep["deployment"]["built_by"] == "erin"
+    r = runner.invoke(saegov, ["audit", "explain", str(img)])
+    assert "approved by rob" in r.output and "Concept 'red'" in r.output
+    img2 = world["tmp"] / "g2.png"
+    r = runner.invoke(saegov, ["generate", "--deployment", str(out), "a red circle", "--seed", "3",
+                               "--out", str(img2), "--json"])
+    assert r.exit_code == 0, r.output
+    got = json.loads(r.stdout)
+    assert got["image"] == str(img2) and got["generation_id"] is None and got["trace_file"] is None
+    assert got["unet_calls"] == len(t["unet_calls"]) and got["suppressed_calls"] >= 1
+    # the same prompt and seed through the same deployment suppress the same features
+    assert got["trace"]["unet_calls"] == t["unet_calls"]
+
+
+def test_cli_bad_inputs_are_one_line_errors(world, tmp_path: Path) -> None:
+    runner = CliRunner()
+    cases = [
+        ["deploy", "build", "--blocklist", "nope@1", "--model", str(world["model"]), "--out", str(tmp_path / "a"), "--actor", "erin"],
+        ["deploy", "build", "--blocklist", "no-red@1", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "b"), "--actor", "erin"],
+        ["deploy", "build", "--blocklist", "no-red@1", "--model", str(world["model"]), "--out", str(tmp_path / "c"), "--actor", "ghost"],
+        ["deploy", "verify", str(tmp_path)],
+        ["audit", "explain", str(tmp_path / "nothing.png")],
+    ]
+    for args in cases:
+        r = runner.invoke(saegov, args)
+        assert r.exit_code != 0, args
+        assert r.output.strip().count("\n") == 0 and r.output.startswith("error:"), (args, r.output)
+        assert "Traceback" not in r.output
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+def test_cli_eval_deployment_report_and_mlflow(world) -> None:
+    """`saegov eval --deployment`: metrics for the blocked concept, a self-contained report with
+    before/after grids, an MLflow run with the metrics (values are meaningless on the untrained
+    pipeline; the plumbing and the bookkeeping are what is checked)."""
+    from mlflow.tracking import MlflowClient
+
+    from governance.tracking.runs import tracking_uri
+
+    dep = _build(world)
+    report = world["tmp"] / "eval.html"
+    r = CliRunner().invoke(saegov, ["eval", "--deployment", str(dep), "--seeds", "3", "--report", str(report), "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["targets"] == ["red"] and out["images"] == 48 and out["seeds"] == [3]
+    m = out["metrics"]["red"]
+    assert m["kind"] == "colour" and m["n_target_images"] == 12
+    for key in ("UA", "IRA", "CRA"):
+        assert 0.0 <= m[key] <= 1.0
+    html = report.read_text()
+    assert html.count("data:image/png;base64,") == 2  # one before/after pair: one target
+    assert "mapping:" in html and "deployment.record" in html  # the deployment's audit trail
+    run = MlflowClient(tracking_uri=tracking_uri()).get_run(out["mlflow_run_id"])
+    assert run.data.metrics["UA.red"] == pytest.approx(100 * m["UA"])
+    assert run.data.params["targets"] == "red"
+    logged = {a.path for a in MlflowClient(tracking_uri=tracking_uri()).list_artifacts(out["mlflow_run_id"], "evaluation")}
+    assert {"evaluation/report.html", "evaluation/metrics.json", "evaluation/grid-red-before.png",
+            "evaluation/grid-red-after.png"} <= logged
+
+    bad = CliRunner().invoke(saegov, ["eval", "--deployment", str(world["tmp"] / "nope")])
+    assert bad.exit_code != 0 and bad.output.strip().startswith("error:") and "Traceback" not in bad.output
+    bad = CliRunner().invoke(saegov, ["eval", "--deployment", str(dep), "--seeds", "x"])
+    assert bad.exit_code != 0 and "Traceback" not in bad.output
+
+
+def test_cli_eval_attack_reports_ua_before_and_after(world) -> None:
+    dep = _build(world)
+    r = CliRunner().invoke(saegov, ["eval", "--deployment", str(dep), "--seeds", "3", "--attack", "--attack-prompts", "1",
+                                    "--attack-iterations", "2", "--no-track", "--json",
+                                    "--report", str(world["tmp"] / "a.html")])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    summary = out["attack"]["summary"]["red"]
+    assert summary["n_whitebox"] == 1 and summary["n_paraphrase"] > 0
+    for key in ("UA_no_attack", "UA_paraphrase", "UA_whitebox"):
+        assert 0.0 <= summary[key] <= 1.0
+    assert out["mlflow_run_id"] is None
+    assert "prompt attack (UA)" in (world["tmp"] / "a.html").read_text()

@@ -1,0 +1,214 @@
+"""The enforcement hook against a straightforward dense computation of SAEURON.md section 4.
+
+The hook never materialises the TopK indices (it compares each candidate with its token's k-th
+largest pre-activation), so these tests pin its decisions to the plain definition: rank every
+latent of every token (stable descending sort: ties go to the lower feature index, NaN ranks
+highest, as in torch.sort/topk), keep ranks < k, then gate, scale and decode.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from governance.enforcement import EnforcedBlocklist
+from governance.enforcement.intervention import Enforcer
+from governance.formats.blocklist import Approval, BlockedConcept, BlocklistSpec, SaeRef
+from governance.basemodel.hooks import from_tokens, to_tokens
+from governance.formats.sae_config import SaeConfig
+from governance.sae.model import TopKSAE
+from governance.formats.mapping import FeatureEntry
+from tests.helpers.enforcement import HOOK, ddim_timesteps
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def unet():
+    from governance.toyworld.model import build_unet
+
+    return build_unet()
+
+
+def tied_sae(n_latents: int = 48, k: int = 8, distinct: int = 6, seed: int = 0,
+             dtype: torch.dtype = torch.float32) -> TopKSAE:
+    """An SAE whose encoder has only `distinct` different rows: latents in a group are exactly
+    tied on every token, so ties straddle the k-th place all the time."""
+    g = torch.Generator().manual_seed(seed)
+    sae = TopKSAE(SaeConfig(d_in=64, expansion_factor=1, num_latents=n_latents, k=k))
+    with torch.no_grad():
+        base_w = torch.randn(distinct, 64, generator=g) / 8
+        base_b = torch.randn(distinct, generator=g) * 0.1
+        group = torch.arange(n_latents) % distinct
+        sae.encoder.weight.copy_(base_w[group])
+        sae.encoder.bias.copy_(base_b[group])
+        sae.b_dec.copy_(torch.randn(64, generator=g) * 0.1)
+    return sae.to(dtype)
+
+
+def random_sae(n_latents: int = 256, k: int = 16, seed: int = 1) -> TopKSAE:
+    torch.manual_seed(seed)
+    sae = TopKSAE(SaeConfig(d_in=64, expansion_factor=1, num_latents=n_latents, k=k))
+    with torch.no_grad():
+        sae.encoder.bias.normal_(0, 0.1)
+        sae.b_dec.normal_(0, 0.1)
+    return sae
+
+
+def spec(rules: dict[int, tuple[float, float]], steps: list[int], *, second: dict[int, tuple[float, float]] | None = None
+         ) -> BlocklistSpec:
+    """rules: feature -> (scale, gate) for every timestep in `steps`; `second`: a second concept."""
+    def concept(name: str, mapping: int, r: dict[int, tuple[float, float]]) -> BlockedConcept:
+        return BlockedConcept(
+            concept=name, kind="colour", mapping_id=mapping, gamma=-1.0, scheduler="DDIMScheduler",
+            num_steps=len(steps), approval=Approval(review_id=mapping, by="rob", justification="test"),
+            timesteps={t: [FeatureEntry(feature=f, score=0.1, scale=s, gate=gt) for f, (s, gt) in r.items()]
+                       for t in steps})
+
+    entries = [concept("red", 1, rules)] + ([concept("blue", 2, second)] if second else [])
+    return BlocklistSpec(name="test", version=1, sae=SaeRef(hook_point=HOOK), entries=entries)
+
+
+def dense_reference(sae: TopKSAE, tokens: torch.Tensor, feats: list[int], scales: list[float],
+                    gates: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(new tokens, fire [N, F]) by the book: full pre-activations, full ranking, dense masks."""
+    tokens = tokens.to(sae.W_dec.dtype)
+    pre = sae.pre_acts(tokens)
+    order = torch.sort(pre.detach(), dim=-1, descending=True, stable=True).indices
+    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(pre.shape[1]).expand_as(order))
+    in_topk = rank < sae.k
+    z = pre * in_topk  # per-token TopK code (dense)
+    f = torch.tensor(feats)
+    z_f = z[:, f]
+    s = torch.tensor(scales, dtype=pre.dtype)
+    g = torch.tensor(gates, dtype=pre.dtype)
+    fire = in_topk[:, f] & (z_f > g) & (z_f > 0)
+    z_new = torch.where(fire, z_f * s, z_f)
+    return tokens + (z_new - z_f) @ sae.W_dec.detach()[f], fire
+
+
+def run_hook(enf: Enforcer, x: torch.Tensor, t: torch.Tensor):
+    enf.reader.current = t
+    out = enf._hook(None, (), (x,))
+    return None if out is None else out[0]
+
+
+def fake_pipe(unet):
+    return type("P", (), {"unet": unet})()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("k", [1, 8, 47, 48])
+def test_ties_match_the_dense_definition(unet, seed: int, k: int) -> None:
+    sae = tied_sae(k=k, seed=seed)
+    t = ddim_timesteps(10)[0]
+    # Every tie group is represented by a low and a high feature index; gates around the median.
+    feats = [0, 6, 42, 1, 43, 5, 47, 2]
+    rules = {f: (-1.5 - 0.1 * i, 0.02 * (i % 3)) for i, f in enumerate(feats)}
+    enf = Enforcer(fake_pipe(unet), EnforcedBlocklist(spec(rules, [t]), sae))
+    g = torch.Generator().manual_seed(100 + seed)
+    x = torch.randn(3, 64, 6, 5, generator=g)
+    x[0, :, 0, 0] = 0  # a token at x = 0
+    x[1, :, 1, :] = sae.b_dec.detach().view(-1, 1)  # tokens whose pre-activations are ReLU(b_enc)
+    out = run_hook(enf, x, torch.full((3,), t))
+    tokens = to_tokens(x)
+    expected, fire = dense_reference(sae, tokens, feats, [rules[f][0] for f in feats], [rules[f][1] for f in feats])
+    if not fire.any():
+        assert out is None
+        return
+    assert out is not None and torch.equal(to_tokens(out), expected)
+    rec = enf.calls[-1]
+    assert {r["feature"]: r["tokens"] for r in rec.fired} == {
+        feats[j]: int(fire[:, j].sum()) for j in range(len(feats)) if fire[:, j].any()}
+    for r in rec.fired:
+        j = feats.index(r["feature"])
+        assert r["samples"] == sorted(set((fire[:, j].nonzero().flatten() // 30).tolist()))
+
+
+def test_ties_are_actually_exercised() -> None:
+    """The tied SAE does put ties across the k-th place, selected features on both sides."""
+    sae = tied_sae(k=8)
+    x = torch.randn(200, 64)
+    pre = sae.pre_acts(x)
+    kth = pre.topk(8, dim=-1).values[:, -1:]
+    straddle = ((pre == kth).sum(-1) > 1) & ((pre > kth).sum(-1) < 7)
+    assert int(straddle.sum()) > 10
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_random_sae_matches_dense_definition(unet, dtype: torch.dtype) -> None:
+    sae = random_sae().to(dtype)
+    t = ddim_timesteps(10)[3]
+    feats = [3, 17, 42, 99, 200]
+    rules = {3: (-2.0, 0.05), 17: (-1.0, 0.0), 42: (0.5, 0.1), 99: (-3.0, -1.0), 200: (2.0, 0.3)}
+    enf = Enforcer(fake_pipe(unet), EnforcedBlocklist(spec(rules, [t]), sae))
+    x = torch.randn(4, 64, 8, 8) * 2
+    x += sae.encoder.weight.detach().float()[feats].sum(0).view(1, -1, 1, 1) * torch.rand(4, 1, 8, 8) * 3
+    out = run_hook(enf, x, torch.full((4,), t))
+    expected, fire = dense_reference(sae, to_tokens(x), feats, [rules[f][0] for f in feats], [rules[f][1] for f in feats])
+    assert fire.any() and not fire.all()
+    assert out is not None and out.dtype == x.dtype
+    assert torch.equal(to_tokens(out), expected.to(x.dtype))
+
+
+@pytest.mark.parametrize("distinct", [48, 6])
+def test_nan_ranks_highest_like_topk(unet, distinct: int) -> None:
+    """Latents that are NaN on every token take TopK places (torch.topk/sort rank NaN first)."""
+    sae = tied_sae(n_latents=48, k=5, distinct=distinct, seed=3)
+    with torch.no_grad():
+        sae.encoder.weight[[7, 30]] = float("nan")
+    t = ddim_timesteps(10)[0]
+    feats = [f for f in range(48) if f not in (7, 30)][::2]
+    rules = {f: (-1.0, 0.0) for f in feats}
+    enf = Enforcer(fake_pipe(unet), EnforcedBlocklist(spec(rules, [t]), sae))
+    x = torch.randn(2, 64, 4, 4)
+    out = run_hook(enf, x, torch.full((2,), t))
+    expected, fire = dense_reference(sae, to_tokens(x), feats, [-1.0] * len(feats), [0.0] * len(feats))
+    assert fire.any()
+    assert torch.equal(to_tokens(out), expected)
+
+
+def test_several_timesteps_in_one_call_and_shared_features(unet) -> None:
+    sae = random_sae()
+    t0, t1 = ddim_timesteps(10)[:2]
+    red = {3: (-2.0, 0.05), 17: (-1.0, 0.0)}
+    blue = {17: (5.0, 0.0), 42: (-1.0, 0.0)}  # 17 is red's: red's rule applies
+    enf = Enforcer(fake_pipe(unet), EnforcedBlocklist(spec(red, [t0, t1], second=blue), sae))
+    x = torch.randn(4, 64, 8, 8) * 2
+    x += sae.encoder.weight.detach()[[3, 17, 42]].sum(0).view(1, -1, 1, 1) * torch.rand(4, 1, 8, 8) * 3
+    out = run_hook(enf, x, torch.tensor([t1, t0, t1, t0]))
+    feats, scales, gates = [3, 17, 42], [-2.0, -1.0, -1.0], [0.05, 0.0, 0.0]
+    tokens = to_tokens(x).view(4, 64, 64)
+    expected = tokens.clone()
+    recs = {c.timestep: c for c in enf.calls[-2:]}
+    assert [c.timestep for c in enf.calls[-2:]] == sorted([t0, t1])
+    for t, samples in ((t0, [1, 3]), (t1, [0, 2])):
+        new, fire = dense_reference(sae, tokens[samples].reshape(-1, 64), feats, scales, gates)
+        expected[samples] = new.view(2, 64, 64)
+        got = {r["feature"]: (r["tokens"], r["samples"]) for r in recs[t].fired}
+        want = {}
+        for j, f in enumerate(feats):
+            if fire[:, j].any():
+                want[f] = (int(fire[:, j].sum()), sorted({samples[i] for i in (fire[:, j].nonzero().flatten() // 64).tolist()}))
+        assert got == want and got
+        assert {r["concept"] for r in recs[t].fired} == {"red", "blue"}
+    assert torch.equal(to_tokens(out), expected.view(-1, 64))
+
+
+def test_gradient_flows_like_the_dense_definition(unet) -> None:
+    sae = random_sae()
+    t = ddim_timesteps(10)[0]
+    rules = {3: (-2.0, 0.05), 17: (-1.0, 0.0), 42: (0.5, 0.0)}
+    enf = Enforcer(fake_pipe(unet), EnforcedBlocklist(spec(rules, [t]), sae))
+    x = torch.randn(2, 64, 8, 8) * 2
+    x += sae.encoder.weight.detach()[[3, 17, 42]].sum(0).view(1, -1, 1, 1) * torch.rand(2, 1, 8, 8) * 3
+    x1 = x.clone().requires_grad_(True)
+    out = run_hook(enf, x1, torch.full((2,), t))
+    w = torch.randn_like(x)
+    (out * w).sum().backward()
+    x2 = x.clone().requires_grad_(True)
+    expected, fire = dense_reference(sae, to_tokens(x2), list(rules), [r[0] for r in rules.values()],
+                                     [r[1] for r in rules.values()])
+    assert fire.any()
+    (from_tokens(expected, 2, 8, 8) * w).sum().backward()
+    assert torch.allclose(x1.grad, x2.grad, atol=1e-6)
+    assert not torch.equal(x1.grad, w)  # the intervention's Jacobian is not the identity
