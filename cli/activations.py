@@ -1,14 +1,13 @@
 """`saegov activations collect|show`: a hook point's activations as a sharded dataset."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import click
 
-from cli.common import default_device, subgroup
+from cli.common import default_device, print_json, subgroup
 from governance.common.errors import UsageError
 
 
@@ -64,7 +63,7 @@ def collect_cmd(model: str | None, hook_point: str, prompts_file: Path, steps: i
         return
     summary = _summary(manifest, out)
     if as_json:
-        click.echo(json.dumps(summary, indent=2, sort_keys=True))
+        print_json(summary)
     else:
         click.echo(f"{summary['rows']} rows x {summary['d_in']} ({summary['spatial_shape'][0]}x"
                    f"{summary['spatial_shape'][1]} map) from {summary['prompts']} prompts in "
@@ -80,7 +79,7 @@ def show_cmd(folder: Path, as_json: bool) -> None:
 
     summary = _summary(read_activation_manifest(folder)[0], folder)
     if as_json:
-        click.echo(json.dumps(summary, indent=2, sort_keys=True))
+        print_json(summary)
     else:
         for k, v in summary.items():
             click.echo(f"{k}: {v}")

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from governance.common.errors import UsageError
+from governance.common.workspace import ENV_ACTOR, ENV_DATABASE_URL, ENV_HOME, ENV_MLFLOW_URI
 
 MARKER = ".saegov-demo"
 # The demo's defaults: the hook point after which no text enters the toy UNet, the reference k,
@@ -71,10 +72,9 @@ def demo(workspace: Path, colour: str, style: str, hookpoint: str, top_ns: str, 
     t0 = time.monotonic()
     ws = workspace.resolve()
     _fresh_workspace(ws)
-    os.environ["SAEGOV_HOME"] = str(ws)
-    os.environ.pop("SAEGOV_DATABASE_URL", None)
-    os.environ.pop("SAEGOV_ACTOR", None)
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.environ[ENV_HOME] = str(ws)
+    for name in (ENV_DATABASE_URL, ENV_ACTOR, ENV_MLFLOW_URI):
+        os.environ.pop(name, None)
     model = str(default_pipeline_path())
     steps, guidance = str(DEFAULT_STEPS), str(DEFAULT_GUIDANCE)
     prompts_dir = ws / "prompts"

@@ -10,7 +10,6 @@ Used by the CLI and, from Python, by training / scoring / deployment code:
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
@@ -23,6 +22,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from governance.common.errors import first_line
+from governance.common.hashing import sha256_text
 from governance.common.jsonio import canonical_json
 from governance.common.timeutil import utcnow
 from governance.formats.checkpoint import Checkpoint
@@ -569,8 +569,7 @@ class Store:
             content = [{"mapping_id": m.id, "concept": m.concept.name, "spec_sha256": m.spec_sha256,
                         "approval_review_id": approvals[m.id].id} for m in mappings]
             sae_row = mappings[0].sae
-            digest = hashlib.sha256(canonical_json(
-                {"sae_weights_sha256": sae_row.weights_sha256, "entries": content}).encode()).hexdigest()
+            digest = sha256_text(canonical_json({"sae_weights_sha256": sae_row.weights_sha256, "entries": content}))
             if row.versions and row.versions[-1].content_sha256 == digest:
                 raise ValidationFailed(
                     f"blocklist {name!r}: nothing changed since version {row.versions[-1].version}")
@@ -656,7 +655,7 @@ class Store:
             trace_text = canonical_json(trace)
         except (TypeError, ValueError) as exc:
             raise ValidationFailed(f"trace is not JSON-serialisable: {exc}") from None
-        digest = hashlib.sha256(trace_text.encode()).hexdigest()
+        digest = sha256_text(trace_text)
         with self._write(actor, "generation.record") as tx:
             s = tx.session
             if s.get(Deployment, int(deployment_id)) is None:

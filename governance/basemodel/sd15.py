@@ -53,8 +53,7 @@ def build_sd15_shaped_pipeline(seed: int = 0) -> Any:  # -> StableDiffusionPipel
 
 def config_hash() -> str:
     """Stands in for the base model hash of a random-weight pipeline (there is no folder to hash)."""
-    import hashlib
-    import json
+    from governance.common.hashing import sha256_text
+    from governance.common.jsonio import canonical_json
 
-    blob = json.dumps({"unet": SD15_UNET_CONFIG, "scheduler": SD15_SCHEDULER_CONFIG}, sort_keys=True, default=list)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return sha256_text(canonical_json({"unet": SD15_UNET_CONFIG, "scheduler": SD15_SCHEDULER_CONFIG}))

@@ -2,11 +2,11 @@
 JSON file and (with `record`) in the registry."""
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from governance.common.hashing import sha256_text
 from governance.formats.trace import Trace, write_trace_json, write_trace_png
 
 
@@ -45,7 +45,7 @@ def generate_image(deployment: Path, prompt: str, *, seed: int, out: Path, trace
     trace: Trace = result.trace_records[0]
     if store is not None:
         gen = store.record_generation(deployment_id=pipe.saegov.deployment_id,
-                                      prompt_sha256=hashlib.sha256(prompt.encode()).hexdigest(),
+                                      prompt_sha256=sha256_text(prompt),
                                       seed=seed, trace=trace.to_json_dict(), actor=actor)
         trace = trace.model_copy(update={"generation_id": gen.id})
     out.parent.mkdir(parents=True, exist_ok=True)

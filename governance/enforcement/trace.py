@@ -1,8 +1,9 @@
 """From the enforcer's per-UNet-call records to one trace per image (governance.formats.trace)."""
 from __future__ import annotations
 
-import hashlib
 from typing import Any
+
+from governance.common.hashing import sha256_text
 
 from governance.enforcement.intervention import CallRecord
 from governance.formats.trace import Suppression, Trace, TraceDeployment, UnetCall
@@ -33,6 +34,6 @@ def build_traces(calls: list[CallRecord], n_images: int, cfg: bool, deployment: 
                         halves=halves))
             steps.append(UnetCall(timestep=call.timestep, suppressed=suppressed))
         traces.append(Trace(deployment=TraceDeployment(**deployment),
-                            prompt_sha256=hashlib.sha256(prompts[j].encode()).hexdigest(),
+                            prompt_sha256=sha256_text(prompts[j]),
                             seed=seeds[j], unet_calls=steps))
     return traces

@@ -95,8 +95,7 @@ def grids_for(targets: list[str], metrics: dict[str, dict[str, Any]], jobs: list
 
 def mapping_heatmaps(store: Any, mapping_ids: list[int]) -> list[tuple[str, bytes]]:
     """Each mapping's score heatmap from its MLflow evidence (verified against its recorded sha256)."""
-    import hashlib
-
+    from governance.common.hashing import sha256_bytes
     from governance.tracking.artifacts import run_artifact_bytes
     from registry.errors import RegistryError
 
@@ -113,7 +112,7 @@ def mapping_heatmaps(store: Any, mapping_ids: list[int]) -> list[tuple[str, byte
                 data = run_artifact_bytes(ev["ref"])
             except Exception:  # noqa: BLE001 - a missing artifact must not sink the report
                 continue
-            if not ev.get("sha256") or hashlib.sha256(data).hexdigest() != ev["sha256"]:
+            if not ev.get("sha256") or sha256_bytes(data) != ev["sha256"]:
                 continue  # never show evidence that is not the recorded one
             out.append((f"mapping {m.id}: {m.concept}", data))
     return out

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from governance.common.hashing import sha256_file
+from governance.common.jsonio import pretty_json
 from governance.common.timeutil import stamp
 from governance.common.workspace import workspace_home
 from governance.formats.sae_config import CFG_NAME
@@ -131,7 +132,7 @@ def _train_and_record(activations: str | Path, cfg: TrainConfig, out: str | Path
             "steps": result.steps, "tokens": result.tokens, "seconds": result.seconds, "metrics": result.final,
             "mlflow_run_id": tracker.run_id if tracker else None,
         }
-        (out_path / TRAINING_NAME).write_text(json.dumps(lineage, indent=2, sort_keys=True) + "\n")
+        (out_path / TRAINING_NAME).write_text(pretty_json(lineage))
         if tracker is not None:
             tracker.log_params({"resolved.lr": result.lr, "resolved.dead_tokens": result.dead_tokens,
                                 "sae.n_latents": result.sae.n_latents})

@@ -6,9 +6,9 @@ works unchanged.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from governance.common.jsonio import pretty_json
 from governance.toyworld.grammar import vocabulary
 from governance.toyworld.render import IMAGE_SIZE
 
@@ -151,4 +151,4 @@ def build_untrained_pipeline(seed: int = 0):  # -> StableDiffusionPipeline
 
 
 def write_model_card(path: Path, info: dict[str, object]) -> None:
-    (path / "toyworld.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    (path / "toyworld.json").write_text(pretty_json(info))

@@ -245,3 +245,38 @@ def test_cli_eval_attack_reports_ua_before_and_after(world) -> None:
         assert 0.0 <= summary[key] <= 1.0
     assert out["mlflow_run_id"] is None
     assert "prompt attack (UA)" in (world["tmp"] / "a.html").read_text()
+
+
+def _publish_with_scheduler(world, scheduler: str) -> None:
+    store = world["store"]
+    spec = MappingSpec(concept="red", selection={"rule": "top_n", "top_n": 1}, gamma=-1.0, scheduler=scheduler,
+                       num_steps=10, timesteps={981: [{"feature": 0, "score": 1.0, "scale": -1.0, "gate": 0.0}]})
+    m = store.create_mapping(1, "red", spec, "erin")
+    store.propose(m.id, "erin", "why")
+    store.approve(m.id, "rob", "ok")
+    store.create_blocklist("odd", [m.id], "erin")
+    store.publish_blocklist("odd", "erin")
+
+
+@pytest.mark.parametrize("scheduler", ["StableDiffusionPipeline", "NoSuchScheduler", "os.system"])
+def test_build_refuses_a_mapping_scheduler_that_is_not_a_scheduler(world, scheduler: str) -> None:
+    """One line, exit 1, before the model loads and with nothing written."""
+    _publish_with_scheduler(world, scheduler)
+    out = world["tmp"] / "odd"
+    r = CliRunner().invoke(saegov, ["deploy", "build", "--blocklist", "odd@1", "--model", str(world["model"]),
+                                    "--out", str(out), "--actor", "erin"])
+    assert r.exit_code == 1 and r.stderr.strip() == f"error: {scheduler!r} in the mappings is not a diffusers scheduler"
+    assert not out.exists() and world["store"].list_deployments() == []
+
+
+def test_build_with_an_unreachable_mlflow_server_is_one_line(world, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exit 6 (unreachable), no deployment folder, nothing recorded."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
+    out = world["tmp"] / "nomlflow"
+    r = CliRunner().invoke(saegov, ["deploy", "build", "--blocklist", "no-red@1", "--model", str(world["model"]),
+                                    "--out", str(out), "--actor", "erin"])
+    assert r.exit_code == 6, r.output
+    assert r.stderr.startswith("error: MLflow server http://127.0.0.1:1 is unreachable")
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not out.exists() and world["store"].list_deployments() == []
+    assert [p.name for p in world["tmp"].iterdir() if p.name.startswith(".nomlflow")] == []
