@@ -84,7 +84,7 @@ def main() -> None:
         spec = blocklist_for(c, registry_kind(c), args.hookpoint, chosen.gamma, choices, stats.timesteps,
                               type(pipe.scheduler).__name__, steps)
         entries[c] = spec.entries[0]
-        apply_blocklist(pipe, EnforcedBlocklist(spec=spec, sae=sae))
+        apply_blocklist(pipe, EnforcedBlocklist(spec=spec, saes=sae))
         try:
             images = generate_jobs(pipe, jobs, steps, guidance)
         finally:
@@ -103,7 +103,7 @@ def main() -> None:
             targets = [c for c in COLOURS if c != keep]
             spec = BlocklistSpec(name="multi", sae=SaeRef(hook_point=args.hookpoint),
                                  entries=[entries[c] for c in targets])
-            apply_blocklist(pipe, EnforcedBlocklist(spec=spec, sae=sae))
+            apply_blocklist(pipe, EnforcedBlocklist(spec=spec, saes=sae))
             try:
                 images = generate_jobs(pipe, jobs, steps, guidance)
             finally:

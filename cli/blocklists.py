@@ -44,7 +44,7 @@ def register(root: click.Group) -> None:
     @actor_option
     @json_option
     def publish(name: str, actor: str | None, as_json: bool) -> None:
-        """Freeze the draft as a new immutable version (all entries approved, one SAE)."""
+        """Freeze the draft as a new immutable version (all entries approved, one SAE per hook point)."""
         rec = open_store().publish_blocklist(name, actor)
         if as_json:
             emit(rec, True)
@@ -74,9 +74,10 @@ def register(root: click.Group) -> None:
             return
         state = v.state.upper() if v.state == "revoked" else v.state
         extra = f" (mapping {v.revoked_by_mapping_id} revoked)" if v.revoked_by_mapping_id else ""
-        click.echo(f"blocklist {v.ref}: {state}{extra}  sae {v.sae_ref}  sha256 {v.content_sha256}")
+        saes = ", ".join(f"{x.hook_point}: {x.sae_ref}" for x in v.saes)
+        click.echo(f"blocklist {v.ref}: {state}{extra}  saes {saes}  sha256 {v.content_sha256}")
         print_table([e.to_json() | {"features": sum(len(x) for x in e.timesteps.values())} for e in v.entries],
-                    ["mapping_id", "concept", "mapping_state", "approval_review_id", "approved_by",
+                    ["mapping_id", "concept", "hook_point", "mapping_state", "approval_review_id", "approved_by",
                      "approved_at", "gamma", "features"], "entries")
 
     @grp.command("list")

@@ -16,9 +16,10 @@ def register(root: click.Group) -> None:
 
     @grp.command("import")
     @click.argument("directory", type=click.Path(path_type=Path))
-    @click.option("--hookpoint", "hook_point", help="e.g. up_blocks.1.attentions.1 (default: cfg.json 'hookpoint').")
+    @click.option("--hookpoint", "hook_point",
+                  help="e.g. up_blocks.1.attentions.1 (default: cfg.json 'hookpoint', else the folder's name).")
     @click.option("--name", help="SAE name (default: the folder name); versions count up per name.")
-    @click.option("--base-model", help="Registered base model name.")
+    @click.option("--base-model", help="Registered base model name (its UNet is checked for the hook point).")
     @click.option("--activation-dataset-hash", help="sha256 of the activation dataset manifest.")
     @click.option("--mlflow-run-id")
     @click.option("--mlflow-model-version")
@@ -27,12 +28,13 @@ def register(root: click.Group) -> None:
     def import_(directory: Path, hook_point: str | None, name: str | None, base_model: str | None,
                 activation_dataset_hash: str | None, mlflow_run_id: str | None,
                 mlflow_model_version: str | None, actor: str | None, as_json: bool) -> None:
-        """Register a reference-format SAE folder (cfg.json + sae.safetensors)."""
-        rec = open_store().import_sae_folder(
+        """Register a reference-format SAE folder (cfg.json + sae.safetensors), or a folder with one
+        such sub-folder per hook point (one SAE version each; `unet.` prefixes are dropped)."""
+        recs = open_store().import_sae_folders(
             directory, actor, hook_point=hook_point, name=name, base_model=base_model,
             activation_dataset_hash=activation_dataset_hash, mlflow_run_id=mlflow_run_id,
             mlflow_model_version=mlflow_model_version)
-        emit(rec, as_json, COLUMNS)
+        emit(recs[0] if len(recs) == 1 else recs, as_json, COLUMNS)
 
     @grp.command("list")
     @json_option

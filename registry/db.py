@@ -102,8 +102,10 @@ def current_revision(engine: Engine) -> str | None:
         raise DatabaseUnreachable(f"cannot open database: {first_line(exc)}") from None
 
 
-def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str]:
-    """Migrate to `revision`; returns (revision before, revision after)."""
+def _migrate(engine: Engine, direction: str, revision: str) -> None:
+    """Run alembic `upgrade`/`downgrade` in one transaction. On SQLite, foreign-key enforcement
+    is off while it runs (batch migrations copy and rename tables, which enforcement would refuse
+    on a populated database) and every foreign key is checked before it commits."""
     from alembic import command
     from alembic.script import ScriptDirectory
     from alembic.script.revision import RevisionError
@@ -113,18 +115,45 @@ def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str]:
         ScriptDirectory.from_config(alembic_config()).get_revisions(revision)
     except (CommandError, RevisionError):
         raise ConfigError(f"unknown revision {revision!r}; `saegov db current` shows the head") from None
-    before = current_revision(engine)
     cfg = alembic_config()
     try:
-        with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, revision)
+        with engine.connect() as conn:
+            sqlite = conn.dialect.name == "sqlite"
+            if sqlite:  # outside any transaction, where SQLite honours it
+                conn.connection.dbapi_connection.execute("PRAGMA foreign_keys = OFF")  # type: ignore[union-attr]
+            try:
+                with conn.begin():
+                    cfg.attributes["connection"] = conn
+                    getattr(command, direction)(cfg, revision)
+                    if sqlite:
+                        bad = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                        if bad:
+                            raise ConfigError(f"migration would break {len(bad)} foreign keys (first in {bad[0][0]})")
+            finally:
+                if sqlite:
+                    conn.connection.dbapi_connection.execute("PRAGMA foreign_keys = ON")  # type: ignore[union-attr]
     except CommandError as exc:
         raise ConfigError(f"migration refused: {first_line(exc)}") from None
     except OperationalError as exc:
         raise DatabaseUnreachable(f"migration failed: {first_line(exc)}") from None
     except SQLAlchemyError as exc:
         raise ConfigError(f"migration failed: {first_line(exc)}") from None
+
+
+def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str]:
+    """Migrate to `revision`; returns (revision before, revision after)."""
+    before = current_revision(engine)
+    _migrate(engine, "upgrade", revision)
+    return before, current_revision(engine) or ""
+
+
+def downgrade(engine: Engine, revision: str) -> tuple[str | None, str]:
+    """Migrate down to `revision`; a migration that would lose data refuses (ConfigError)."""
+    before = current_revision(engine)
+    try:
+        _migrate(engine, "downgrade", revision)
+    except RuntimeError as exc:  # a migration's own refusal
+        raise ConfigError(str(exc)) from None
     return before, current_revision(engine) or ""
 
 

@@ -236,7 +236,6 @@ class BlocklistVersion(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     blocklist_id: Mapped[int] = mapped_column(ForeignKey("blocklists.id"), index=True)
     version: Mapped[int] = mapped_column(Integer)
-    sae_id: Mapped[int] = mapped_column(ForeignKey("sae_versions.id"))
     state: Mapped[str] = mapped_column(String(16), default="published")
     content_sha256: Mapped[str] = mapped_column(String(64))
     published_by_id: Mapped[int] = mapped_column(ForeignKey("actors.id"))
@@ -249,6 +248,21 @@ class BlocklistVersion(Base):
     entries: Mapped[list[BlocklistVersionEntry]] = relationship(
         order_by="BlocklistVersionEntry.mapping_id"
     )
+    saes: Mapped[list[BlocklistVersionSae]] = relationship(order_by="BlocklistVersionSae.hook_point")
+
+
+class BlocklistVersionSae(Base):
+    """The SAE version a published blocklist version uses at one hook point (at most one each)."""
+
+    __tablename__ = "blocklist_version_saes"
+    __table_args__ = (UniqueConstraint("blocklist_version_id", "hook_point"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    blocklist_version_id: Mapped[int] = mapped_column(ForeignKey("blocklist_versions.id"), index=True)
+    hook_point: Mapped[str] = mapped_column(String(256))
+    sae_id: Mapped[int] = mapped_column(ForeignKey("sae_versions.id"))
+
+    sae: Mapped[SAEVersion] = relationship()
 
 
 class BlocklistVersionEntry(Base):
@@ -271,7 +285,6 @@ class Deployment(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     blocklist_version_id: Mapped[int] = mapped_column(ForeignKey("blocklist_versions.id"))
-    sae_id: Mapped[int] = mapped_column(ForeignKey("sae_versions.id"))
     base_model_hash: Mapped[str] = mapped_column(String(64))
     path: Mapped[str] = mapped_column(Text)
     manifest_sha256: Mapped[str] = mapped_column(String(64))

@@ -116,10 +116,19 @@ class BlocklistEntryRecord(Record):
     approval_review_id: int | None
     approved_by: str | None
     approved_at: dt.datetime | None
+    sae_id: int
+    hook_point: str
     gamma: float
     scheduler: str
     num_steps: int
     timesteps: dict[int, list[FeatureEntry]]
+
+
+class BlocklistSaeRecord(Record):
+    hook_point: str
+    sae_id: int
+    sae_ref: str
+    weights_sha256: str
 
 
 class BlocklistVersionRecord(Record):
@@ -128,14 +137,17 @@ class BlocklistVersionRecord(Record):
     version: int
     ref: str
     state: str
-    sae_id: int
-    sae_ref: str
+    saes: list[BlocklistSaeRecord]  # one per hook point, sorted by hook point
     content_sha256: str
     published_by: str
     published_at: dt.datetime
     revoked_at: dt.datetime | None
     revoked_by_mapping_id: int | None
     entries: list[BlocklistEntryRecord]
+
+    @property
+    def hook_points(self) -> list[str]:
+        return [s.hook_point for s in self.saes]
 
 
 class BlocklistVersionSummary(Record):
@@ -162,7 +174,7 @@ class DeploymentRecord(Record):
     blocklist: str
     blocklist_version: int
     blocklist_state: str
-    sae_id: int
+    sae_ids: list[int]  # the blocklist version's SAEs, one per hook point
     base_model_hash: str
     path: str
     manifest_sha256: str

@@ -50,6 +50,7 @@ from registry.models import (
     BlocklistDraftEntry,
     BlocklistVersion,
     BlocklistVersionEntry,
+    BlocklistVersionSae,
     Concept,
     Deployment,
     FeatureMapping,
@@ -64,6 +65,7 @@ from registry.records import (
     BaseModelRecord,
     BlocklistEntryRecord,
     BlocklistRecord,
+    BlocklistSaeRecord,
     BlocklistVersionRecord,
     BlocklistVersionSummary,
     ConceptRecord,
@@ -237,6 +239,22 @@ class Store:
         version: int | None = None,
     ) -> SAERecord:
         """Register a new SAE version (version = next integer for `name` unless given)."""
+        with self._write(actor, "sae.register") as tx:
+            return self._register_sae(
+                tx, name=name, hook_point=hook_point, d_in=d_in, n_latents=n_latents, k=k,
+                architecture=architecture, config=config, weights_uri=weights_uri, weights_sha256=weights_sha256,
+                cfg_sha256=cfg_sha256, metrics=metrics, base_model=base_model,
+                activation_dataset_hash=activation_dataset_hash, mlflow_run_id=mlflow_run_id,
+                mlflow_model_version=mlflow_model_version, version=version)
+
+    def _register_sae(
+        self, tx: _Tx, *, name: str, hook_point: str, d_in: int, n_latents: int, k: int,
+        architecture: str, config: dict[str, Any], weights_uri: str, weights_sha256: str,
+        cfg_sha256: str | None = None, metrics: dict[str, Any] | None = None,
+        base_model: str | None = None, activation_dataset_hash: str | None = None,
+        mlflow_run_id: str | None = None, mlflow_model_version: str | None = None,
+        version: int | None = None,
+    ) -> SAERecord:
         weights_sha256 = _check_sha256(weights_sha256, "weights sha256")
         if not name or "@" in name:
             raise ValidationFailed(f"invalid SAE name {name!r} (non-empty, no '@')")
@@ -244,50 +262,79 @@ class Store:
             raise ValidationFailed("d_in, n_latents and k must be positive, k <= n_latents")
         if not hook_point:
             raise ValidationFailed("a hook point is required")
-        with self._write(actor, "sae.register") as tx:
-            s = tx.session
-            bm = None
-            if base_model is not None:
-                bm = s.scalar(select(BaseModelRow).where(BaseModelRow.name == base_model))
-                if bm is None:
-                    raise NotFound(f"unknown base model {base_model!r}")
-            latest = s.scalar(select(func.max(SAEVersion.version)).where(SAEVersion.name == name))
-            if version is None:
-                version = (latest or 0) + 1
-            elif s.scalar(select(SAEVersion).where(SAEVersion.name == name, SAEVersion.version == version)):
-                raise AlreadyExists(f"SAE {name}@{version} already exists")
-            row = SAEVersion(
-                name=name, version=version, hook_point=hook_point, d_in=d_in, n_latents=n_latents,
-                k=k, architecture=architecture, config=config, weights_uri=weights_uri,
-                weights_sha256=weights_sha256, cfg_sha256=cfg_sha256, metrics=metrics or {},
-                base_model_id=bm.id if bm else None, activation_dataset_hash=activation_dataset_hash,
-                mlflow_run_id=mlflow_run_id, mlflow_model_version=mlflow_model_version,
-                created_by_id=tx.actor.id,
-            )
-            s.add(row)
-            s.flush()
-            rec = _sae(row, tx.actor.name, bm)
-            tx.log("sae.register", f"sae:{row.id}", rec.to_json() | {"created_at": None})
-            return rec
+        s = tx.session
+        bm = None
+        if base_model is not None:
+            bm = s.scalar(select(BaseModelRow).where(BaseModelRow.name == base_model))
+            if bm is None:
+                raise NotFound(f"unknown base model {base_model!r}")
+        latest = s.scalar(select(func.max(SAEVersion.version)).where(SAEVersion.name == name))
+        if version is None:
+            version = (latest or 0) + 1
+        elif s.scalar(select(SAEVersion).where(SAEVersion.name == name, SAEVersion.version == version)):
+            raise AlreadyExists(f"SAE {name}@{version} already exists")
+        row = SAEVersion(
+            name=name, version=version, hook_point=hook_point, d_in=d_in, n_latents=n_latents,
+            k=k, architecture=architecture, config=config, weights_uri=weights_uri,
+            weights_sha256=weights_sha256, cfg_sha256=cfg_sha256, metrics=metrics or {},
+            base_model_id=bm.id if bm else None, activation_dataset_hash=activation_dataset_hash,
+            mlflow_run_id=mlflow_run_id, mlflow_model_version=mlflow_model_version,
+            created_by_id=tx.actor.id,
+        )
+        s.add(row)
+        s.flush()
+        rec = _sae(row, tx.actor.name, bm)
+        tx.log("sae.register", f"sae:{row.id}", rec.to_json() | {"created_at": None})
+        return rec
 
     def import_sae_folder(self, folder: str | Path, actor: str | None, *, hook_point: str | None = None,
                           name: str | None = None, base_model: str | None = None,
                           **lineage: Any) -> SAERecord:
         """Validate and register a reference-format SAE folder (cfg.json + sae.safetensors)."""
-        info = inspect_sae_folder(Path(folder))
-        hook_point = hook_point or info.config_raw.get("hookpoint") or info.config_raw.get("hook_point")
-        if not hook_point and "blocks" in info.folder.name:  # reference layout: folder per hook point
-            hook_point = info.folder.name
-        if not hook_point:
-            raise ValidationFailed("no hook point: pass --hookpoint (e.g. up_blocks.1.attentions.1)")
-        cfg = info.config
-        return self.register_sae_version(
-            name=name or info.folder.name, hook_point=str(hook_point), d_in=cfg.d_in,
-            n_latents=cfg.n_latents, k=cfg.k,
-            architecture="batch-topk" if cfg.batch_topk else "topk", config=info.config_raw,
-            weights_uri=info.folder.as_uri(), weights_sha256=info.weights_sha256,
-            cfg_sha256=info.cfg_sha256, actor=actor, base_model=base_model, **lineage,
-        )
+        return self.import_sae_folders(folder, actor, hook_point=hook_point, name=name, base_model=base_model,
+                                       single=True, **lineage)[0]
+
+    def import_sae_folders(self, folder: str | Path, actor: str | None, *, hook_point: str | None = None,
+                           name: str | None = None, base_model: str | None = None, single: bool = False,
+                           **lineage: Any) -> list[SAERecord]:
+        """Register an SAE folder, or a folder holding one SAE sub-folder per hook point (the
+        reference's published layout, e.g. `unet.up_blocks.1.attentions.1/`): one SAE version per
+        hook point, all or none. A `unet.` prefix is dropped; with `base_model`, every hook point
+        and width is checked against its UNet's config first."""
+        from governance.formats.unet_config import read_unet_config, strip_unet_prefix
+
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise ValidationFailed(f"{folder}: not a directory")
+        subs = sorted(p for p in folder.iterdir() if p.is_dir() and (p / "cfg.json").is_file())
+        multi = not (folder / "cfg.json").is_file() and bool(subs)
+        if multi and single:
+            raise ValidationFailed(f"{folder} holds one SAE per hook point ({len(subs)}); import them all at once")
+        if multi and hook_point:
+            raise ValidationFailed(f"{folder} holds one SAE per hook point ({len(subs)}); --hookpoint names one SAE")
+        plans = []
+        for sub in subs if multi else [folder]:
+            info = inspect_sae_folder(sub)
+            hook = hook_point or info.config_raw.get("hookpoint") or info.config_raw.get("hook_point")
+            if not hook and ("blocks" in info.folder.name or multi):  # reference layout: folder per hook point
+                hook = info.folder.name
+            if not hook:
+                raise ValidationFailed("no hook point: pass --hookpoint (e.g. up_blocks.1.attentions.1)")
+            hook = strip_unet_prefix(str(hook))
+            sae_name = name or info.folder.name
+            if multi:
+                sae_name = f"{name or folder.name}.{hook}"
+            plans.append((info, hook, sae_name))
+        if base_model is not None:
+            unet = read_unet_config(Path(self.get_base_model(base_model).source))
+            for info, hook, _ in plans:
+                unet.check_hook_point(hook, info.config.d_in)
+        with self._write(actor, "sae.register") as tx:
+            return [self._register_sae(
+                tx, name=sae_name, hook_point=hook, d_in=info.config.d_in, n_latents=info.config.n_latents,
+                k=info.config.k, architecture="batch-topk" if info.config.batch_topk else "topk",
+                config=info.config_raw, weights_uri=info.folder.as_uri(), weights_sha256=info.weights_sha256,
+                cfg_sha256=info.cfg_sha256, base_model=base_model, **lineage) for info, hook, sae_name in plans]
 
     def update_sae_lineage(self, sae: SAERef, actor: str | None, *,
                            metrics: dict[str, Any] | None = None, mlflow_run_id: str | None = None,
@@ -552,7 +599,7 @@ class Store:
             return _blocklist(row)
 
     def publish_blocklist(self, name: str, actor: str | None) -> BlocklistVersionRecord:
-        """Freeze the draft as version N+1: every entry approved, all of one SAE version."""
+        """Freeze the draft as version N+1: every entry approved, at most one SAE version per hook point."""
         with self._write(actor, "blocklist.publish") as tx:
             s = tx.session
             row = self._blocklist_row(s, name)
@@ -562,29 +609,38 @@ class Store:
             for m in mappings:
                 if m.state != "approved":
                     raise ValidationFailed(f"mapping {m.id} ({m.concept.name}) is {m.state}, not approved")
-            saes = {m.sae_id for m in mappings}
-            if len(saes) != 1:
-                raise ValidationFailed(f"blocklist {name!r} mixes SAE versions {sorted(saes)}")
+            by_hook: dict[str, SAEVersion] = {}
+            for m in sorted(mappings, key=lambda m: m.id):
+                seen = by_hook.setdefault(m.sae.hook_point, m.sae)
+                if seen.id != m.sae.id:
+                    raise ValidationFailed(
+                        f"blocklist {name!r} has two SAE versions at hook point {m.sae.hook_point}: "
+                        f"{seen.name}@{seen.version} and {m.sae.name}@{m.sae.version} (one SAE per hook point)")
             approvals = {m.id: next(r for r in reversed(m.reviews) if r.action == "approve") for m in mappings}
             content = [{"mapping_id": m.id, "concept": m.concept.name, "spec_sha256": m.spec_sha256,
                         "approval_review_id": approvals[m.id].id} for m in mappings]
-            sae_row = mappings[0].sae
-            digest = sha256_text(canonical_json({"sae_weights_sha256": sae_row.weights_sha256, "entries": content}))
+            saes = [{"hook_point": h, "sae_id": r.id, "weights_sha256": r.weights_sha256}
+                    for h, r in sorted(by_hook.items())]
+            # Covers every (hook point, SAE weights) pair and every approved mapping.
+            digest = sha256_text(canonical_json(
+                {"saes": [{"hook_point": x["hook_point"], "weights_sha256": x["weights_sha256"]} for x in saes],
+                 "entries": content}))
             if row.versions and row.versions[-1].content_sha256 == digest:
                 raise ValidationFailed(
                     f"blocklist {name!r}: nothing changed since version {row.versions[-1].version}")
             version = (row.versions[-1].version if row.versions else 0) + 1
-            v = BlocklistVersion(blocklist_id=row.id, version=version, sae_id=sae_row.id,
-                                 content_sha256=digest, published_by_id=tx.actor.id)
+            v = BlocklistVersion(blocklist_id=row.id, version=version, content_sha256=digest,
+                                 published_by_id=tx.actor.id)
             s.add(v)
             s.flush()
+            s.add_all(BlocklistVersionSae(blocklist_version_id=v.id, hook_point=x["hook_point"], sae_id=x["sae_id"])
+                      for x in saes)
             s.add_all(BlocklistVersionEntry(blocklist_version_id=v.id, mapping_id=m.id,
                                             approval_review_id=approvals[m.id].id) for m in mappings)
             s.flush()
             s.refresh(v)
             tx.log("blocklist.publish", f"blocklist:{name}@{version}",
-                   {"version_id": v.id, "sae_id": sae_row.id, "content_sha256": digest,
-                    "entries": content})
+                   {"version_id": v.id, "saes": saes, "content_sha256": digest, "entries": content})
             return _blocklist_version(v)
 
     def describe_blocklist(self, name: str) -> BlocklistRecord:
@@ -625,7 +681,7 @@ class Store:
                 raise NotFound(f"blocklist {blocklist!r} has no version {version}")
             if v.state != "published":
                 raise ValidationFailed(f"blocklist {blocklist}@{version} is {v.state}")
-            row = Deployment(blocklist_version_id=v.id, sae_id=v.sae_id, base_model_hash=base_model_hash,
+            row = Deployment(blocklist_version_id=v.id, base_model_hash=base_model_hash,
                              path=path, manifest_sha256=manifest_sha256,
                              mlflow_model_version=mlflow_model_version, details=details or {},
                              built_by_id=tx.actor.id)
@@ -797,19 +853,20 @@ def _session_actor_name(obj: Any, actor_id: int) -> str:
 
 
 def _blocklist_version(v: BlocklistVersion) -> BlocklistVersionRecord:
+    hook_of = {x.sae_id: x.hook_point for x in v.saes}
     entries = []
     for e in v.entries:
         m = e.mapping
         entries.append(BlocklistEntryRecord(
             mapping_id=m.id, concept=m.concept.name, concept_kind=m.concept.kind,
             mapping_state=m.state, approval_review_id=e.approval.id, approved_by=e.approval.actor.name,
-            approved_at=e.approval.created_at, gamma=m.gamma, scheduler=m.scheduler,
-            num_steps=m.num_steps, timesteps=_features(m)))
-    sae = _session_get(v, SAEVersion, v.sae_id)
+            approved_at=e.approval.created_at, sae_id=m.sae_id, hook_point=hook_of.get(m.sae_id, m.sae.hook_point),
+            gamma=m.gamma, scheduler=m.scheduler, num_steps=m.num_steps, timesteps=_features(m)))
+    saes = [BlocklistSaeRecord(hook_point=x.hook_point, sae_id=x.sae_id, sae_ref=f"{x.sae.name}@{x.sae.version}",
+                               weights_sha256=x.sae.weights_sha256) for x in v.saes]
     return BlocklistVersionRecord(
         id=v.id, name=v.blocklist.name, version=v.version, ref=f"{v.blocklist.name}@{v.version}",
-        state=v.state, sae_id=v.sae_id, sae_ref=f"{sae.name}@{sae.version}",
-        content_sha256=v.content_sha256, published_by=v.published_by.name,
+        state=v.state, saes=saes, content_sha256=v.content_sha256, published_by=v.published_by.name,
         published_at=v.published_at, revoked_at=v.revoked_at,
         revoked_by_mapping_id=v.revoked_by_mapping_id, entries=entries)
 
@@ -826,7 +883,7 @@ def _deployment(d: Deployment) -> DeploymentRecord:
     v = d.blocklist_version
     return DeploymentRecord(
         id=d.id, blocklist=v.blocklist.name, blocklist_version=v.version, blocklist_state=v.state,
-        sae_id=d.sae_id, base_model_hash=d.base_model_hash, path=d.path,
+        sae_ids=[x.sae_id for x in v.saes], base_model_hash=d.base_model_hash, path=d.path,
         manifest_sha256=d.manifest_sha256, mlflow_model_version=d.mlflow_model_version,
         details=d.details or {}, built_by=d.built_by.name, built_at=d.built_at)
 

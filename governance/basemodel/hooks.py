@@ -7,8 +7,9 @@ Two pieces are shared by activation collection, concept scoring and enforcement:
 - `resolve_hook_point`: dotted module path relative to the UNet -> module, with a one-line
   error that lists the valid candidates.
 
-Hooks are named: attaching a name twice replaces the first (idempotent), and `remove_hooks`
-removes by name or prefix. Callers remove them in `finally`.
+Hooks are named: registering a name that is already taken on a module is an error (two
+features must never silently replace each other's hook), and `remove_hooks` removes by name or
+prefix. Callers remove them in `finally`.
 """
 from __future__ import annotations
 
@@ -29,6 +30,10 @@ class HookPointError(GovernanceError):
     """A hook point that does not exist or does not produce a 4-D map."""
 
 
+class HookNameTaken(GovernanceError):
+    """A hook registered under a name another hook on that module already has."""
+
+
 def _handles(module: nn.Module) -> dict[str, Any]:
     handles = module.__dict__.get(_HANDLES_ATTR)
     if handles is None:
@@ -41,8 +46,9 @@ def _handles(module: nn.Module) -> dict[str, Any]:
 def add_named_hook(
     module: nn.Module, name: str, fn: Callable[..., Any], *, pre: bool = False, with_kwargs: bool = False
 ) -> None:
-    """Attach `fn` as a forward (or pre-forward) hook under `name`, replacing any hook of that name."""
-    remove_hooks(module, name)
+    """Attach `fn` as a forward (or pre-forward) hook under `name`; refused if the name is taken."""
+    if name in _handles(module):
+        raise HookNameTaken(f"a hook named {name!r} is already registered on {type(module).__name__}; remove it first")
     if pre:
         handle = module.register_forward_pre_hook(fn, with_kwargs=with_kwargs)
     else:
@@ -135,6 +141,7 @@ class TimestepReader:
         self.name = name
         self.current: torch.Tensor | None = None
         self.calls = 0
+        self._attached = False
 
     def _hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         sample = kwargs["sample"] if "sample" in kwargs else args[0]
@@ -143,11 +150,17 @@ class TimestepReader:
         return None
 
     def attach(self) -> TimestepReader:
+        """Idempotent for this reader; another hook under the same name is refused."""
+        if self._attached and self.name in hook_names(self.unet):
+            return self
         add_named_hook(self.unet, self.name, self._hook, pre=True, with_kwargs=True)
+        self._attached = True
         return self
 
     def remove(self) -> None:
-        remove_hooks(self.unet, self.name)
+        if self._attached:
+            remove_hooks(self.unet, self.name)
+        self._attached = False
         self.current = None
 
 

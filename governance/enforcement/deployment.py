@@ -21,8 +21,8 @@ from governance.common.workspace import uri_to_path
 from governance.enforcement import signing
 from governance.formats.blocklist import Approval, BlockedConcept, BlocklistSpec, SaeRef, read_blocklist, write_blocklist
 from governance.formats.deployment import (
-    MANIFEST, SAE_DIR, SAEGOV_DIR, DeploymentManifest, GenerationDefaults, ManifestPayload, Signature,
-    read_deployment_manifest, write_deployment_manifest,
+    MANIFEST, SAEGOV_DIR, DeployedSae, DeploymentManifest, GenerationDefaults, ManifestPayload, Signature,
+    read_deployment_manifest, sae_dir, write_deployment_manifest,
 )
 
 DEFAULT_GUIDANCE = 7.5
@@ -51,13 +51,14 @@ def _hash_tree(root: Path) -> dict[str, str]:
     }
 
 
-def blocklist_spec_from_record(bl: Any, sae: Any) -> BlocklistSpec:
-    """The deployment's blocklist.json from a registry BlocklistVersionRecord + SAERecord."""
+def blocklist_spec_from_record(bl: Any, saes: dict[str, Any]) -> BlocklistSpec:
+    """The deployment's blocklist.json from a registry BlocklistVersionRecord and its SAERecords
+    (by hook point)."""
     entries = []
     for e in bl.entries:
         entries.append(BlockedConcept(
-            concept=e.concept, kind=e.concept_kind, mapping_id=e.mapping_id, gamma=e.gamma,
-            scheduler=e.scheduler, num_steps=e.num_steps,
+            concept=e.concept, kind=e.concept_kind, mapping_id=e.mapping_id, hook_point=e.hook_point,
+            gamma=e.gamma, scheduler=e.scheduler, num_steps=e.num_steps,
             approval=Approval(review_id=e.approval_review_id, by=e.approved_by,
                               at=e.approved_at.isoformat() if e.approved_at else None,
                               justification=getattr(e, "approval_justification", None)),
@@ -65,7 +66,7 @@ def blocklist_spec_from_record(bl: Any, sae: Any) -> BlocklistSpec:
         ))
     return BlocklistSpec(
         name=bl.name, version=bl.version, content_sha256=bl.content_sha256,
-        sae=SaeRef(id=sae.id, ref=sae.ref, hook_point=sae.hook_point, weights_sha256=sae.weights_sha256),
+        saes=[SaeRef(id=r.id, ref=r.ref, hook_point=h, weights_sha256=r.weights_sha256) for h, r in sorted(saes.items())],
         entries=entries,
     )
 
@@ -96,22 +97,27 @@ def build_deployment(store: Any, blocklist: str, version: int | None, model: str
     from governance.tracking.runs import check_tracking
 
     check_tracking()  # an unreachable MLflow server is refused before minutes of work, not after
-    sae_rec = store.get_sae(bl.sae_id)
-    sae_dir = uri_to_path(sae_rec.weights_uri)
-    try:
-        sae = TopKSAE.load(sae_dir, expected_sha256=sae_rec.weights_sha256)
-    except GovernanceError as exc:
-        raise DeploymentError(f"SAE {sae_rec.ref}: {exc}") from None
+    sae_recs = {x.hook_point: store.get_sae(x.sae_id) for x in bl.saes}
+    saes = {}
+    for hook, rec in sae_recs.items():
+        try:
+            saes[hook] = TopKSAE.load(uri_to_path(rec.weights_uri), expected_sha256=rec.weights_sha256)
+        except GovernanceError as exc:
+            raise DeploymentError(f"SAE {rec.ref}: {exc}") from None
     pipe, folder = load_pipeline(model)
     base_hash = model_folder_hash(folder)
-    if sae_rec.base_model_hash and sae_rec.base_model_hash != base_hash:
-        raise DeploymentError(f"model {model} (hash {base_hash[:12]}) is not the base model of SAE {sae_rec.ref} "
-                              f"(hash {sae_rec.base_model_hash[:12]})")
+    for hook, rec in sae_recs.items():
+        if rec.base_model_hash and rec.base_model_hash != base_hash:
+            raise DeploymentError(f"model {model} (hash {base_hash[:12]}) is not the base model of SAE {rec.ref} "
+                                  f"(hash {rec.base_model_hash[:12]})")
+        from governance.basemodel.hooks import resolve_hook_point
+
+        resolve_hook_point(pipe.unet, hook)  # a hook point this model lacks is refused before writing
     try:
         pipe.scheduler = sched_cls.from_config(pipe.scheduler.config)
     except Exception as exc:  # noqa: BLE001 - a scheduler that rejects this model's config
         raise DeploymentError(f"scheduler {scheduler_name!r} cannot be configured for {model}: {exc}") from None
-    spec = blocklist_spec_from_record(bl, sae_rec)
+    spec = blocklist_spec_from_record(bl, sae_recs)
     spec = _with_justifications(store, spec)
     if guidance is None:
         guidance = _scored_guidance(store, bl) or DEFAULT_GUIDANCE
@@ -122,12 +128,13 @@ def build_deployment(store: Any, blocklist: str, version: int | None, model: str
         pipe.save_pretrained(str(tmp), safe_serialization=True)
         sg = tmp / SAEGOV_DIR
         sg.mkdir()
-        sae_sha = sae.save(tmp / SAE_DIR)
-        if sae_sha != sae_rec.weights_sha256:
-            raise DeploymentError(f"SAE {sae_rec.ref} re-saved with a different hash (dtype or layout changed)")
+        for hook, sae in saes.items():
+            if sae.save(tmp / sae_dir(hook)) != sae_recs[hook].weights_sha256:
+                raise DeploymentError(f"SAE {sae_recs[hook].ref} re-saved with a different hash (dtype or layout changed)")
         write_blocklist(sg, spec)
+        deployed = [DeployedSae(**ref.model_dump(), path=sae_dir(ref.hook_point)) for ref in spec.saes]
         payload = ManifestPayload(
-            files=_hash_tree(tmp), base_model_hash=base_hash, sae=spec.sae, blocklist=bl.ref,
+            files=_hash_tree(tmp), base_model_hash=base_hash, saes=deployed, blocklist=bl.ref,
             blocklist_sha256=bl.content_sha256, mapping_ids=[e.mapping_id for e in bl.entries],
             approval_review_ids=[int(e.approval_review_id) for e in bl.entries],
             defaults=GenerationDefaults(scheduler=scheduler_name, num_inference_steps=num_steps, guidance_scale=guidance),
@@ -137,11 +144,12 @@ def build_deployment(store: Any, blocklist: str, version: int | None, model: str
         signature = Signature(public_key=signing.public_hex(key), value=signing.sign(key, payload.signed_message()))
         manifest = DeploymentManifest(payload=payload, signature=signature)
         manifest_bytes = write_deployment_manifest(tmp, manifest)
-        mlflow_version = _log_to_mlflow(tmp, bl, sae_rec, base_hash, actor)
+        mlflow_version = _log_to_mlflow(tmp, bl, list(sae_recs.values()), base_hash, actor)
         record = store.record_deployment(
             blocklist=bl.name, version=bl.version, path=str(out.resolve()), manifest_sha256=sha256_bytes(manifest_bytes),
             base_model_hash=base_hash, actor=actor, mlflow_model_version=mlflow_version,
-            details={"model": str(model), "defaults": payload.defaults.model_dump(), "public_key": manifest.signature.public_key},
+            details={"model": str(model), "defaults": payload.defaults.model_dump(), "public_key": manifest.signature.public_key,
+                     "saes": {h: r.ref for h, r in sorted(sae_recs.items())}},
         )
         if out.exists():
             out.rmdir()  # empty (checked above)
@@ -177,15 +185,17 @@ def _scored_guidance(store: Any, bl: Any) -> float | None:
     return None
 
 
-def _log_to_mlflow(folder: Path, bl: Any, sae: Any, base_hash: str, actor: str) -> str | None:
+def _log_to_mlflow(folder: Path, bl: Any, saes: list[Any], base_hash: str, actor: str) -> str | None:
     from governance.tracking.runs import Tracker
 
+    sae_tags = {"saegov.sae_ids": ",".join(str(r.id) for r in saes),
+                "saegov.saes": ",".join(f"{r.hook_point}={r.ref}" for r in saes)}
     with Tracker("deployment", base_hash, run_name=f"deploy-{bl.ref}",
-                 tags={"saegov.blocklist": bl.ref, "saegov.sae_id": str(sae.id), "saegov.built_by": actor}) as tr:
-        tr.log_params({"blocklist": bl.ref, "sae": sae.ref, "base_model_hash": base_hash})
+                 tags={"saegov.blocklist": bl.ref, "saegov.built_by": actor, **sae_tags}) as tr:
+        tr.log_params({"blocklist": bl.ref, "saes": {r.hook_point: r.ref for r in saes}, "base_model_hash": base_hash})
         tr.log_artifacts(folder / SAEGOV_DIR, SAEGOV_DIR)
         return tr.register_model_version(f"deployment-{bl.name}", SAEGOV_DIR, alias="production",
-                                         tags={"saegov.blocklist": bl.ref})
+                                         tags={"saegov.blocklist": bl.ref, **sae_tags})
 
 
 def scheduler_class(name: str) -> Any:
@@ -212,7 +222,7 @@ def verify_deployment(path: str | Path, store: Any | None = None, check_registry
     path = Path(path)
     manifest, raw = read_manifest(path)
     p = manifest.payload
-    if not signing.verify(manifest.signature.public_key, p.signed_message(), manifest.signature.value):
+    if not signing.verify(manifest.signature.public_key, manifest.signed_message(), manifest.signature.value):
         raise DeploymentError(f"{MANIFEST}: signature does not match its contents")
     if trusted_key is not None and manifest.signature.public_key != trusted_key:
         raise DeploymentError(f"{MANIFEST}: signed by key {manifest.signature.public_key[:16]}..., not the trusted key")
@@ -229,6 +239,14 @@ def verify_deployment(path: str | Path, store: Any | None = None, check_registry
         blocklist = read_blocklist(path / SAEGOV_DIR)
     except FormatError as exc:
         raise DeploymentError(str(exc)) from None
+    if sorted(blocklist.hook_points()) != sorted(x.hook_point for x in p.saes):
+        raise DeploymentError(f"{MANIFEST}: its SAEs ({', '.join(sorted(x.hook_point for x in p.saes))}) are not "
+                              f"the blocklist's ({', '.join(sorted(blocklist.hook_points()))})")
+    for x in p.saes:
+        weights = p.files[f"{x.path}/sae.safetensors"]
+        recorded = blocklist.sae_at(x.hook_point).weights_sha256
+        if (x.weights_sha256 and weights != x.weights_sha256) or (recorded and weights != recorded):
+            raise DeploymentError(f"the SAE at {x.hook_point} is not the one its blocklist names (sha256 mismatch)")
     result = VerifiedDeployment(path=path, manifest=manifest, manifest_sha256=sha256_bytes(raw),
                                 blocklist=blocklist, registry_checked=False)
     if check_registry:

@@ -47,15 +47,19 @@ def _local_approvals(deployment_path: str) -> dict[int | None, dict[str, Any]]:
 def explain(trace: Trace, store: Any | None, generation_id: int | None = None) -> dict[str, Any]:
     from registry.errors import RegistryError
 
-    concepts: dict[str, dict[str, Any]] = {}
+    # One entry per (concept, mapping): a concept blocked at two hook points has two mappings.
+    # Features are keyed by (hook point, feature ID): the same ID on two SAEs is two features.
+    concepts: dict[tuple[str, int | None], dict[str, Any]] = {}
     for call in trace.unet_calls:
         for s in call.suppressed:
-            c = concepts.setdefault(s.concept, {"concept": s.concept, "mapping_id": s.mapping_id,
-                                                "approval_review_id": s.approval_review_id,
-                                                "features": {}, "unet_calls": 0})
-            c["features"].setdefault(s.feature, []).append(call.timestep)
-        for name in {s.concept for s in call.suppressed}:
-            concepts[name]["unet_calls"] += 1
+            c = concepts.setdefault((s.concept, s.mapping_id), {
+                "concept": s.concept, "mapping_id": s.mapping_id, "approval_review_id": s.approval_review_id,
+                "hook_points": [], "features": {}, "unet_calls": 0})
+            if s.hook_point not in c["hook_points"]:
+                c["hook_points"].append(s.hook_point)
+            c["features"].setdefault((s.hook_point or "", s.feature), []).append(call.timestep)
+        for key in {(s.concept, s.mapping_id) for s in call.suppressed}:
+            concepts[key]["unet_calls"] += 1
     dep = trace.deployment.model_dump()
     local = _local_approvals(trace.deployment.path)
     for c in concepts.values():
@@ -73,7 +77,8 @@ def explain(trace: Trace, store: Any | None, generation_id: int | None = None) -
                 pass
         c["approval"] = approval
         c["mapping_state_now"] = state
-        c["features"] = [{"feature": f, "timesteps": ts} for f, ts in sorted(c["features"].items())]
+        c["features"] = [{"hook_point": h or None, "feature": f, "timesteps": ts}
+                         for (h, f), ts in sorted(c["features"].items())]
     if store is not None and trace.deployment.deployment_id is not None:
         try:
             d = store.get_deployment(trace.deployment.deployment_id)
@@ -82,7 +87,7 @@ def explain(trace: Trace, store: Any | None, generation_id: int | None = None) -
             pass
     return {"generation_id": generation_id, "prompt_sha256": trace.prompt_sha256, "seed": trace.seed,
             "deployment": dep, "unet_calls": len(trace.unet_calls),
-            "suppressed": sorted(concepts.values(), key=lambda c: c["concept"])}
+            "suppressed": sorted(concepts.values(), key=lambda c: (c["concept"], c["mapping_id"] or 0))}
 
 
 def render_text(report: dict[str, Any]) -> str:
@@ -93,10 +98,12 @@ def render_text(report: dict[str, Any]) -> str:
         lines.append(f"Nothing was suppressed in this generation ({report['unet_calls']} UNet calls).")
     for c in report["suppressed"]:
         a = c["approval"]
-        feats = ", ".join(f"{f['feature']} (at {len(f['timesteps'])} calls, timesteps {min(f['timesteps'])}-{max(f['timesteps'])})"
-                          for f in c["features"])
+        feats = "; ".join(
+            f"{f['feature']}{' of ' + f['hook_point'] if f['hook_point'] else ''} (at {len(f['timesteps'])} calls, "
+            f"timesteps {min(f['timesteps'])}-{max(f['timesteps'])})" for f in c["features"])
+        where = ", ".join(h for h in c["hook_points"] if h)
         lines.append(f"Concept '{c['concept']}' was suppressed in {c['unet_calls']} of {report['unet_calls']} UNet calls "
-                     f"by features {feats}.")
+                     + (f"at {where} " if where else "") + f"by features {feats}.")
         lines.append(f"  Mapping {c['mapping_id']} was approved by {a.get('by', '?')} on {a.get('at', '?')} "
                      f"(review {a.get('review_id', c['approval_review_id'])}): \"{a.get('justification') or ''}\"."
                      + (f" Its state now: {c['mapping_state_now']}." if c.get("mapping_state_now") else ""))

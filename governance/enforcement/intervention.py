@@ -1,6 +1,9 @@
 """The SAeUron intervention as named, removable hooks on any SD 1.x diffusers pipeline.
 
-For each UNet call, on the hooked block's output (both CFG halves, every token):
+One enforcement site per hook point of the blocklist (each with its own SAE, hook name
+`saegov.enforce.block:<hook point>`), all reading the UNet's one timestep pre-hook
+(`saegov.enforce.timestep`). For each UNet call, on each hooked block's output (both CFG halves,
+every token):
 
     z  = TopK_k(ReLU(W_enc (x - b_dec) + b_enc))          per-token TopK
     z'_i = z_i * s_i  where z_i > g_i (i in F_t), else z_i
@@ -12,6 +15,10 @@ the lower feature index), so no TopK indices are built. The reference code's
 `x_hat' + (x_hat - x)` (which is `2 x_hat - x` when nothing fires) is available only as the
 explicit `error_mode="reference"`.
 
+A feature selected by several concepts at one site fires for each concept whose gate it exceeds
+and is scaled by the smallest of those concepts' scales (the most suppressive rule; the trace
+lists every concept it fired for).
+
 Timesteps: the UNet's own `timestep` argument is read by a forward pre-hook. A call whose
 timestep was not scored uses each mapping's nearest scored timestep (`schedule="nearest"`, the
 default, recorded in the trace), or is refused (`schedule="strict"`).
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -46,43 +54,95 @@ class EnforcementError(GovernanceError):
 
 @dataclass
 class EnforcedBlocklist:
-    """A blocklist spec together with the SAE its feature IDs refer to: what `apply_blocklist`
-    attaches. (The registry's blocklist is a named, versioned list of approved mappings; its
-    published version becomes a deployment's `blocklist.json`, this spec.)"""
+    """A blocklist spec together with the SAEs its feature IDs refer to, one per hook point:
+    what `apply_blocklist` attaches. (The registry's blocklist is a named, versioned list of
+    approved mappings; its published version becomes a deployment's `blocklist.json`, this
+    spec.) `saes` may be given as one TopKSAE when the spec has a single hook point."""
 
     spec: BlocklistSpec
-    sae: TopKSAE
+    saes: dict[str, TopKSAE] | TopKSAE
+
+    def __post_init__(self) -> None:
+        hooks = self.spec.hook_points()
+        if isinstance(self.saes, TopKSAE):
+            if len(hooks) != 1:
+                raise EnforcementError(f"blocklist {self.spec.name!r} has {len(hooks)} hook points; give an SAE for each")
+            self.saes = {hooks[0]: self.saes}
+        if sorted(self.saes) != sorted(hooks):
+            raise EnforcementError(f"SAEs given for {sorted(self.saes)}, the blocklist needs {sorted(hooks)}")
+
+    @property
+    def sae(self) -> TopKSAE:
+        """The SAE of a single-hook-point blocklist."""
+        assert isinstance(self.saes, dict)
+        if len(self.saes) != 1:
+            raise EnforcementError(f"blocklist {self.spec.name!r} has {len(self.saes)} SAEs")
+        return next(iter(self.saes.values()))
 
     @classmethod
-    def load(cls, folder: str | Path, expected_sae_sha256: str | None = None) -> EnforcedBlocklist:
-        """From a deployment's `saegov/` folder (blocklist.json + sae/)."""
-        folder = Path(folder)
-        spec = read_blocklist(folder)
-        sae = TopKSAE.load(folder / "sae", expected_sha256=expected_sae_sha256 or spec.sae.weights_sha256)
-        return cls(spec=spec, sae=sae)
+    def load(cls, root: str | Path, saes: dict[str, tuple[str, str | None]] | None = None) -> EnforcedBlocklist:
+        """From a deployment folder `root` (its `saegov/blocklist.json`); `saes`: hook point ->
+        (SAE folder relative to `root`, expected sha256 of its weights), from the verified
+        manifest. Without it, `saegov/saes/<hook point>` (or v1's `saegov/sae`) and the hashes
+        the blocklist records."""
+        from governance.formats.deployment import SAE_DIR_V1, SAEGOV_DIR, sae_dir
+
+        root = Path(root)
+        spec = read_blocklist(root / SAEGOV_DIR)
+        if saes is None:
+            v1 = (root / SAE_DIR_V1).is_dir() and len(spec.saes) == 1
+            saes = {r.hook_point: (SAE_DIR_V1 if v1 else sae_dir(r.hook_point), r.weights_sha256) for r in spec.saes}
+        loaded = {hook: TopKSAE.load(root / folder, expected_sha256=sha or spec.sae_at(hook).weights_sha256)
+                  for hook, (folder, sha) in saes.items()}
+        return cls(spec=spec, saes=loaded)
 
 
 @dataclass
 class _Table:
-    """Everything the hook needs at one call timestep, precomputed once per timestep value."""
+    """Everything one hook point's hook needs at one call timestep, precomputed once per value.
+
+    Shared features: when several concepts select the same feature, each concept's own gate
+    decides whether it fires for that concept; the feature fires if it fires for any, and is
+    scaled by the smallest (most suppressive) scale among the concepts it fired for. `gates` holds
+    the lowest gate of each feature, `shared` the (entry, scale, gate) of every concept of a
+    feature selected by more than one."""
 
     features: torch.Tensor  # [F] long
-    scales: torch.Tensor  # [F]
-    gates: torch.Tensor  # [F]
+    scales: torch.Tensor  # [F] (the only owner's scale; shared features: see `shared`)
+    gates: torch.Tensor  # [F] lowest gate
     w_dec: torch.Tensor  # [F, d]
-    owners: list[int]  # entry index per feature
-    scored: list[int]  # per entry, the scored timestep used (-1: entry has none)
+    owners: list[list[int]]  # per feature, the entry index of every concept selecting it
+    shared: dict[int, list[tuple[int, float, float]]]  # column -> [(entry, scale, gate)], > 1 owner
+    scored: dict[int, int]  # entry index -> the scored timestep used (-1: entry has none)
 
 
 @dataclass
 class CallRecord:
     timestep: int
-    scored_timesteps: list[int]
+    scored_timesteps: list[int]  # per entry at this hook point, the scored timestep used
+    hook_point: str = ""
+    call: int = 0  # the UNet call (counted by the shared timestep reader) this record belongs to
     fired: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass
+class _Site:
+    """One enforcement site: a hook point's block, its SAE and the entries at it."""
+
+    hook_point: str
+    block: torch.nn.Module
+    sae: TopKSAE
+    entries: list[int]
+    tables: dict[int, _Table] = field(default_factory=dict)
+
+    @property
+    def hook_name(self) -> str:
+        return f"{HOOK_PREFIX}.block:{self.hook_point}"
+
+
 class Enforcer:
-    """The state behind the hooks of one pipeline: compiled tables and the trace so far."""
+    """The state behind the hooks of one pipeline: one site per hook point, all reading the
+    UNet's one timestep reader, their compiled tables, and the trace so far."""
 
     def __init__(self, pipe: Any, blocklist: EnforcedBlocklist, *, error_mode: ErrorMode = "faithful",
                  schedule: Schedule = "nearest") -> None:
@@ -95,30 +155,61 @@ class Enforcer:
         self.error_mode: ErrorMode = error_mode
         self.schedule: Schedule = schedule
         self.unet = pipe.unet
-        self.block = resolve_hook_point(self.unet, blocklist.spec.sae.hook_point)
         self.reader = TimestepReader(self.unet, name=f"{HOOK_PREFIX}.timestep")
-        self.sae = blocklist.sae.eval().requires_grad_(False)
-        self._tables: dict[int, _Table] = {}
-        self._entry_steps = [
-            torch.tensor(sorted(e.timesteps), dtype=torch.int64) for e in blocklist.spec.entries
-        ]
+        entries = blocklist.spec.entries
+        assert isinstance(blocklist.saes, dict)
+        self.sites: dict[str, _Site] = {}
+        for hook in blocklist.spec.hook_points():
+            sae = blocklist.saes[hook].eval().requires_grad_(False)
+            self.sites[hook] = _Site(hook, resolve_hook_point(self.unet, hook), sae,
+                                     [i for i, e in enumerate(entries) if e.hook_point == hook])
+        self._entry_steps = [torch.tensor(sorted(e.timesteps), dtype=torch.int64) for e in entries]
         self.calls: list[CallRecord] = []
-        width = self.sae.n_latents
-        for e in blocklist.spec.entries:
-            for entries in e.timesteps.values():
-                for fe in entries:
-                    if fe.feature >= width:
-                        raise EnforcementError(f"feature {fe.feature} of {e.concept!r} is outside the SAE (width {width})")
+        for site in self.sites.values():
+            width = site.sae.n_latents
+            for i in site.entries:
+                for fes in entries[i].timesteps.values():
+                    for fe in fes:
+                        if fe.feature >= width:
+                            raise EnforcementError(f"feature {fe.feature} of {entries[i].concept!r} is outside the "
+                                                   f"SAE at {site.hook_point} (width {width})")
+
+    # -- single-site conveniences (one hook point) ----------------------------------------------
+    def _only_site(self) -> _Site:
+        if len(self.sites) != 1:
+            raise EnforcementError(f"the blocklist has {len(self.sites)} hook points; name one")
+        return next(iter(self.sites.values()))
+
+    @property
+    def block(self) -> torch.nn.Module:
+        return self._only_site().block
+
+    @property
+    def sae(self) -> TopKSAE:
+        return self._only_site().sae
+
+    @property
+    def blocks(self) -> list[torch.nn.Module]:
+        return [s.block for s in self.sites.values()]
 
     # -- hooks ----------------------------------------------------------------------------------
     def attach(self) -> Enforcer:
         self.reader.attach()
-        add_named_hook(self.block, f"{HOOK_PREFIX}.block", self._hook)
+        try:
+            for site in self.sites.values():
+                add_named_hook(site.block, site.hook_name, functools.partial(self._hook, site=site))
+        except BaseException:
+            self.remove()
+            raise
         return self
 
     def remove(self) -> None:
-        remove_hooks(self.block, f"{HOOK_PREFIX}.block")
+        for site in self.sites.values():
+            remove_hooks(site.block, site.hook_name)
         self.reader.remove()
+
+    def attached(self) -> bool:
+        return any(site.hook_name in hook_names(site.block) for site in self.sites.values())
 
     def reset_trace(self) -> None:
         self.calls = []
@@ -137,41 +228,45 @@ class Enforcer:
                 "use the deployment's scheduler and step count")
         return nearest
 
-    def table(self, t: int) -> _Table:
-        if t in self._tables:
-            return self._tables[t]
+    def table(self, t: int, hook_point: str | None = None) -> _Table:
+        site = self.sites[hook_point] if hook_point is not None else self._only_site()
+        return self._table(site, t)
+
+    def _table(self, site: _Site, t: int) -> _Table:
+        if t in site.tables:
+            return site.tables[t]
+        column: dict[int, int] = {}
         feats: list[int] = []
-        scales: list[float] = []
-        gates: list[float] = []
-        owners: list[int] = []
-        scored: list[int] = []
-        for i, e in enumerate(self.blocklist.spec.entries):
+        rules: list[list[tuple[int, float, float]]] = []
+        scored: dict[int, int] = {}
+        for i in site.entries:
             st = self._nearest(i, t)
-            scored.append(st)
-            for fe in e.timesteps.get(st, []) if st >= 0 else []:
-                if fe.feature in feats:  # several concepts select it: the first one's rule applies
-                    continue
-                feats.append(fe.feature)
-                scales.append(fe.scale)
-                gates.append(fe.gate)
-                owners.append(i)
-        dtype = self.sae.W_dec.dtype
-        idx = torch.tensor(feats, dtype=torch.int64, device=self.sae.W_dec.device)
+            scored[i] = st
+            for fe in self.blocklist.spec.entries[i].timesteps.get(st, []) if st >= 0 else []:
+                if fe.feature not in column:
+                    column[fe.feature] = len(feats)
+                    feats.append(fe.feature)
+                    rules.append([])
+                rules[column[fe.feature]].append((i, fe.scale, fe.gate))
+        dtype = site.sae.W_dec.dtype
+        idx = torch.tensor(feats, dtype=torch.int64, device=site.sae.W_dec.device)
         tab = _Table(
             features=idx,
-            scales=torch.tensor(scales, dtype=dtype, device=idx.device),
-            gates=torch.tensor(gates, dtype=dtype, device=idx.device),
-            w_dec=self.sae.W_dec.detach()[idx],
-            owners=owners,
+            scales=torch.tensor([r[0][1] for r in rules], dtype=dtype, device=idx.device),
+            gates=torch.tensor([min(g for _, _, g in r) for r in rules], dtype=dtype, device=idx.device),
+            w_dec=site.sae.W_dec.detach()[idx],
+            owners=[[o for o, _, _ in r] for r in rules],
+            shared={j: r for j, r in enumerate(rules) if len(r) > 1},
             scored=scored,
         )
-        self._tables[t] = tab
+        site.tables[t] = tab
         return tab
 
     # -- the intervention -----------------------------------------------------------------------
     # No torch.no_grad here: pipelines already sample under no_grad, and the white-box prompt
     # attack (governance.evaluation.attack) needs gradients to flow through the intervention.
-    def _hook(self, module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+    def _hook(self, module: torch.nn.Module, args: tuple[Any, ...], output: Any, *, site: _Site | None = None) -> Any:
+        site = site or self._only_site()
         x = block_output_map(output)
         b, c, h, w = x.shape
         timesteps = self.reader.current
@@ -186,19 +281,21 @@ class Enforcer:
         tokens: torch.Tensor | None = None
         new_tokens: torch.Tensor | None = None
         for t, samples in groups:
-            tab = self.table(t)
-            record = CallRecord(timestep=t, scored_timesteps=tab.scored)
+            tab = self._table(site, t)
+            record = CallRecord(timestep=t, scored_timesteps=[tab.scored[i] for i in site.entries],
+                                hook_point=site.hook_point,
+                                call=self.reader.calls)
             self.calls.append(record)
             if tab.features.numel() == 0 and self.error_mode == "faithful":
                 continue
             if tokens is None:
-                tokens = to_tokens(x).to(self.sae.W_dec.dtype)
+                tokens = to_tokens(x).to(site.sae.W_dec.dtype)
             if samples is None:
                 xs = tokens
             else:
                 sel = torch.tensor(samples, dtype=torch.int64, device=tokens.device)
                 xs = tokens.reshape(b, per_sample, c).index_select(0, sel).reshape(-1, c)
-            out_rows = self._apply(xs, tab, record, samples, per_sample)
+            out_rows = self._apply(site.sae, xs, tab, record, samples, per_sample)
             if out_rows is None:
                 continue
             if samples is None:
@@ -217,13 +314,13 @@ class Enforcer:
             return output
         return new_map
 
-    def _apply(self, xs: torch.Tensor, tab: _Table, record: CallRecord, samples: list[int] | None,
+    def _apply(self, sae: TopKSAE, xs: torch.Tensor, tab: _Table, record: CallRecord, samples: list[int] | None,
                per_sample: int) -> torch.Tensor | None:
         """The new token rows for the tokens `xs` of one timestep, or None where they stay as they are."""
         delta = None
         if self.error_mode == "reference":
-            pre = self.sae.pre_acts(xs)
-            vals, idx = pre.topk(self.sae.k, dim=-1, sorted=False)
+            pre = sae.pre_acts(xs)
+            vals, idx = pre.topk(sae.k, dim=-1, sorted=False)
             z = torch.zeros_like(pre).scatter(-1, idx, vals)
             z_f = z.index_select(1, tab.features)  # [N, F]: 0 where not in the TopK
             fire = (z_f > tab.gates) & (z_f > 0)
@@ -231,21 +328,43 @@ class Enforcer:
             # TopKSAE.pre_acts without its ReLU: y [N, n]; the pre-activations are relu(y). Only
             # the selected columns are ReLU'd (and carry the gradient); the TopK test needs just
             # each token's k-th largest y, as relu is monotone.
-            y = self.sae.encoder(xs - self.sae.b_dec)  # xs is already in the SAE's dtype
+            y = sae.encoder(xs - sae.b_dec)  # xs is already in the SAE's dtype
             z_f = torch.relu(y.index_select(1, tab.features))  # [N, F] = pre_acts(xs)[:, features]
             fire = (z_f > tab.gates) & (z_f > 0)  # the candidates, before the TopK test
-            fire = self._in_topk(y.detach(), z_f.detach(), fire, tab.features)
+            fire = self._in_topk(sae.k, y.detach(), z_f.detach(), fire, tab.features)
         if fire is not None and bool(fire.any()):
-            z_new = torch.where(fire, z_f * tab.scales, z_f)
+            scales, fired_for = self._scales(tab, z_f.detach(), fire)
+            z_new = torch.where(fire, z_f * scales, z_f)
             delta = (z_new - z_f) @ tab.w_dec
-            self._record(record, fire, samples, per_sample, tab)
+            self._record(record, fire, fired_for, samples, per_sample, tab)
         if self.error_mode == "reference":
             # Reference code: x_hat' + (x_hat - x) = 2 x_hat - x + (z' - z) W_dec.
-            x_hat = self.sae.decode(z)
+            x_hat = sae.decode(z)
             return 2 * x_hat - xs + (delta if delta is not None else 0)
         return None if delta is None else xs + delta
 
-    def _in_topk(self, y: torch.Tensor, z_f: torch.Tensor, cand: torch.Tensor,
+    @staticmethod
+    def _scales(tab: _Table, z_f: torch.Tensor, fire: torch.Tensor
+                ) -> tuple[torch.Tensor, dict[int, dict[int, torch.Tensor]]]:
+        """Per (token, feature) scale, and for shared features which of their concepts each
+        token fired for (column -> entry -> [N] bool). A shared feature fires for a concept where
+        it exceeds that concept's gate; the smallest scale among those concepts applies."""
+        if not tab.shared:
+            return tab.scales, {}
+        scales = tab.scales.expand(fire.shape[0], -1).clone()
+        fired_for: dict[int, dict[int, torch.Tensor]] = {}
+        for j, rules in tab.shared.items():
+            col, on = z_f[:, j], fire[:, j]
+            best = torch.full_like(col, float("inf"))
+            fired_for[j] = {}
+            for entry, scale, gate in rules:
+                mine = on & (col > gate)
+                fired_for[j][entry] = mine
+                best = torch.where(mine & (scale < best), torch.full_like(best, scale), best)
+            scales[:, j] = torch.where(torch.isinf(best), tab.scales[j], best)
+        return scales, fired_for
+
+    def _in_topk(self, k: int, y: torch.Tensor, z_f: torch.Tensor, cand: torch.Tensor,
                  features: torch.Tensor) -> torch.Tensor | None:
         """`cand` [N, F] restricted to the (token, feature) pairs whose feature is in the token's
         per-token TopK of relu(y); None if no candidate is. `y` and `z_f` carry no gradient.
@@ -263,7 +382,7 @@ class Enforcer:
         tok, col = pairs[:, 0], pairs[:, 1]  # row-major: tok is sorted
         v = z_f[tok, col]  # [P]
         rows, inverse = torch.unique_consecutive(tok, return_inverse=True)
-        kth = torch.relu(self._kth_largest(y, None if rows.numel() == y.shape[0] else rows))[inverse]
+        kth = torch.relu(self._kth_largest(k, y, None if rows.numel() == y.shape[0] else rows))[inverse]
         keep = v > kth
         tied = (v == kth).nonzero().flatten()
         if tied.numel():
@@ -272,15 +391,16 @@ class Enforcer:
             above = n - (r <= vt[:, None]).sum(-1)  # strictly above, NaN included
             lower = torch.arange(n, device=r.device).view(1, -1) < features[col[tied]].view(-1, 1)
             before = ((r == vt[:, None]) & lower).sum(-1)  # equal, with a lower feature index
-            keep[tied] = above + before < self.sae.k
+            keep[tied] = above + before < k
         fire = torch.zeros_like(cand)
         fire[tok[keep], col[keep]] = True
         return fire
 
-    def _kth_largest(self, y: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    @staticmethod
+    def _kth_largest(k: int, y: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
         """The k-th largest value of each row of `y` [M, n] (or of its `rows`); NaN ranks highest."""
         n = y.shape[1]
-        k = min(self.sae.k, n)
+        k = min(k, n)
         if y.device.type == "cpu" and y.dtype in (torch.float32, torch.float64):
             # numpy's introselect (np.partition) is several times faster than torch.topk on CPU.
             # It runs on -y with the k-th smallest as the pivot, which stays fast on rows with many
@@ -294,22 +414,28 @@ class Enforcer:
         sub = y if rows is None else y.index_select(0, rows)
         return sub.topk(k, dim=-1, sorted=True).values[:, -1]
 
-    def _record(self, record: CallRecord, fire: torch.Tensor, samples: list[int] | None, per_sample: int,
-                tab: _Table) -> None:
+    def _record(self, record: CallRecord, fire: torch.Tensor, fired_for: dict[int, dict[int, torch.Tensor]],
+                samples: list[int] | None, per_sample: int, tab: _Table) -> None:
+        """One record per (feature, concept it was suppressed for)."""
         entries = self.blocklist.spec.entries
         for j in fire.any(dim=0).nonzero().flatten().tolist():
-            entry = entries[tab.owners[j]]
-            fired_rows = fire[:, j].nonzero().flatten()
-            local = sorted(set((fired_rows // per_sample).tolist()))
-            record.fired.append({
-                "feature": int(tab.features[j]),
-                "concept": entry.concept,
-                "mapping_id": entry.mapping_id,
-                "approval_review_id": entry.approval.review_id,
-                "scored_timestep": tab.scored[tab.owners[j]],
-                "tokens": int(fired_rows.numel()),
-                "samples": local if samples is None else [samples[i] for i in local],
-            })
+            per_owner = fired_for.get(j) or {tab.owners[j][0]: fire[:, j]}
+            for owner, mask in per_owner.items():
+                fired_rows = mask.nonzero().flatten()
+                if fired_rows.numel() == 0:
+                    continue
+                entry = entries[owner]
+                local = sorted(set((fired_rows // per_sample).tolist()))
+                record.fired.append({
+                    "hook_point": record.hook_point,
+                    "feature": int(tab.features[j]),
+                    "concept": entry.concept,
+                    "mapping_id": entry.mapping_id,
+                    "approval_review_id": entry.approval.review_id,
+                    "scored_timestep": tab.scored[owner],
+                    "tokens": int(fired_rows.numel()),
+                    "samples": local if samples is None else [samples[i] for i in local],
+                })
 
 
 def apply_blocklist(pipe: Any, blocklist: EnforcedBlocklist, *, error_mode: ErrorMode = "faithful",
@@ -338,7 +464,7 @@ def enforcer_of(pipe: Any) -> Enforcer | None:
 
 def _hooks_attached(pipe: Any) -> bool:
     enforcer = enforcer_of(pipe)
-    return enforcer is not None and any(n.startswith(HOOK_PREFIX) for n in hook_names(enforcer.block))
+    return enforcer is not None and enforcer.attached()
 
 
 @contextmanager

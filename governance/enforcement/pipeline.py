@@ -19,7 +19,7 @@ from diffusers import StableDiffusionPipeline  # noqa: E402 - after quiet_librar
 from governance.enforcement.deployment import VerifiedDeployment, verify_deployment  # noqa: E402
 from governance.enforcement.intervention import EnforcedBlocklist, apply_blocklist, enforcer_of  # noqa: E402
 from governance.enforcement.trace import build_traces  # noqa: E402
-from governance.formats.deployment import SAE_DIR, SAEGOV_DIR  # noqa: E402
+
 
 
 class EnforcedStableDiffusionPipeline(StableDiffusionPipeline):
@@ -37,8 +37,9 @@ class EnforcedStableDiffusionPipeline(StableDiffusionPipeline):
         pipe = super().from_pretrained(str(path), **kwargs)
         pipe.set_progress_bar_config(disable=True)
         pipe.saegov = verified
-        expected = verified.manifest.payload.files.get(f"{SAE_DIR}/sae.safetensors")
-        blocklist = EnforcedBlocklist.load(path / SAEGOV_DIR, expected_sae_sha256=expected)
+        p = verified.manifest.payload
+        saes = {s.hook_point: (s.path, p.files[f"{s.path}/sae.safetensors"]) for s in p.saes}
+        blocklist = EnforcedBlocklist.load(path, saes)
         apply_blocklist(pipe, blocklist, error_mode=verified.manifest.payload.error_mode)
         return pipe
 

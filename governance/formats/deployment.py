@@ -1,26 +1,38 @@
-"""A deployment folder's layout and its signed `saegov/manifest.json` (`saegov.deployment/v1`).
+"""A deployment folder's layout and its signed `saegov/manifest.json`.
 
     model_index.json, unet/, vae/, ...   the diffusers `save_pretrained` layout
-    saegov/sae/                          the SAE (cfg.json + sae.safetensors)
+    saegov/saes/<hook point>/            one SAE per hook point (cfg.json + sae.safetensors)
     saegov/blocklist.json                governance.formats.blocklist
     saegov/manifest.json                 DeploymentManifest: sha256 of every other file, signed
+
+`saegov.deployment/v2` lists every SAE with its folder (`saes`). A v1 manifest (one `sae`, its
+folder `saegov/sae/`) is read as the v2 it means and verifies unchanged: the signature is
+checked against the payload exactly as it was written (`signed_message`).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from governance.common.errors import FormatError
 from governance.common.jsonio import canonical_json
 from governance.formats.blocklist import SaeRef
 from governance.formats.validation import parse_json_model
 
-MANIFEST_FORMAT = "saegov.deployment/v1"
+MANIFEST_FORMAT_V1 = "saegov.deployment/v1"
+MANIFEST_FORMAT = "saegov.deployment/v2"
 SAEGOV_DIR = "saegov"
 MANIFEST = f"{SAEGOV_DIR}/manifest.json"
-SAE_DIR = f"{SAEGOV_DIR}/sae"
+SAE_DIR_V1 = f"{SAEGOV_DIR}/sae"
+SAES_DIR = f"{SAEGOV_DIR}/saes"
+
+
+def sae_dir(hook_point: str) -> str:
+    """The folder of a hook point's SAE inside a deployment (reference layout, named by hook point)."""
+    return f"{SAES_DIR}/{hook_point}"
 
 
 class GenerationDefaults(BaseModel):
@@ -31,13 +43,17 @@ class GenerationDefaults(BaseModel):
     guidance_scale: float
 
 
+class DeployedSae(SaeRef):
+    path: str  # the SAE's folder, relative to the deployment
+
+
 class ManifestPayload(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    format: Literal["saegov.deployment/v1"] = MANIFEST_FORMAT
+    format: Literal["saegov.deployment/v1", "saegov.deployment/v2"] = MANIFEST_FORMAT
     files: dict[str, str]  # relative path -> sha256, every file of the folder but the manifest
     base_model_hash: str
-    sae: SaeRef
+    saes: list[DeployedSae] = Field(min_length=1)
     blocklist: str  # name@version
     blocklist_sha256: str
     mapping_ids: list[int]
@@ -47,8 +63,26 @@ class ManifestPayload(BaseModel):
     built_by: str
     built_at: str
 
+    @model_validator(mode="before")
+    @classmethod
+    def _from_v1(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "sae" in data and "saes" not in data:
+            data = dict(data)
+            data["saes"] = [{**data.pop("sae"), "path": SAE_DIR_V1}]
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> ManifestPayload:
+        hooks = [s.hook_point for s in self.saes]
+        if len(set(hooks)) != len(hooks):
+            raise ValueError("a hook point is listed twice in saes")
+        for s in self.saes:
+            if f"{s.path}/sae.safetensors" not in self.files or f"{s.path}/cfg.json" not in self.files:
+                raise ValueError(f"the SAE of {s.hook_point} ({s.path}) is not among the hashed files")
+        return self
+
     def signed_message(self) -> bytes:
-        """The bytes the signature covers: the payload's canonical JSON."""
+        """The bytes a freshly built payload's signature covers: its canonical JSON."""
         return canonical_json(self.model_dump(mode="json")).encode()
 
 
@@ -65,6 +99,14 @@ class DeploymentManifest(BaseModel):
 
     payload: ManifestPayload
     signature: Signature
+    _written_payload: Any = PrivateAttr(default=None)
+
+    def signed_message(self) -> bytes:
+        """The bytes the signature must cover: the payload as it was written (a v1 manifest is
+        read as v2, but was signed as v1), else as it is now."""
+        if self._written_payload is not None:
+            return canonical_json(self._written_payload).encode()
+        return self.payload.signed_message()
 
 
 def read_deployment_manifest(folder: Path) -> tuple[DeploymentManifest, bytes]:
@@ -73,7 +115,9 @@ def read_deployment_manifest(folder: Path) -> tuple[DeploymentManifest, bytes]:
     if not path.is_file():
         raise FormatError(f"{folder} is not a saegov deployment (no {MANIFEST})")
     raw = path.read_bytes()
-    return parse_json_model(DeploymentManifest, raw, MANIFEST), raw
+    manifest = parse_json_model(DeploymentManifest, raw, MANIFEST)
+    manifest._written_payload = json.loads(raw)["payload"]
+    return manifest, raw
 
 
 def manifest_bytes(manifest: DeploymentManifest) -> bytes:

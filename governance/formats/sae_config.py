@@ -23,6 +23,11 @@ WEIGHT_SHAPES: dict[str, tuple[str, ...]] = {
 }
 
 
+# sparsify options that change the SAE's forward pass -> their plain-TopK value. `multi_topk`
+# changes only training and is accepted.
+FORWARD_OPTIONS: dict[str, Any] = {"activation": "topk", "transcode": False, "skip_connection": False}
+
+
 class SaeConfig(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -47,6 +52,14 @@ class SaeConfig(BaseModel):
     def _check(self) -> SaeConfig:
         if self.k > self.n_latents:
             raise ValueError(f"k={self.k} exceeds the number of latents {self.n_latents}")
+        extra = self.model_extra or {}
+        changed = [f"{key}={extra[key]}" for key, plain in FORWARD_OPTIONS.items()
+                   if key in extra and extra[key] != plain]
+        changed += [f"{key}=true" for key in ("sample_topk", "input_unit_norm") if getattr(self, key)]
+        if changed:
+            # Computed as a plain TopK SAE they would give other activations: every feature ID wrong.
+            raise ValueError(f"unsupported SAE option {', '.join(changed)}: it changes the forward pass, "
+                             "which saegov does not implement")
         return self
 
     def weight_shapes(self) -> dict[str, tuple[int, ...]]:

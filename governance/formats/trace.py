@@ -1,7 +1,11 @@
-"""The trace of one generation (`saegov.trace/v1`): for every UNet call, the timestep and the
+"""The trace of one generation: for every UNet call, the timestep and, per hook point, the
 features that fired above their gate and were suppressed, with their concept, mapping and
-approval. Written as JSON (`--trace`), stored in the registry (`generate --record`) and
-embedded in the PNG as the text chunk `saegov-trace`; its reader sits beside its writer here.
+approval (a feature two concepts select is listed once per concept it was suppressed for).
+Written as JSON (`--trace`), stored in the registry (`generate --record`) and embedded in the
+PNG as the text chunk `saegov-trace`; its reader sits beside its writer here.
+
+`saegov.trace/v2` names the hook point of every suppression; a v1 trace (one SAE, no hook
+point) still reads, with `hook_point` None.
 """
 from __future__ import annotations
 
@@ -15,7 +19,9 @@ from governance.common.errors import FormatError
 from governance.common.jsonio import canonical_json
 from governance.formats.validation import validate_model
 
-TRACE_FORMAT = "saegov.trace/v1"
+TRACE_FORMAT_V1 = "saegov.trace/v1"
+TRACE_FORMAT = "saegov.trace/v2"
+TRACE_FORMATS = (TRACE_FORMAT_V1, TRACE_FORMAT)
 TRACE_PNG_KEY = "saegov-trace"
 Half = Literal["uncond", "cond"]
 
@@ -23,6 +29,7 @@ Half = Literal["uncond", "cond"]
 class Suppression(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    hook_point: str | None = None  # None only in v1 traces
     feature: int
     concept: str
     mapping_id: int | None
@@ -52,7 +59,7 @@ class TraceDeployment(BaseModel):
 class Trace(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    format: Literal["saegov.trace/v1"] = TRACE_FORMAT
+    format: Literal["saegov.trace/v1", "saegov.trace/v2"] = TRACE_FORMAT
     deployment: TraceDeployment
     prompt_sha256: str
     seed: int | None
@@ -60,7 +67,12 @@ class Trace(BaseModel):
     generation_id: int | None = None  # set once the registry recorded it
 
     def to_json_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude={"generation_id"} if self.generation_id is None else None)
+        d = self.model_dump(mode="json", exclude={"generation_id"} if self.generation_id is None else None)
+        if self.format == TRACE_FORMAT_V1:  # v1 had no hook points: write it as it was
+            for call in d["unet_calls"]:
+                for sup in call["suppressed"]:
+                    sup.pop("hook_point", None)
+        return d
 
     def canonical(self) -> str:
         return canonical_json(self.to_json_dict())
@@ -70,7 +82,7 @@ class Trace(BaseModel):
 
 
 def parse_trace(data: Any, what: str) -> Trace:
-    if not isinstance(data, dict) or data.get("format") != TRACE_FORMAT:
+    if not isinstance(data, dict) or data.get("format") not in TRACE_FORMATS:
         raise FormatError(f"{what}: not a saegov trace (format {TRACE_FORMAT} expected)")
     return validate_model(Trace, data, what)
 

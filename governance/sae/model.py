@@ -28,7 +28,7 @@ class TopKSAE(nn.Module):
     def __init__(self, cfg: SaeConfig, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        unsupported = [f for f in ("input_unit_norm", "multi_topk", "sample_topk") if getattr(cfg, f)]
+        unsupported = [f for f in ("input_unit_norm", "sample_topk") if getattr(cfg, f)]
         if unsupported:
             # Each changes what x_hat means (and the intervention algebra); refuse, never ignore.
             raise SaeLoadError(f"unsupported SAE options: {', '.join(unsupported)}")

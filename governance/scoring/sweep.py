@@ -97,7 +97,7 @@ def make_selector(sweep: SweepRequest, *, steps: int, guidance: float,
                 raise ScoringError(f"sweep point {rule}={value}: {exc}") from None
             spec = blocklist_for(concept, registry_kind(concept), hook, gamma, choices, stats.timesteps, scheduler,
                                  steps)
-            apply_blocklist(pipe, EnforcedBlocklist(spec=spec, sae=sae))
+            apply_blocklist(pipe, EnforcedBlocklist(spec=spec, saes=sae))
             try:
                 base = done
                 images = generate_jobs(pipe, jobs, steps, guidance, batch=sweep.batch_size,

@@ -119,12 +119,15 @@ def test_concepts(cli: CLI, tmp_path: Path) -> None:
 
 
 def test_sae_import_and_listing(cli: CLI, tmp_path: Path) -> None:
-    cli("base-model", "add", "toy", "--source", "embedded", "--hash", "ab" * 32, actor="erin")
+    from governance.toyworld.paths import WEIGHTS_DIR
+
+    # The base model's source is a folder: import checks the hook point and width against its UNet.
+    cli("base-model", "add", "toy", "--source", WEIGHTS_DIR, "--hash", "ab" * 32, actor="erin")
     assert cli.json("base-model", "list")[0]["name"] == "toy"
-    folder = make_sae_folder(tmp_path, "s1", d_in=16, expansion=2, k=4, num_latents=0)
+    folder = make_sae_folder(tmp_path, "s1", d_in=64, expansion=2, k=4, num_latents=0)
     rec = cli.json("sae", "import", folder, "--hookpoint", "up_blocks.1.attentions.2",
                    "--base-model", "toy", "--name", "style-sae", actor="erin")
-    assert (rec["ref"], rec["n_latents"], rec["d_in"], rec["k"]) == ("style-sae@1", 32, 16, 4)
+    assert (rec["ref"], rec["n_latents"], rec["d_in"], rec["k"]) == ("style-sae@1", 128, 64, 4)
     assert rec["base_model_hash"] == "ab" * 32
     assert cli.json("sae", "list")[0]["hook_point"] == "up_blocks.1.attentions.2"
     assert cli.json("sae", "show", "style-sae@1")["id"] == 1
@@ -276,3 +279,47 @@ def test_audit_verify_names_tampered_event(populated: CLI) -> None:
     res = populated("audit", "verify", ok=False)
     assert res.exit_code == 5
     assert res.stderr.strip() == "error: audit event 7: hash mismatch (event altered)"
+
+
+def test_reference_layout_imports_one_sae_per_hook_point(cli: CLI, tmp_path: Path) -> None:
+    """A SAeUron-style folder with a sub-folder per hook point (named `unet.<hook point>`)
+    registers one SAE version per hook point, with the `unet.` prefix dropped."""
+    root = tmp_path / "saeuron"
+    for hook in ("unet.up_blocks.1.attentions.1", "unet.up_blocks.1.attentions.2"):
+        make_sae_folder(root, hook, d_in=64, expansion=1, k=4)
+    recs = cli.json("sae", "import", root, actor="erin")
+    assert [(r["name"], r["hook_point"], r["version"]) for r in recs] == [
+        ("saeuron.up_blocks.1.attentions.1", "up_blocks.1.attentions.1", 1),
+        ("saeuron.up_blocks.1.attentions.2", "up_blocks.1.attentions.2", 1)]
+    cli.fails("sae", "import", root, "--hookpoint", "up_blocks.1.attentions.1", actor="erin", match="one SAE per hook point")
+    assert len(cli.json("sae", "list")) == 2
+
+
+def test_import_checks_hook_point_and_width_against_the_base_model(cli: CLI, tmp_path: Path) -> None:
+    import shutil
+
+    from governance.toyworld.paths import WEIGHTS_DIR
+
+    model = tmp_path / "model"
+    (model / "unet").mkdir(parents=True)
+    shutil.copy(WEIGHTS_DIR / "unet" / "config.json", model / "unet" / "config.json")
+    cli("base-model", "add", "toy", "--source", model, "--hash", "ab" * 32, actor="erin")
+    good = make_sae_folder(tmp_path, "unet.up_blocks.1.attentions.2", d_in=64, expansion=1, k=4)
+    assert cli.json("sae", "import", good, "--base-model", "toy", actor="erin")["hook_point"] == "up_blocks.1.attentions.2"
+    bad_hook = make_sae_folder(tmp_path, "up_blocks.3.attentions.0", d_in=64, expansion=1, k=4)
+    cli.fails("sae", "import", bad_hook, "--base-model", "toy", actor="erin", match="is not a block of this UNet",
+              code=2)
+    narrow = make_sae_folder(tmp_path / "n", "up_blocks.1.attentions.1", d_in=32, expansion=1, k=4)
+    cli.fails("sae", "import", narrow, "--base-model", "toy", actor="erin", match="outputs 64 channels, the SAE reads 32")
+    assert len(cli.json("sae", "list")) == 1
+
+
+@pytest.mark.parametrize(("option", "value"), [("activation", "groupmax"), ("transcode", True),
+                                               ("skip_connection", True), ("input_unit_norm", True)])
+def test_sparsify_options_that_change_the_forward_pass_are_refused(cli: CLI, tmp_path: Path, option: str,
+                                                                   value: Any) -> None:
+    folder = make_sae_folder(tmp_path, "up_blocks.1.attentions.1", **{option: value})
+    err = cli.fails("sae", "import", folder, actor="erin", match="changes the forward pass", code=2)
+    assert f"{option}=" in err
+    ok = make_sae_folder(tmp_path / "ok", "up_blocks.1.attentions.1", multi_topk=True)
+    assert cli.json("sae", "import", ok, actor="erin")["k"] == 2  # multi_topk only changes training

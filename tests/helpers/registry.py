@@ -100,3 +100,15 @@ def drop_audit_triggers(engine: Engine) -> None:
             for name in _migration._PG_TRIGGERS:
                 table = "audit_head" if name.startswith("audit_head") else "audit_events"
                 conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name} ON {table}")
+
+
+def make_model_folder(root: Path, channels: int) -> Path:
+    """A base-model folder holding only `unet/config.json` (the toy UNet's blocks, `channels`
+    wide): enough for `sae import --base-model` to check hook points and widths."""
+    folder = root / f"model-{channels}"
+    (folder / "unet").mkdir(parents=True, exist_ok=True)
+    (folder / "unet" / "config.json").write_text(json.dumps({
+        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+        "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+        "block_out_channels": [channels] * 3, "layers_per_block": 2}))
+    return folder

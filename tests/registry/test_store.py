@@ -16,7 +16,7 @@ from registry.errors import (
 )
 from governance.formats.mapping import MappingSpec
 from registry.store import Store
-from tests.helpers.registry import make_sae_folder, mapping_spec
+from tests.helpers.registry import make_model_folder, make_sae_folder, mapping_spec
 
 SHA = "ab" * 32
 
@@ -26,18 +26,20 @@ def audit_size(store: Store) -> int:
         return conn.execute(text("SELECT seq FROM audit_head")).scalar_one()
 
 
-def setup_mapping(store: Store, tmp_path: Path, concept: str = "red", sae_name: str = "sae") -> int:
+def setup_mapping(store: Store, tmp_path: Path, concept: str = "red", sae_name: str = "sae",
+                  hook_point: str = "up_blocks.1.attentions.1") -> int:
     if concept not in {c.name for c in store.list_concepts()}:
         store.add_concept(concept, "colour", "erin", prompts=["a red square"])
     saes = [s for s in store.list_saes() if s.name == sae_name]
     sae = saes[0] if saes else store.import_sae_folder(make_sae_folder(tmp_path, sae_name), "erin",
-                                                        hook_point="up_blocks.1.attentions.1")
+                                                        hook_point=hook_point)
     spec = MappingSpec.model_validate(mapping_spec(concept))
     return store.create_mapping(sae.id, concept, spec, "erin").id
 
 
-def approved_mapping(store: Store, tmp_path: Path, concept: str = "red", sae_name: str = "sae") -> int:
-    mid = setup_mapping(store, tmp_path, concept, sae_name)
+def approved_mapping(store: Store, tmp_path: Path, concept: str = "red", sae_name: str = "sae",
+                     hook_point: str = "up_blocks.1.attentions.1") -> int:
+    mid = setup_mapping(store, tmp_path, concept, sae_name, hook_point)
     store.propose(mid, "erin", "scored on 40 prompts")
     store.approve(mid, "rob", "checked the image grid")
     return mid
@@ -63,7 +65,7 @@ def test_first_actor_is_admin_then_only_admins_add(db_url: str) -> None:
 
 
 def test_sae_registration_and_lineage(store: Store, tmp_path: Path) -> None:
-    store.register_base_model("toy-sd", "embedded", SHA, "erin")
+    store.register_base_model("toy-sd", str(make_model_folder(tmp_path, 8)), SHA, "erin")
     folder = make_sae_folder(tmp_path, "up_blocks.1.attentions.1", d_in=8, expansion=2, k=4)
     a = store.import_sae_folder(folder, "erin", base_model="toy-sd", activation_dataset_hash=SHA,
                                 mlflow_run_id="r1")
@@ -158,11 +160,12 @@ def test_blocklist_publish_rules_and_revocation(store: Store, tmp_path: Path) ->
     store.edit_blocklist("colours", "erin", remove=[m2])
     v2 = store.publish_blocklist("colours", "erin")
     assert v2.version == 2 and len(v2.entries) == 1
-    # a mapping of another SAE cannot join
+    # a mapping of another SAE at the same hook point cannot join (one SAE per hook point)
     m3 = approved_mapping(store, tmp_path, "blue", sae_name="other")
     store.edit_blocklist("colours", "erin", add=[m3])
-    with pytest.raises(ValidationFailed, match="mixes SAE"):
+    with pytest.raises(ValidationFailed, match=r"two SAE versions at hook point up_blocks.1.attentions.1: sae@1 and other@1"):
         store.publish_blocklist("colours", "erin")
+    store.edit_blocklist("colours", "erin", remove=[m3])
     with pytest.raises(AlreadyExists):
         store.create_blocklist("colours", [m1], "erin")
     # revoking m2 revokes version 1 only; m1 revokes both
@@ -227,3 +230,23 @@ def test_every_write_is_audited_and_chain_verifies(store: Store, tmp_path: Path)
     assert rep.size == len(actions)
     assert [e.actor for e in store.audit_events(action="mapping.approve")] == ["rob"]
     assert len(store.audit_events(actor="erin")) == 4
+
+
+def test_blocklist_holds_one_sae_per_hook_point(store: Store, tmp_path: Path) -> None:
+    """Mappings of SAEs at two hook points publish together; one concept may be blocked at both;
+    the content digest covers every (hook point, SAE weights)."""
+    red_a = approved_mapping(store, tmp_path, "red", sae_name="sae-a", hook_point="up_blocks.1.attentions.2")
+    dotted = approved_mapping(store, tmp_path, "dotted", sae_name="sae-b", hook_point="up_blocks.1.attentions.1")
+    red_b = approved_mapping(store, tmp_path, "red", sae_name="sae-b")
+    store.create_blocklist("mixed", [red_a, dotted, red_b], "erin")
+    v = store.publish_blocklist("mixed", "erin")
+    assert [(x.hook_point, x.sae_ref) for x in v.saes] == [
+        ("up_blocks.1.attentions.1", "sae-b@1"), ("up_blocks.1.attentions.2", "sae-a@1")]
+    assert {(e.concept, e.hook_point) for e in v.entries} == {
+        ("red", "up_blocks.1.attentions.2"), ("dotted", "up_blocks.1.attentions.1"), ("red", "up_blocks.1.attentions.1")}
+    assert store.get_blocklist("mixed", 1) == v
+    event = store.audit_events(subject="blocklist:mixed@1")[-1]
+    assert [x["hook_point"] for x in event.payload["saes"]] == ["up_blocks.1.attentions.1", "up_blocks.1.attentions.2"]
+    # the same mappings at the other SAE only differ in the digest
+    store.create_blocklist("single", [red_b, dotted], "erin")
+    assert store.publish_blocklist("single", "erin").content_sha256 != v.content_sha256

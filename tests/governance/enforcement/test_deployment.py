@@ -14,7 +14,7 @@ from cli.main import saegov
 from registry.db import make_engine, upgrade
 from governance.formats.mapping import MappingSpec
 from registry.store import Store
-from tests.helpers.enforcement import frequent_features, load_pipe, random_sae, spec_for
+from tests.helpers.enforcement import HOOK, frequent_features, load_pipe, random_sae, spec_for
 
 torch.set_num_threads(1)
 
@@ -71,7 +71,7 @@ def test_build_verify_load_and_trace(world) -> None:
     from governance.enforcement import EnforcedStableDiffusionPipeline, verify_deployment
 
     out = _build(world)
-    assert (out / "model_index.json").is_file() and (out / "saegov" / "sae" / "sae.safetensors").is_file()
+    assert (out / "model_index.json").is_file() and (out / "saegov" / "saes" / HOOK / "sae.safetensors").is_file()
     v = verify_deployment(out, store=world["store"])
     assert v.registry_checked and v.deployment_id == 1
     pipe = EnforcedStableDiffusionPipeline.from_pretrained(out, store=world["store"])

@@ -28,7 +28,7 @@ def test_hook_on_but_nothing_firing_changes_nothing(toy_pipe) -> None:
     sae = random_sae()
     plain = _gen(toy_pipe)
     enf = apply_blocklist(toy_pipe, EnforcedBlocklist(spec_for([0, 1, 2], gate=1e9), sae))
-    assert f"{HOOK_PREFIX}.block" in hook_names(toy_pipe.unet.get_submodule(HOOK))
+    assert f"{HOOK_PREFIX}.block:{HOOK}" in hook_names(toy_pipe.unet.get_submodule(HOOK))
     assert np.array_equal(plain, _gen(toy_pipe))
     assert len(enf.calls) == 10 and all(not c.fired for c in enf.calls)
 

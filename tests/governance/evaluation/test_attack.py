@@ -71,7 +71,7 @@ def _grad_flags(pipe: Any) -> list[bool]:
 
 
 def _attached(pipe: Any) -> bool:
-    return f"{HOOK_PREFIX}.block" in hook_names(pipe.unet.get_submodule(HOOK))
+    return f"{HOOK_PREFIX}.block:{HOOK}" in hook_names(pipe.unet.get_submodule(HOOK))
 
 
 # -- paraphrases --------------------------------------------------------------------------------

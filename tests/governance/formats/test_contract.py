@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 from governance.common.errors import FormatError
-from governance.common.hashing import sha256_file
 from governance.formats import activations, blocklist, checkpoint, deployment, mapping, prompts, sae_config, sweep, trace
 
 OLD = Path(__file__).parent / "data" / "stop10"
@@ -42,22 +41,32 @@ def _mapping(tmp: Path) -> tuple[Any, Any]:
 
 
 def _blocklist(tmp: Path) -> tuple[Any, Any]:
-    spec = blocklist.read_blocklist(DEPLOYMENT / "saegov")
+    old = json.loads((DEPLOYMENT / "saegov" / "blocklist.json").read_text())
+    assert old["format"] == "saegov.blocklist/v1"
+    spec = blocklist.read_blocklist(DEPLOYMENT / "saegov")  # v1 reads as the v2 it means
+    assert spec.format == "saegov.blocklist/v2" and spec.saes == [blocklist.SaeRef(**old["sae"])]
+    assert {e.hook_point for e in spec.entries} == {old["sae"]["hook_point"]}
     blocklist.write_blocklist(tmp, spec)
-    manifest, _ = deployment.read_deployment_manifest(DEPLOYMENT)
-    # Re-written byte for byte: the signed manifest's hash of blocklist.json still matches.
-    assert sha256_file(tmp / "blocklist.json") == manifest.payload.files["saegov/blocklist.json"]
-    return spec, blocklist.read_blocklist(tmp / "blocklist.json")
+    again = blocklist.read_blocklist(tmp / "blocklist.json")
+    blocklist.write_blocklist(tmp / "again.json", again)
+    assert (tmp / "again.json").read_bytes() == (tmp / "blocklist.json").read_bytes()
+    return spec, again
 
 
 def _deployment_manifest(tmp: Path) -> tuple[Any, Any]:
     from governance.enforcement import signing
 
     m, raw = deployment.read_deployment_manifest(DEPLOYMENT)
-    assert signing.verify(m.signature.public_key, m.payload.signed_message(), m.signature.value)
+    # A v1 manifest: read as v2 (its one SAE in saegov/sae), its signature still over the v1 payload.
+    assert m.payload.format == "saegov.deployment/v1" and [s.path for s in m.payload.saes] == ["saegov/sae"]
+    assert signing.verify(m.signature.public_key, m.signed_message(), m.signature.value)
+    assert not signing.verify(m.signature.public_key, m.payload.signed_message(), m.signature.value)
+    fresh = deployment.DeploymentManifest(payload=m.payload, signature=m.signature)
     (tmp / "saegov").mkdir()
-    assert deployment.write_deployment_manifest(tmp, m) == raw
-    return m, deployment.read_deployment_manifest(tmp)[0]
+    deployment.write_deployment_manifest(tmp, fresh)
+    back, raw_back = deployment.read_deployment_manifest(tmp)
+    assert deployment.write_deployment_manifest(tmp, back) == raw_back
+    return fresh.model_dump(), back.model_dump()
 
 
 def _trace(tmp: Path) -> tuple[Any, Any]:
@@ -65,7 +74,8 @@ def _trace(tmp: Path) -> tuple[Any, Any]:
 
     t = trace.read_trace(OLD / "trace.json")
     assert trace.read_trace(OLD / "trace.png") == t  # the PNG chunk carries the same trace
-    assert t.suppressed_calls() > 0
+    assert t.format == "saegov.trace/v1" and t.suppressed_calls() > 0
+    assert {s.hook_point for c in t.unet_calls for s in c.suppressed} == {None}
     trace.write_trace_json(tmp / "t.json", t)
     assert (tmp / "t.json").read_bytes() == (OLD / "trace.json").read_bytes()
     with Image.open(OLD / "trace.png") as img:
@@ -114,8 +124,34 @@ def test_every_format_module_is_under_contract() -> None:
 
     import governance.formats as pkg
 
-    modules = {m.name for m in pkgutil.iter_modules(pkg.__path__)} - {"validation"}
+    # validation: the shared reader; unet_config: a read-only view of diffusers' own file (below).
+    modules = {m.name for m in pkgutil.iter_modules(pkg.__path__)} - {"validation", "unet_config"}
     assert modules == set(FORMATS)
+
+
+def test_unet_config_lists_exactly_the_unets_hook_points() -> None:
+    """Torch-free hook points from unet/config.json equal the modules of the real UNet (the toy
+    world's and SD 1.5's), with the channels each block outputs."""
+    from diffusers import UNet2DConditionModel
+
+    from governance.basemodel.hooks import hook_point_candidates
+    from governance.basemodel.sd15 import SD15_UNET_CONFIG
+    from governance.formats.unet_config import read_unet_config, strip_unet_prefix, unet_config_dict
+    from governance.toyworld.paths import WEIGHTS_DIR
+
+    toy = read_unet_config(WEIGHTS_DIR)
+    assert sorted(toy.hook_points()) == sorted(hook_point_candidates(
+        UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(str(WEIGHTS_DIR), subfolder="unet"))))
+    sd15 = unet_config_dict({k: list(v) if isinstance(v, tuple) else v for k, v in SD15_UNET_CONFIG.items()})
+    points = sd15.hook_points()
+    import torch
+
+    with torch.device("meta"):  # the SD 1.5 architecture without allocating its weights
+        unet = UNet2DConditionModel(**SD15_UNET_CONFIG)
+    assert sorted(points) == sorted(hook_point_candidates(unet))
+    assert points["up_blocks.1.attentions.1"] == 1280 and points["mid_block.attentions.0"] == 1280
+    assert points["down_blocks.0.attentions.0"] == 320 and strip_unet_prefix("unet.mid_block.attentions.0") == \
+        "mid_block.attentions.0"
 
 
 # A malformed file of each format: (writer of the bad file, reader) -> one FormatError line.
@@ -151,6 +187,8 @@ def test_old_deployment_loads_its_sae(tmp_path: Path) -> None:
     m, _ = deployment.read_deployment_manifest(DEPLOYMENT)
     folder = tmp_path / "saegov"
     shutil.copytree(DEPLOYMENT / "saegov", folder)
-    bl = EnforcedBlocklist.load(folder, expected_sae_sha256=m.payload.files["saegov/sae/sae.safetensors"])
+    bl = EnforcedBlocklist.load(tmp_path, {s.hook_point: (s.path, m.payload.files[f"{s.path}/sae.safetensors"])
+                                           for s in m.payload.saes})
     assert bl.sae.n_latents == json.loads((folder / "sae" / "cfg.json").read_text())["d_in"] * 1
+    assert EnforcedBlocklist.load(tmp_path).sae.n_latents == bl.sae.n_latents  # v1 layout found by itself
     assert [e.concept for e in bl.spec.entries] == ["red"]
