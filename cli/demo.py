@@ -17,12 +17,16 @@ from governance.common.errors import UsageError
 from governance.common.workspace import ENV_ACTOR, ENV_DATABASE_URL, ENV_HOME, ENV_MLFLOW_URI
 
 MARKER = ".saegov-demo"
-# The demo's defaults: the hook point after which no text enters the toy UNet, the reference k,
-# and a small sweep grid (measurements and their limits: docs/evaluation.md).
-DEMO_HOOKPOINT = "up_blocks.1.attentions.2"
+# The demo's defaults: each kind at the block where the toy world keeps it (docs/evaluation.md,
+# "Where each kind lives"), the reference k, and a small sweep grid per kind.
+COLOUR_HOOKPOINT = "up_blocks.1.attentions.2"
+STYLE_HOOKPOINT = "up_blocks.1.attentions.1"
 DEMO_K = "32"
 DEMO_TOP_NS = "1,2,4"
 DEMO_MULTIPLIERS = "-1,-5,-10"
+# Styles need more features and stronger scales at their block (docs/evaluation.md, stop 9's grid).
+STYLE_TOP_NS = "4,8,16"
+STYLE_MULTIPLIERS = "-5,-10,-20"
 
 
 def register(root: click.Group) -> None:
@@ -54,11 +58,16 @@ def _fresh_workspace(path: Path) -> None:
               show_default=True, help="Fresh workspace (a previous demo workspace there is replaced).")
 @click.option("--colour", default="red", show_default=True, help="Colour concept to block.")
 @click.option("--style", default="dotted", show_default=True, help="Style concept to block.")
-@click.option("--hookpoint", default=DEMO_HOOKPOINT, show_default=True, help="UNet block the SAE reads.")
-@click.option("--top-ns", default=DEMO_TOP_NS, show_default=True, help="Sweep: features per timestep.")
-@click.option("--multipliers", default=DEMO_MULTIPLIERS, show_default=True, help="Sweep: gammas.")
-def demo(workspace: Path, colour: str, style: str, hookpoint: str, top_ns: str, multipliers: str) -> None:
-    """Collect, train an SAE, sweep two concepts, review, publish, deploy, generate, evaluate, verify."""
+@click.option("--colour-hookpoint", default=COLOUR_HOOKPOINT, show_default=True, help="UNet block of the colour SAE.")
+@click.option("--style-hookpoint", default=STYLE_HOOKPOINT, show_default=True, help="UNet block of the style SAE.")
+@click.option("--top-ns", default=DEMO_TOP_NS, show_default=True, help="Colour sweep: features per timestep.")
+@click.option("--multipliers", default=DEMO_MULTIPLIERS, show_default=True, help="Colour sweep: gammas.")
+@click.option("--style-top-ns", default=STYLE_TOP_NS, show_default=True, help="Style sweep: features per timestep.")
+@click.option("--style-multipliers", default=STYLE_MULTIPLIERS, show_default=True, help="Style sweep: gammas.")
+def demo(workspace: Path, colour: str, style: str, colour_hookpoint: str, style_hookpoint: str, top_ns: str,
+         multipliers: str, style_top_ns: str, style_multipliers: str) -> None:
+    """Collect and train an SAE at each concept's block, sweep both, review, publish one blocklist
+    holding both SAEs, deploy, generate, evaluate, verify."""
     from governance.formats.prompts import write_prompts
     from governance.toyworld.loading import ToyWorldMissing
     from governance.toyworld.quality import DEFAULT_GUIDANCE, DEFAULT_STEPS
@@ -96,18 +105,24 @@ def demo(workspace: Path, colour: str, style: str, hookpoint: str, top_ns: str, 
         for name in names:
             _run(["concept", "add", name, "--kind", kind, "--prompts", str(prompts_dir / f"{name}.txt"), "--actor", "erin"])
 
-    click.secho("2. Activations and SAE (tracked in MLflow)", bold=True, err=True)
-    acts = ws / "activations" / hookpoint.replace(".", "-")
-    _run(["activations", "collect", "--model", model, "--hookpoint", hookpoint,
-          "--prompts", str(prompts_dir / "all.txt"), "--steps", steps, "--guidance", guidance, "--seed", "0",
-          "--out", str(acts), "--batch-size", "32", "--prompts-per-shard", "64"])
-    _run(["sae", "train", "--activations", str(acts), "--expansion", "16", "--k", DEMO_K, "--name", "toy-sae",
-          "--actor", "erin"])
+    click.secho("2. Activations and an SAE per hook point (tracked in MLflow)", bold=True, err=True)
+    saes = {colour: ("toy-sae-colour", colour_hookpoint), style: ("toy-sae-style", style_hookpoint)}
+    if colour_hookpoint == style_hookpoint:  # one block: one SAE serves both
+        saes = {colour: ("toy-sae", colour_hookpoint), style: ("toy-sae", colour_hookpoint)}
+    for sae_name, hookpoint in dict.fromkeys(saes.values()):
+        acts = ws / "activations" / hookpoint.replace(".", "-")
+        _run(["activations", "collect", "--model", model, "--hookpoint", hookpoint,
+              "--prompts", str(prompts_dir / "all.txt"), "--steps", steps, "--guidance", guidance, "--seed", "0",
+              "--out", str(acts), "--batch-size", "32", "--prompts-per-shard", "64"])
+        _run(["sae", "train", "--activations", str(acts), "--expansion", "16", "--k", DEMO_K, "--name", sae_name,
+              "--actor", "erin"])
 
-    click.secho("3. Operating-point sweep, review, blocklist", bold=True, err=True)
+    click.secho("3. Operating-point sweep at each concept's block, review, blocklist", bold=True, err=True)
+    grids = {colour: (top_ns, multipliers), style: (style_top_ns, style_multipliers)}
     for concept in (colour, style):
-        _run(["concept", "sweep", concept, "--sae", "toy-sae", "--top-ns", top_ns, "--multipliers", multipliers,
-              "--steps", steps, "--guidance", guidance, "--model", model, "--batch-size", "32", "--actor", "erin"])
+        _run(["concept", "sweep", concept, "--sae", saes[concept][0], "--top-ns", grids[concept][0],
+              "--multipliers", grids[concept][1], "--steps", steps, "--guidance", guidance, "--model", model,
+              "--batch-size", "32", "--actor", "erin"])
     for mapping in ("1", "2"):
         _run(["review", "propose", mapping, "--justification", "demo: block on policy request", "--actor", "erin"])
         _run(["review", "approve", mapping, "--justification", "sweep table and heatmap checked", "--actor", "rob"])
@@ -119,7 +134,7 @@ def demo(workspace: Path, colour: str, style: str, hookpoint: str, top_ns: str, 
     _run(["deploy", "build", "--blocklist", "demo@1", "--model", model, "--out", str(dep), "--actor", "erin"])
     _run(["deploy", "verify", str(dep)])
     img = ws / "images" / f"{colour}-after.png"
-    _run(["generate", "--deployment", str(dep), f"a {colour} circle in plain style", "--seed", "0", "--out", str(img),
+    _run(["generate", "--deployment", str(dep), f"a {colour} circle in {style} style", "--seed", "0", "--out", str(img),
           "--trace", str(img.with_suffix(".json")), "--record", "--actor", "erin"])
     _run(["audit", "explain", str(img)])
 

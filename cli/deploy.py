@@ -45,11 +45,13 @@ def register(root: click.Group) -> None:
         v = verify_deployment(folder, check_registry=not offline)
         info = {"path": str(folder), "ok": True, "manifest_sha256": v.manifest_sha256,
                 "blocklist": v.manifest.payload.blocklist, "files": len(v.manifest.payload.files),
+                "saes": {s.hook_point: s.ref or s.weights_sha256 for s in v.manifest.payload.saes},
                 "registry_checked": v.registry_checked, "deployment_id": v.deployment_id, "notes": v.notes}
         if as_json:
             print_json(info)
             return
-        click.echo(f"ok: {info['files']} files verified, signature valid, blocklist {info['blocklist']}"
+        click.echo(f"ok: {info['files']} files verified, signature valid, blocklist {info['blocklist']}, "
+                   f"SAEs at {', '.join(info['saes'])}"
                    + (f", approvals current (deployment {v.deployment_id})" if v.registry_checked else ""))
         for note in v.notes:
             click.echo(f"note: {note}")

@@ -165,6 +165,7 @@ class Enforcer:
                                      [i for i, e in enumerate(entries) if e.hook_point == hook])
         self._entry_steps = [torch.tensor(sorted(e.timesteps), dtype=torch.int64) for e in entries]
         self.calls: list[CallRecord] = []
+        self._attached: set[str] = set()
         for site in self.sites.values():
             width = site.sae.n_latents
             for i in site.entries:
@@ -194,22 +195,28 @@ class Enforcer:
 
     # -- hooks ----------------------------------------------------------------------------------
     def attach(self) -> Enforcer:
+        """Attach every site's hook (all or none: a name already taken by another hook is refused)."""
         self.reader.attach()
         try:
             for site in self.sites.values():
+                if site.hook_point in self._attached:
+                    continue
                 add_named_hook(site.block, site.hook_name, functools.partial(self._hook, site=site))
+                self._attached.add(site.hook_point)
         except BaseException:
             self.remove()
             raise
         return self
 
     def remove(self) -> None:
-        for site in self.sites.values():
-            remove_hooks(site.block, site.hook_name)
+        """Remove the hooks this enforcer attached (never another's of the same name)."""
+        for hook in sorted(self._attached):
+            remove_hooks(self.sites[hook].block, self.sites[hook].hook_name)
+        self._attached.clear()
         self.reader.remove()
 
     def attached(self) -> bool:
-        return any(site.hook_name in hook_names(site.block) for site in self.sites.values())
+        return bool(self._attached)
 
     def reset_trace(self) -> None:
         self.calls = []

@@ -114,7 +114,7 @@ def mapping_heatmaps(store: Any, mapping_ids: list[int]) -> list[tuple[str, byte
                 continue
             if not ev.get("sha256") or sha256_bytes(data) != ev["sha256"]:
                 continue  # never show evidence that is not the recorded one
-            out.append((f"mapping {m.id}: {m.concept}", data))
+            out.append((f"mapping {m.id}: {m.concept} (SAE {m.sae_ref})", data))
     return out
 
 
@@ -232,7 +232,8 @@ def _track(result: DeploymentEval, payload: Any) -> str:
     from governance.tracking.runs import Tracker
 
     with Tracker("evaluation", payload.base_model_hash, run_name=f"eval {payload.blocklist}",
-                 tags={"saegov.blocklist": payload.blocklist, "saegov.deployment": result.deployment}) as tr:
+                 tags={"saegov.blocklist": payload.blocklist, "saegov.deployment": result.deployment,
+                       "saegov.saes": ",".join(f"{s.hook_point}={s.ref or s.id}" for s in payload.saes)}) as tr:
         tr.log_params({"deployment": result.deployment, "blocklist": payload.blocklist, "seeds": list(result.seeds),
                        "steps": result.steps, "guidance": result.guidance, "images": len(result.jobs),
                        "targets": ",".join(result.targets)})

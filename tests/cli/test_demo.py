@@ -44,3 +44,18 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     gens = subprocess.run([str(exe), "deploy", "verify", str(ws / "deployments" / "demo")], capture_output=True,
                           text=True, env=env, timeout=300)
     assert gens.returncode == 0, gens.stderr
+    # One blocklist, two SAEs at the two concepts' blocks; the trace and explain name both.
+    import json
+
+    hooks = ["up_blocks.1.attentions.1", "up_blocks.1.attentions.2"]
+    manifest = json.loads((ws / "deployments" / "demo" / "saegov" / "manifest.json").read_text())
+    assert sorted(s["hook_point"] for s in manifest["payload"]["saes"]) == hooks
+    trace = json.loads((ws / "images" / "red-after.json").read_text())
+    fired = {(s["hook_point"], s["concept"]) for c in trace["unet_calls"] for s in c["suppressed"]}
+    assert fired == {("up_blocks.1.attentions.2", "red"), ("up_blocks.1.attentions.1", "dotted")}, fired
+    explain = subprocess.run([str(exe), "audit", "explain", str(ws / "images" / "red-after.png"), "--json"],
+                             capture_output=True, text=True, env=env, timeout=300)
+    assert explain.returncode == 0, explain.stderr
+    rep = json.loads(explain.stdout)
+    assert {(c["concept"], tuple(c["hook_points"])) for c in rep["suppressed"]} == {
+        ("red", ("up_blocks.1.attentions.2",)), ("dotted", ("up_blocks.1.attentions.1",))}

@@ -51,6 +51,25 @@ def spec_for(features: list[int], steps: int = 10, scale: float = -1.0, gate: fl
     )
 
 
+def frequent_features_at(pipe, sae: TopKSAE, hook: str, prompt: str = "a red circle", n: int = 3,
+                         steps: int = 4) -> list[int]:
+    """The features most often in the per-token TopK at hook point `hook`."""
+    from governance.basemodel.hooks import block_output_map, to_tokens
+
+    counts = torch.zeros(sae.n_latents)
+
+    def hook_fn(module, args, out) -> None:
+        _, idx = sae.encode(to_tokens(block_output_map(out)))
+        counts.add_(torch.bincount(idx.flatten(), minlength=sae.n_latents).float())
+
+    h = pipe.unet.get_submodule(hook).register_forward_hook(hook_fn)
+    try:
+        pipe(prompt, num_inference_steps=steps, generator=torch.Generator().manual_seed(0))
+    finally:
+        h.remove()
+    return counts.topk(n).indices.tolist()
+
+
 def frequent_features(pipe, sae: TopKSAE, prompt: str = "a red circle", n: int = 3, steps: int = 4) -> list[int]:
     """The features most often in the per-token TopK at the hook point."""
     from governance.basemodel.hooks import block_output_map, to_tokens

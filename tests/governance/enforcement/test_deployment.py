@@ -280,3 +280,83 @@ def test_build_with_an_unreachable_mlflow_server_is_one_line(world, monkeypatch:
     assert len(r.stderr.strip().splitlines()) == 1
     assert not out.exists() and world["store"].list_deployments() == []
     assert [p.name for p in world["tmp"].iterdir() if p.name.startswith(".nomlflow")] == []
+
+
+def test_two_saes_at_two_hook_points_build_verify_generate_explain(world) -> None:
+    """A blocklist with mappings of SAEs at two hook points: the deployment holds both SAE
+    folders (hashed in the signed manifest), verify checks both, the trace and explain name both."""
+    from governance.enforcement import DeploymentError, EnforcedStableDiffusionPipeline, build_deployment, verify_deployment
+    from tests.helpers.enforcement import frequent_features_at
+
+    store, tmp = world["store"], world["tmp"]
+    hook_b = "up_blocks.1.attentions.2"
+    sae_b = random_sae(seed=3)
+    feats_b = frequent_features_at(load_pipe(world["model"]), sae_b, hook_b)
+    sha_b = sae_b.save(tmp / "sae-b")
+    rec_b = store.register_sae_version(name="toy-sae-b", hook_point=hook_b, d_in=64, n_latents=sae_b.n_latents,
+                                       k=sae_b.k, architecture="topk", config=sae_b.cfg.model_dump(),
+                                       weights_uri=(tmp / "sae-b").as_uri(), weights_sha256=sha_b, actor="erin",
+                                       base_model="toy")
+    store.add_concept("dotted", "style", "erin", prompts=["a red circle in dotted style"])
+    ts = spec_for(feats_b, steps=10, scale=-5.0).entries[0].timesteps
+    spec = MappingSpec(concept="dotted", selection={"rule": "top_n", "top_n": 3}, gamma=-5.0,
+                       scheduler="DDIMScheduler", num_steps=10, timesteps=ts)
+    m = store.create_mapping(rec_b.id, "dotted", spec, "erin")
+    store.propose(m.id, "erin", "dotted must go")
+    store.approve(m.id, "rob", "checked")
+    store.create_blocklist("two", [world["mapping"], m.id], "erin")
+    bl = store.publish_blocklist("two", "erin")
+    assert bl.hook_points == [HOOK, hook_b]
+    out = tmp / "two-dep"
+    build_deployment(store, "two", 1, str(world["model"]), out, "erin")
+    for hook in (HOOK, hook_b):
+        assert (out / "saegov" / "saes" / hook / "sae.safetensors").is_file()
+    v = verify_deployment(out, store=store)
+    assert v.registry_checked and [s.hook_point for s in v.manifest.payload.saes] == [HOOK, hook_b]
+    assert v.manifest.payload.format == "saegov.deployment/v2" and v.blocklist.format == "saegov.blocklist/v2"
+    pipe = EnforcedStableDiffusionPipeline.from_pretrained(out, store=store)
+    trace = pipe(["a red circle in dotted style"], generator=torch.Generator().manual_seed(0), seeds=[0]).traces[0]
+    assert trace["format"] == "saegov.trace/v2"
+    fired = {(s["hook_point"], s["concept"]) for c in trace["unet_calls"] for s in c["suppressed"]}
+    assert fired == {(HOOK, "red"), (hook_b, "dotted")}
+    from governance.enforcement.explain import explain
+    from governance.formats.trace import parse_trace
+
+    report = explain(parse_trace(trace, "t"), store)
+    assert {(c["concept"], tuple(c["hook_points"])) for c in report["suppressed"]} == {
+        ("red", (HOOK,)), ("dotted", (hook_b,))}
+    assert all(f["hook_point"] in (HOOK, hook_b) for c in report["suppressed"] for f in c["features"])
+    # one SAE file swapped for another's: refused, naming the file
+    shutil.copy(out / "saegov" / "saes" / HOOK / "sae.safetensors", out / "saegov" / "saes" / hook_b / "sae.safetensors")
+    with pytest.raises(DeploymentError, match=f"saegov/saes/{hook_b}/sae.safetensors was modified"):
+        verify_deployment(out, store=store)
+
+
+def test_a_deployment_built_by_the_old_code_verifies_loads_and_enforces_unchanged(tmp_path: Path) -> None:
+    """tests/governance/formats/data/stop10/deployment was built by the code before deployment
+    format v2 (one SAE in saegov/sae/); its weights are the seeded untrained toy pipeline's,
+    regenerated here. It verifies (hashes, signature over the v1 payload), loads, and suppresses
+    exactly what the old code recorded for the same prompt and seed."""
+    from governance.enforcement import EnforcedStableDiffusionPipeline, verify_deployment
+    from governance.toyworld.model import build_untrained_pipeline
+
+    old = Path(__file__).parents[1] / "formats" / "data" / "stop10"
+    dep = tmp_path / "old-dep"
+    shutil.copytree(old / "deployment", dep)
+    weights = tmp_path / "weights"
+    build_untrained_pipeline(seed=0).save_pretrained(str(weights), safe_serialization=True)
+    for f in weights.rglob("*.safetensors"):
+        shutil.copy(f, dep / f.relative_to(weights))
+    v = verify_deployment(dep, check_registry=False)
+    assert v.manifest.payload.format == "saegov.deployment/v1" and [s.path for s in v.manifest.payload.saes] == [
+        "saegov/sae"]
+    pipe = EnforcedStableDiffusionPipeline.from_pretrained(dep, check_registry=False)
+    new = pipe("a red circle", generator=torch.Generator().manual_seed(0), seeds=[0]).traces[0]
+    then = json.loads((old / "trace.json").read_text())
+
+    def suppressions(t: dict) -> list:
+        return [[(s["feature"], s["concept"], s["mapping_id"], s["halves"]) for s in c["suppressed"]]
+                for c in t["unet_calls"]]
+
+    assert suppressions(new) == suppressions(then) and sum(map(len, suppressions(new))) > 0
+    assert {s["hook_point"] for c in new["unet_calls"] for s in c["suppressed"]} == {"up_blocks.1.attentions.1"}
