@@ -72,17 +72,4 @@ def frequent_features_at(pipe, sae: TopKSAE, hook: str, prompt: str = "a red cir
 
 def frequent_features(pipe, sae: TopKSAE, prompt: str = "a red circle", n: int = 3, steps: int = 4) -> list[int]:
     """The features most often in the per-token TopK at the hook point."""
-    from governance.basemodel.hooks import block_output_map, to_tokens
-
-    counts = torch.zeros(sae.n_latents)
-
-    def hook(module, args, out) -> None:
-        _, idx = sae.encode(to_tokens(block_output_map(out)))
-        counts.add_(torch.bincount(idx.flatten(), minlength=sae.n_latents).float())
-
-    h = pipe.unet.get_submodule(HOOK).register_forward_hook(hook)
-    try:
-        pipe(prompt, num_inference_steps=steps, generator=torch.Generator().manual_seed(0))
-    finally:
-        h.remove()
-    return counts.topk(n).indices.tolist()
+    return frequent_features_at(pipe, sae, HOOK, prompt=prompt, n=n, steps=steps)

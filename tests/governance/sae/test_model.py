@@ -148,6 +148,14 @@ def test_imports_reference_checkpoint_folder(tmp_path: Path) -> None:
     assert torch.allclose(sae.b_dec, torch.ones(d))
 
 
-def test_unsupported_options_refused() -> None:
-    with pytest.raises(SaeLoadError, match="input_unit_norm"):
-        TopKSAE(SaeConfig(d_in=8, expansion_factor=2, k=2, input_unit_norm=True))
+def test_unsupported_options_refused(tmp_path: Path) -> None:
+    # Refused by the one cfg.json model, so already at import and at load, never computed wrongly.
+    with pytest.raises(ValueError, match="input_unit_norm"):
+        SaeConfig(d_in=8, expansion_factor=2, k=2, input_unit_norm=True)
+    TopKSAE(SaeConfig(d_in=8, expansion_factor=2, k=2)).save(tmp_path)
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    (tmp_path / "cfg.json").write_text(json.dumps({**cfg, "activation": "groupmax"}))
+    with pytest.raises(SaeLoadError, match="activation=groupmax"):
+        TopKSAE.load(tmp_path)
+    (tmp_path / "cfg.json").write_text(json.dumps({**cfg, "multi_topk": True}))  # training-only: accepted
+    assert TopKSAE.load(tmp_path).cfg.multi_topk
