@@ -53,24 +53,25 @@ def main() -> None:
           f"enforced {t_enf:.3f} s, ratio enforced/plain = {t_enf / t_plain:.3f}")
 
     enf = enforcer_of(enforced)
+    site = next(iter(enf.sites.values()))  # the hook's cost is per site: time the first hook point's
     captured = {}
     def grab(module, inputs, output) -> None:
         captured.setdefault("x", block_output_map(output).clone())
 
-    h = enf.block.register_forward_hook(grab)
+    h = site.block.register_forward_hook(grab)
     try:
         enforced(prompts, num_inference_steps=2, guidance_scale=d.guidance_scale)
     finally:
         h.remove()
     x = captured["x"]
-    t = int(next(iter(enf._tables))) if enf._tables else 981
+    t = int(next(iter(site.tables))) if site.tables else 981
     enf.reader.current = torch.full((x.shape[0],), t)
     tokens = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
-    w = enf.sae.encoder.weight
+    w = site.sae.encoder.weight
     n = 200
-    t_hook = best_of(lambda: [enf._hook(None, (), (x,)) for _ in range(n)], args.repeats) / n
+    t_hook = best_of(lambda: [enf._hook(None, (), (x,), site=site) for _ in range(n)], args.repeats) / n
     t_mm = best_of(lambda: [tokens @ w.T for _ in range(n)], args.repeats) / n
-    print(f"hook on {tokens.shape[0]} tokens x {w.shape[1]} -> {w.shape[0]} latents: {t_hook * 1e6:.1f} us, "
+    print(f"hook at {site.hook_point} on {tokens.shape[0]} tokens x {w.shape[1]} -> {w.shape[0]} latents: {t_hook * 1e6:.1f} us, "
           f"dense encoder matmul {t_mm * 1e6:.1f} us, ratio hook/matmul = {t_hook / t_mm:.2f}")
 
 

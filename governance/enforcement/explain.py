@@ -98,12 +98,13 @@ def render_text(report: dict[str, Any]) -> str:
         lines.append(f"Nothing was suppressed in this generation ({report['unet_calls']} UNet calls).")
     for c in report["suppressed"]:
         a = c["approval"]
-        feats = "; ".join(
-            f"{f['feature']}{' of ' + f['hook_point'] if f['hook_point'] else ''} (at {len(f['timesteps'])} calls, "
-            f"timesteps {min(f['timesteps'])}-{max(f['timesteps'])})" for f in c["features"])
-        where = ", ".join(h for h in c["hook_points"] if h)
+        by_hook: dict[str | None, list[str]] = {}
+        for f in c["features"]:
+            by_hook.setdefault(f["hook_point"], []).append(
+                f"{f['feature']} (at {len(f['timesteps'])} calls, timesteps {min(f['timesteps'])}-{max(f['timesteps'])})")
+        feats = "; ".join((f"at {h}: " if h else "") + ", ".join(fs) for h, fs in by_hook.items())
         lines.append(f"Concept '{c['concept']}' was suppressed in {c['unet_calls']} of {report['unet_calls']} UNet calls "
-                     + (f"at {where} " if where else "") + f"by features {feats}.")
+                     f"by features {feats}.")
         lines.append(f"  Mapping {c['mapping_id']} was approved by {a.get('by', '?')} on {a.get('at', '?')} "
                      f"(review {a.get('review_id', c['approval_review_id'])}): \"{a.get('justification') or ''}\"."
                      + (f" Its state now: {c['mapping_state_now']}." if c.get("mapping_state_now") else ""))
