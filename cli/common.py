@@ -57,9 +57,9 @@ def error_line(exc: BaseException) -> tuple[str, int] | None:
     ml_exc = sys.modules.get("mlflow.exceptions")
     if ml_exc is not None and isinstance(exc, ml_exc.MlflowException):
         return f"MLflow: {first_line(exc)}", EXIT_REFUSED
-    if isinstance(exc, OSError) and exc.strerror:
+    if isinstance(exc, OSError):
         where = f"{exc.filename}: " if exc.filename else ""
-        return f"{where}{exc.strerror}", EXIT_REFUSED
+        return f"{where}{exc.strerror or first_line(exc)}", EXIT_REFUSED
     return None
 
 

@@ -33,7 +33,6 @@ from registry.artifacts import inspect_sae_folder
 from registry.db import check_schema, make_engine
 from registry.errors import (
     AlreadyExists,
-    RegistryError,
     DatabaseUnreachable,
     NotFound,
     PermissionDenied,
@@ -112,18 +111,16 @@ class Store:
     @classmethod
     def open_if_present(cls) -> Store | None:
         """The workspace's registry when one is configured (SAEGOV_DATABASE_URL, or a
-        registry.db in SAEGOV_HOME) and opens; None otherwise ("not checked" is then stated
-        by the caller)."""
+        registry.db in SAEGOV_HOME); None when none is ("not checked" is then stated by the
+        caller). A configured registry that cannot be used (unreachable, stale schema) raises:
+        checks that depend on it fail closed rather than being skipped."""
         import os
 
         from governance.common.workspace import ENV_DATABASE_URL, workspace_home
 
         if not os.environ.get(ENV_DATABASE_URL) and not (workspace_home() / "registry.db").is_file():
             return None
-        try:
-            return cls.open()
-        except RegistryError:
-            return None
+        return cls.open()
 
     def close(self) -> None:
         self.engine.dispose()
@@ -625,7 +622,10 @@ class Store:
             digest = sha256_text(canonical_json(
                 {"saes": [{"hook_point": x["hook_point"], "weights_sha256": x["weights_sha256"]} for x in saes],
                  "entries": content}))
-            if row.versions and row.versions[-1].content_sha256 == digest:
+            # A version published before revision 0002 hashed {sae_weights_sha256, entries}.
+            legacy = (sha256_text(canonical_json({"sae_weights_sha256": saes[0]["weights_sha256"], "entries": content}))
+                      if len(saes) == 1 else None)
+            if row.versions and row.versions[-1].content_sha256 in (digest, legacy):
                 raise ValidationFailed(
                     f"blocklist {name!r}: nothing changed since version {row.versions[-1].version}")
             version = (row.versions[-1].version if row.versions else 0) + 1

@@ -45,8 +45,9 @@ def _handles(module: nn.Module) -> dict[str, Any]:
 
 def add_named_hook(
     module: nn.Module, name: str, fn: Callable[..., Any], *, pre: bool = False, with_kwargs: bool = False
-) -> None:
-    """Attach `fn` as a forward (or pre-forward) hook under `name`; refused if the name is taken."""
+) -> Any:
+    """Attach `fn` as a forward (or pre-forward) hook under `name`; refused if the name is taken.
+    Returns the handle: `remove_named_hook` with it removes this hook and never a later one."""
     if name in _handles(module):
         raise HookNameTaken(f"a hook named {name!r} is already registered on {type(module).__name__}; remove it first")
     if pre:
@@ -54,6 +55,28 @@ def add_named_hook(
     else:
         handle = module.register_forward_hook(fn, with_kwargs=with_kwargs)
     _handles(module)[name] = handle
+    return handle
+
+
+def has_named_hook(module: nn.Module, name: str, handle: Any) -> bool:
+    """Whether `handle` is the hook registered under `name` (still attached)."""
+    return _handles(module).get(name) is handle
+
+
+def remove_named_hook(module: nn.Module, name: str, handle: Any) -> None:
+    """Remove the hook `handle` (its name is freed only if it still holds it)."""
+    if _handles(module).get(name) is handle:
+        _handles(module).pop(name)
+    handle.remove()
+
+
+def block_channels(module: nn.Module) -> int | None:
+    """The channels a hookable block outputs (Transformer2DModel, ResnetBlock2D), when it says."""
+    for attr in ("out_channels", "in_channels"):
+        value = getattr(module, attr, None)
+        if isinstance(value, int):
+            return value
+    return None
 
 
 def remove_hooks(module: nn.Module, name: str | None = None, *, prefix: str | None = None) -> int:
@@ -141,7 +164,7 @@ class TimestepReader:
         self.name = name
         self.current: torch.Tensor | None = None
         self.calls = 0
-        self._attached = False
+        self._handle: Any = None
 
     def _hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         sample = kwargs["sample"] if "sample" in kwargs else args[0]
@@ -151,16 +174,16 @@ class TimestepReader:
 
     def attach(self) -> TimestepReader:
         """Idempotent for this reader; another hook under the same name is refused."""
-        if self._attached and self.name in hook_names(self.unet):
+        if self._handle is not None and has_named_hook(self.unet, self.name, self._handle):
             return self
-        add_named_hook(self.unet, self.name, self._hook, pre=True, with_kwargs=True)
-        self._attached = True
+        self._handle = add_named_hook(self.unet, self.name, self._hook, pre=True, with_kwargs=True)
         return self
 
     def remove(self) -> None:
-        if self._attached:
-            remove_hooks(self.unet, self.name)
-        self._attached = False
+        """Remove this reader's hook (never another hook of the same name)."""
+        if self._handle is not None:
+            remove_named_hook(self.unet, self.name, self._handle)
+        self._handle = None
         self.current = None
 
 

@@ -110,9 +110,12 @@ def build_deployment(store: Any, blocklist: str, version: int | None, model: str
         if rec.base_model_hash and rec.base_model_hash != base_hash:
             raise DeploymentError(f"model {model} (hash {base_hash[:12]}) is not the base model of SAE {rec.ref} "
                                   f"(hash {rec.base_model_hash[:12]})")
-        from governance.basemodel.hooks import resolve_hook_point
+        from governance.basemodel.hooks import block_channels, resolve_hook_point
 
-        resolve_hook_point(pipe.unet, hook)  # a hook point this model lacks is refused before writing
+        channels = block_channels(resolve_hook_point(pipe.unet, hook))  # refused before writing
+        if channels is not None and channels != saes[hook].d_in:
+            raise DeploymentError(f"SAE {rec.ref} reads {saes[hook].d_in} channels, {hook} of {model} "
+                                  f"outputs {channels}")
     try:
         pipe.scheduler = sched_cls.from_config(pipe.scheduler.config)
     except Exception as exc:  # noqa: BLE001 - a scheduler that rejects this model's config
@@ -222,7 +225,11 @@ def verify_deployment(path: str | Path, store: Any | None = None, check_registry
     path = Path(path)
     manifest, raw = read_manifest(path)
     p = manifest.payload
-    if not signing.verify(manifest.signature.public_key, manifest.signed_message(), manifest.signature.value):
+    try:
+        message = manifest.signed_message()
+    except FormatError as exc:
+        raise DeploymentError(str(exc)) from None
+    if not signing.verify(manifest.signature.public_key, message, manifest.signature.value):
         raise DeploymentError(f"{MANIFEST}: signature does not match its contents")
     if trusted_key is not None and manifest.signature.public_key != trusted_key:
         raise DeploymentError(f"{MANIFEST}: signed by key {manifest.signature.public_key[:16]}..., not the trusted key")

@@ -35,8 +35,8 @@ from typing import Any, Literal
 import torch
 
 from governance.basemodel.hooks import (
-    TimestepReader, add_named_hook, block_output_map, from_tokens, hook_names, remove_hooks, resolve_hook_point,
-    to_tokens,
+    TimestepReader, add_named_hook, block_channels, block_output_map, from_tokens, has_named_hook, remove_hooks,
+    remove_named_hook, resolve_hook_point, to_tokens,
 )
 from governance.common.errors import GovernanceError
 from governance.formats.blocklist import BlocklistSpec, read_blocklist
@@ -80,15 +80,16 @@ class EnforcedBlocklist:
         return next(iter(self.saes.values()))
 
     @classmethod
-    def load(cls, root: str | Path, saes: dict[str, tuple[str, str | None]] | None = None) -> EnforcedBlocklist:
+    def load(cls, root: str | Path, saes: dict[str, tuple[str, str | None]] | None = None,
+             spec: BlocklistSpec | None = None) -> EnforcedBlocklist:
         """From a deployment folder `root` (its `saegov/blocklist.json`); `saes`: hook point ->
         (SAE folder relative to `root`, expected sha256 of its weights), from the verified
         manifest. Without it, `saegov/saes/<hook point>` (or v1's `saegov/sae`) and the hashes
-        the blocklist records."""
+        the blocklist records. `spec`: the blocklist already read and verified (not read again)."""
         from governance.formats.deployment import SAE_DIR_V1, SAEGOV_DIR, sae_dir
 
         root = Path(root)
-        spec = read_blocklist(root / SAEGOV_DIR)
+        spec = spec or read_blocklist(root / SAEGOV_DIR)
         if saes is None:
             v1 = (root / SAE_DIR_V1).is_dir() and len(spec.saes) == 1
             saes = {r.hook_point: (SAE_DIR_V1 if v1 else sae_dir(r.hook_point), r.weights_sha256) for r in spec.saes}
@@ -165,8 +166,12 @@ class Enforcer:
                                      [i for i, e in enumerate(entries) if e.hook_point == hook])
         self._entry_steps = [torch.tensor(sorted(e.timesteps), dtype=torch.int64) for e in entries]
         self.calls: list[CallRecord] = []
-        self._attached: set[str] = set()
+        self._handles: dict[str, Any] = {}
         for site in self.sites.values():
+            channels = block_channels(site.block)
+            if channels is not None and channels != site.sae.d_in:
+                raise EnforcementError(f"the SAE at {site.hook_point} reads {site.sae.d_in} channels, the block "
+                                       f"outputs {channels}")
             width = site.sae.n_latents
             for i in site.entries:
                 for fes in entries[i].timesteps.values():
@@ -195,14 +200,16 @@ class Enforcer:
 
     # -- hooks ----------------------------------------------------------------------------------
     def attach(self) -> Enforcer:
-        """Attach every site's hook (all or none: a name already taken by another hook is refused)."""
+        """Attach every site's hook (all or none: a name already taken by another hook is refused).
+        Idempotent; re-attaches what was removed from under it (e.g. by `remove_blocklist`)."""
         self.reader.attach()
         try:
             for site in self.sites.values():
-                if site.hook_point in self._attached:
+                handle = self._handles.get(site.hook_point)
+                if handle is not None and has_named_hook(site.block, site.hook_name, handle):
                     continue
-                add_named_hook(site.block, site.hook_name, functools.partial(self._hook, site=site))
-                self._attached.add(site.hook_point)
+                self._handles[site.hook_point] = add_named_hook(
+                    site.block, site.hook_name, functools.partial(self._hook, site=site))
         except BaseException:
             self.remove()
             raise
@@ -210,13 +217,16 @@ class Enforcer:
 
     def remove(self) -> None:
         """Remove the hooks this enforcer attached (never another's of the same name)."""
-        for hook in sorted(self._attached):
-            remove_hooks(self.sites[hook].block, self.sites[hook].hook_name)
-        self._attached.clear()
+        for hook, handle in sorted(self._handles.items()):
+            remove_named_hook(self.sites[hook].block, self.sites[hook].hook_name, handle)
+        self._handles.clear()
         self.reader.remove()
 
     def attached(self) -> bool:
-        return bool(self._attached)
+        """Whether every site's hook of this enforcer is in place."""
+        return bool(self.sites) and all(
+            hook in self._handles and has_named_hook(site.block, site.hook_name, self._handles[hook])
+            for hook, site in self.sites.items())
 
     def reset_trace(self) -> None:
         self.calls = []
@@ -459,6 +469,8 @@ def apply_blocklist(pipe: Any, blocklist: EnforcedBlocklist, *, error_mode: Erro
 def remove_blocklist(pipe: Any) -> bool:
     """Remove saegov's hooks from `pipe`; returns whether any were attached."""
     enforcer = pipe.__dict__.pop(ATTR, None)
+    if enforcer is not None:
+        enforcer.remove()
     removed = remove_hooks(pipe.unet, prefix=HOOK_PREFIX)
     for module in pipe.unet.modules():
         removed += remove_hooks(module, prefix=HOOK_PREFIX) if module is not pipe.unet else 0

@@ -34,12 +34,13 @@ class EnforcedStableDiffusionPipeline(StableDiffusionPipeline):
         verified = verify_deployment(path, store=store, check_registry=check_registry, trusted_key=trusted_key)
         kwargs.setdefault("safety_checker", None)
         kwargs.setdefault("requires_safety_checker", False)
+        kwargs["use_safetensors"] = True  # never unpickle weights, whatever the folder holds
         pipe = super().from_pretrained(str(path), **kwargs)
         pipe.set_progress_bar_config(disable=True)
         pipe.saegov = verified
         p = verified.manifest.payload
         saes = {s.hook_point: (s.path, p.files[f"{s.path}/sae.safetensors"]) for s in p.saes}
-        blocklist = EnforcedBlocklist.load(path, saes)
+        blocklist = EnforcedBlocklist.load(path, saes, spec=verified.blocklist)
         apply_blocklist(pipe, blocklist, error_mode=verified.manifest.payload.error_mode)
         return pipe
 

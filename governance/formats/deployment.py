@@ -54,7 +54,7 @@ class ManifestPayload(BaseModel):
     files: dict[str, str]  # relative path -> sha256, every file of the folder but the manifest
     base_model_hash: str
     saes: list[DeployedSae] = Field(min_length=1)
-    blocklist: str  # name@version
+    blocklist: str = Field(pattern=r"^[^@]+@[0-9]+$")  # name@version
     blocklist_sha256: str
     mapping_ids: list[int]
     approval_review_ids: list[int]
@@ -104,9 +104,12 @@ class DeploymentManifest(BaseModel):
     def signed_message(self) -> bytes:
         """The bytes the signature must cover: the payload as it was written (a v1 manifest is
         read as v2, but was signed as v1), else as it is now."""
-        if self._written_payload is not None:
-            return canonical_json(self._written_payload).encode()
-        return self.payload.signed_message()
+        try:
+            if self._written_payload is not None:
+                return canonical_json(self._written_payload).encode()
+            return self.payload.signed_message()
+        except ValueError:  # NaN or infinity: no canonical JSON, so nothing a signature can cover
+            raise FormatError(f"{MANIFEST}: payload is not canonical JSON (NaN or infinity)") from None
 
 
 def read_deployment_manifest(folder: Path) -> tuple[DeploymentManifest, bytes]:

@@ -90,8 +90,11 @@ def parse_trace(data: Any, what: str) -> Trace:
 def read_trace_png(path: Path) -> Trace:
     from PIL import Image
 
-    with Image.open(path) as img:
-        text = img.text.get(TRACE_PNG_KEY) if hasattr(img, "text") else None
+    try:
+        with Image.open(path) as img:
+            text = img.text.get(TRACE_PNG_KEY) if hasattr(img, "text") else None
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for a damaged image
+        raise FormatError(f"{path}: not a readable PNG ({exc})") from None
     if not text:
         raise FormatError(f"{path}: image carries no saegov trace")
     try:

@@ -66,7 +66,8 @@ BAD_INPUTS: dict[str, list[tuple[list[str], int, dict[str, str]]]] = {
     "audit verify": [(["--checkpoint", "{tmp}/missing.json"], EXIT_USAGE, {})],
     "audit checkpoint": [(["--out", "{tmp}/no/such/dir/cp.json"], EXIT_REFUSED, {})],
     "audit log": [(["--limit", "abc"], EXIT_USAGE, {})],
-    "audit explain": [(["{tmp}/nothing.png"], EXIT_REFUSED, {}), (["{empty}"], EXIT_USAGE, {})],
+    "audit explain": [(["{tmp}/nothing.png"], EXIT_REFUSED, {}), (["{empty}"], EXIT_USAGE, {}),
+                      (["{badpng}"], EXIT_USAGE, {})],
     "eval": [(["--deployment", "{tmp}/nodep"], EXIT_REFUSED, {}), (["--deployment", "{tmp}", "--seeds", ","],
                                                                    EXIT_USAGE, {})],
     "demo": [(["--colour", "purple"], EXIT_USAGE, {})],
@@ -103,6 +104,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         assert res.exit_code == 0, (argv, res.output)
     (tmp / "empty.txt").write_text("\n# nothing\n")
     (tmp / "afile").write_text("x")
+    (tmp / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
     return {"tmp": tmp, "home": home, "env": env}  # type: ignore[dict-item]
 
 
@@ -119,7 +121,7 @@ def test_bad_input_is_one_line_with_its_exit_code(workspace: dict, path: str, ca
     argv, code, extra_env = BAD_INPUTS[path][case]
     tmp = workspace["tmp"]
     subst = {"{tmp}": str(tmp), "{file}": str(tmp / "afile"), "{empty}": str(tmp / "empty.txt"),
-             "{mapping}": str(tmp / "m.json")}
+             "{mapping}": str(tmp / "m.json"), "{badpng}": str(tmp / "bad.png")}
     args = path.split() + [next((v + a[len(k):] for k, v in subst.items() if a.startswith(k)), a) for a in argv]
     db = workspace["home"] / "registry.db"
     before = _dump(db)

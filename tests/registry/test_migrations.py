@@ -130,6 +130,11 @@ def test_upgrade_of_a_populated_database_keeps_its_blocklists_deployments_and_ch
     deployments = [d.to_json() for d in store.list_deployments()]
     for old, new in zip(expected["deployments"], deployments, strict=True):
         assert new.pop("sae_ids") == [old.pop("sae_id")] and new == old
+    # The draft equals version 2, whose digest has the pre-0002 form: still "nothing changed".
+    from registry.errors import ValidationFailed
+
+    with pytest.raises(ValidationFailed, match="nothing changed since version 2"):
+        store.publish_blocklist("colours", "erin")
     store.close()
     downgrade(engine, "0001")
     with engine.connect() as conn:

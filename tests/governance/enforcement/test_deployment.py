@@ -360,3 +360,40 @@ def test_a_deployment_built_by_the_old_code_verifies_loads_and_enforces_unchange
 
     assert suppressions(new) == suppressions(then) and sum(map(len, suppressions(new))) > 0
     assert {s["hook_point"] for c in new["unet_calls"] for s in c["suppressed"]} == {"up_blocks.1.attentions.1"}
+
+
+@pytest.mark.parametrize("tamper", ["nan", "no-version"])
+def test_a_manifest_no_signature_can_cover_is_one_line(world, tamper: str) -> None:
+    from governance.enforcement import signing
+
+    out = _build(world)
+    path = out / "saegov" / "manifest.json"
+    m = json.loads(path.read_text())
+    if tamper == "nan":
+        text = path.read_text().replace('"guidance_scale":7.5', '"guidance_scale":NaN')
+        assert "NaN" in text
+        path.write_text(text)
+    else:  # re-signed by an insider with a fresh key, blocklist field without a version
+        from governance.common.jsonio import canonical_json
+
+        m["payload"]["blocklist"] = "nover"
+        key = signing.load_or_create_key(world["tmp"] / "k")
+        m["signature"] = {"algorithm": "ed25519", "public_key": signing.public_hex(key),
+                          "value": signing.sign(key, canonical_json(m["payload"]).encode())}
+        path.write_text(canonical_json(m) + "\n")
+    r = CliRunner().invoke(saegov, ["deploy", "verify", str(out)])
+    assert r.exit_code in (1, 2) and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1, r.output
+
+
+def test_a_configured_registry_that_cannot_be_used_fails_closed(world) -> None:
+    """A stale schema (e.g. code upgraded, `db upgrade` not run yet) must not turn into
+    "approvals not re-checked": verify refuses with the schema's exit code."""
+    from sqlalchemy import text
+
+    out = _build(world)
+    with world["store"].engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0001'"))
+    r = CliRunner().invoke(saegov, ["deploy", "verify", str(out)])
+    assert r.exit_code == 3 and "saegov db upgrade" in r.stderr, r.output
+    r = CliRunner().invoke(saegov, ["deploy", "verify", str(out), "--offline"])
+    assert r.exit_code == 0, r.output

@@ -133,3 +133,28 @@ def test_shared_feature_fires_per_concept_and_takes_the_smallest_scale() -> None
     fired = {r["concept"]: r["tokens"] for r in enf.calls[-1].fired}
     assert fired == {"red": int((zf > g_lo).sum()), "blue": int((zf > g_hi).sum())}
     assert 0 < fired["blue"] < fired["red"]
+
+
+def test_a_leftover_enforcer_never_removes_or_fakes_the_current_ones_hooks(toy_pipe, two_saes) -> None:
+    sa, sb, fa, fb = two_saes
+    bl = EnforcedBlocklist(two_site_spec(entry("red", A, fa), entry("dotted", B, fb, mapping_id=2)), {A: sa, B: sb})
+    old = apply_blocklist(toy_pipe, bl)
+    new = apply_blocklist(toy_pipe, bl)  # replaces `old` (its hooks were removed with it)
+    assert not old.attached() and new.attached()
+    old.remove()  # must not take the current enforcer's hooks with it
+    assert new.attached() and hook_names(toy_pipe.unet) == [f"{HOOK_PREFIX}.timestep"]
+    remove_blocklist(toy_pipe)
+    assert not new.attached()
+    new.attach()  # re-attaches every site, not only the timestep reader
+    assert new.attached() and all(hook_names(toy_pipe.unet.get_submodule(h)) == [f"{HOOK_PREFIX}.block:{h}"]
+                                  for h in (A, B))
+    new.remove()
+
+
+def test_an_sae_of_another_width_than_its_block_is_refused(toy_pipe) -> None:
+    from governance.enforcement import EnforcementError
+
+    wide = random_sae(d_in=32)
+    spec = BlocklistSpec(name="t", saes=[SaeRef(hook_point=A)], entries=[entry("red", A, [1])])
+    with pytest.raises(EnforcementError, match="reads 32 channels, the block outputs 64"):
+        apply_blocklist(toy_pipe, EnforcedBlocklist(spec, wide))
