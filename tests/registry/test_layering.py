@@ -53,3 +53,17 @@ def test_common_and_formats_depend_on_nothing_else() -> None:
         for p in (REPO / "governance" / pkg).rglob("*.py"):
             others = {m for m in _governance_imports(p) if not m.startswith(("governance.common", "governance.formats"))}
             assert others == set(), (p, others)
+
+
+def test_verify_and_explain_import_no_torch(tmp_path: Path) -> None:
+    """Checking a deployment's hashes and signature, and explaining a trace, need no tensors:
+    `deploy verify` and `audit explain` stay fast (no torch import, about 0.7 s on the demo)."""
+    golden = REPO / "tests" / "governance" / "formats" / "data" / "stop10"
+    code = (
+        "from click.testing import CliRunner\nfrom cli.main import saegov\n"
+        f"r = CliRunner().invoke(saegov, ['deploy', 'verify', {str(golden / 'deployment')!r}, '--offline'])\n"
+        "assert r.exit_code == 1 and 'is missing' in r.stderr, r.output\n"  # its weights are not committed
+        f"r = CliRunner().invoke(saegov, ['audit', 'explain', {str(golden / 'trace.png')!r}])\n"
+        "assert r.exit_code == 0 and \"Concept 'red'\" in r.output, r.output\n")
+    env_code = f"import os\nos.environ['SAEGOV_HOME'] = {str(tmp_path)!r}\n" + code
+    assert _imports_in_fresh_interpreter(env_code) == []
