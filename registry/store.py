@@ -11,6 +11,7 @@ Used by the CLI and, from Python, by training / scoring / deployment code:
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
@@ -76,6 +77,7 @@ from registry.records import (
 )
 
 SAERef = int | str  # id, "ID", "name@version" or "name" (latest version)
+_ACTOR_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,63}")
 _SHA256_RE = "0123456789abcdef"
 
 
@@ -170,6 +172,11 @@ class Store:
         name = name.strip()
         if not name:
             raise ValidationFailed("actor name must not be empty")
+        if not _ACTOR_NAME.fullmatch(name):
+            # Look-alikes (a Cyrillic o, a zero-width space) and control or escape characters
+            # would print as another actor's name.
+            raise ValidationFailed(f"actor name {name[:64]!r} must be 1-64 ASCII letters, digits, '.', '_' or '-', "
+                                   "starting with a letter")
         if role not in ROLES:
             raise ValidationFailed(f"unknown role {role!r}; one of {', '.join(ROLES)}")
         try:

@@ -71,6 +71,7 @@ ACTORS = [("alice", "admin"), ("erin", "engineer"), ("emil", "engineer"),
           ("rob", "reviewer"), ("rita", "reviewer"), ("aud", "auditor")]
 
 _migration = importlib.import_module("migrations.versions.0001_initial_schema")
+_no_replace = importlib.import_module("migrations.versions.0003_no_replace_of_audit_rows")
 
 
 def pg_url() -> str | None:
@@ -94,7 +95,7 @@ def drop_audit_triggers(engine: Engine) -> None:
     """What an attacker with table rights does first; tests then rewrite rows directly."""
     with engine.begin() as conn:
         if conn.dialect.name == "sqlite":
-            for name in _migration._SQLITE_TRIGGERS:
+            for name in [*_migration._SQLITE_TRIGGERS, *_no_replace.SQLITE_TRIGGERS]:
                 conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name}")
         else:
             for name in _migration._PG_TRIGGERS:

@@ -53,6 +53,22 @@ def test_triggers_refuse_update_and_delete(chain: Store, sql: str) -> None:
     chain.verify_audit()
 
 
+@pytest.mark.parametrize("sql", [
+    # rewrite event 3 in place (REPLACE deletes the old row without firing DELETE triggers)
+    "INSERT OR REPLACE INTO audit_events (seq, created_at, actor, action, subject, payload, prev_hash, hash) "
+    "SELECT seq, created_at, 'mallory', action, subject, payload, prev_hash, hash FROM audit_events WHERE seq = 3",
+    # move the chain head back
+    "INSERT OR REPLACE INTO audit_head (id, seq, hash) VALUES (1, 2, (SELECT hash FROM audit_events WHERE seq = 2))",
+])
+def test_sqlite_replace_cannot_rewrite_audit_rows(chain: Store, sql: str) -> None:
+    if chain.engine.dialect.name != "sqlite":
+        pytest.skip("INSERT OR REPLACE is SQLite's (PostgreSQL's ON CONFLICT UPDATE fires the UPDATE trigger)")
+    with pytest.raises(DBAPIError, match="refused"):
+        execute(chain, sql)
+    chain.verify_audit()
+    assert {e.actor for e in chain.audit_events()} >= {"alice"} and "mallory" not in {e.actor for e in chain.audit_events()}
+
+
 def test_truncate_refused_on_postgres(chain: Store) -> None:
     if chain.engine.dialect.name != "postgresql":
         pytest.skip("TRUNCATE is PostgreSQL only")

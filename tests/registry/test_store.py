@@ -250,3 +250,10 @@ def test_blocklist_holds_one_sae_per_hook_point(store: Store, tmp_path: Path) ->
     # the same mappings at the other SAE only differ in the digest
     store.create_blocklist("single", [red_b, dotted], "erin")
     assert store.publish_blocklist("single", "erin").content_sha256 != v.content_sha256
+
+
+@pytest.mark.parametrize("name", ["rob\u200b", "r\u043eb", "x" * 65, "rob\nalice", "rob\x1b[2J", "1rob", "rob smith"])
+def test_actor_names_that_could_pass_for_another_are_refused(store: Store, name: str) -> None:
+    with pytest.raises(ValidationFailed, match="must be 1-64 ASCII letters"):
+        store.add_actor(name, "reviewer", "alice")
+    assert name not in {a.name for a in store.list_actors()}
