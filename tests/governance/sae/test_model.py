@@ -14,17 +14,13 @@ from governance.formats.sae_config import SaeConfig
 from governance.sae import SaeLoadError, TopKSAE
 from governance.sae.model import batch_topk
 from governance.sae.trainer import geometric_median
+from tests.helpers.enforcement import random_sae
 
 torch.set_num_threads(1)
 
 
 def make_sae(d: int = 16, exp: int = 4, k: int = 3, seed: int = 0) -> TopKSAE:
-    torch.manual_seed(seed)
-    sae = TopKSAE(SaeConfig(d_in=d, expansion_factor=exp, k=k))
-    with torch.no_grad():
-        sae.encoder.bias.normal_(0, 0.1)
-        sae.b_dec.normal_(0, 0.1)
-    return sae
+    return random_sae(d_in=d, expansion=exp, k=k, seed=seed)
 
 
 def test_config_n_latents_and_validation() -> None:
