@@ -62,7 +62,12 @@ def default_name(hookpoint: str) -> str:
 
 
 def default_out(name: str) -> Path:
-    return workspace_home() / "saes" / f"{name}-{stamp()}"
+    base = workspace_home() / "saes" / f"{name}-{stamp()}"
+    out, n = base, 1
+    while out.exists():  # two trainings in the same second must not collide
+        n += 1
+        out = base.with_name(f"{base.name}-{n}")
+    return out
 
 
 def _check_out(out: Path) -> None:
@@ -140,9 +145,10 @@ def _train_and_record(activations: str | Path, cfg: TrainConfig, out: str | Path
             tracker.flush()
             tracker.log_artifacts(out_path, "sae")
             outcome.mlflow_run_id = tracker.run_id
-            outcome.mlflow_model_version = tracker.register_model_version(
-                default_name(ds.hookpoint), "sae", alias="candidate",
-                tags={"weights_sha256": sha, "activation_dataset_sha256": ds.manifest_sha256})
+            if register:  # an unregistered experiment must not become the `candidate`
+                outcome.mlflow_model_version = tracker.register_model_version(
+                    default_name(ds.hookpoint), "sae", alias="candidate",
+                    tags={"weights_sha256": sha, "activation_dataset_sha256": ds.manifest_sha256})
         if register:
             outcome.registry_record = register_trained_sae(store, outcome, name, actor, cfg)
             if tracker is not None:

@@ -96,6 +96,14 @@ def test_train_tracks_and_registers(workspace: dict) -> None:
     assert s2["sae_ref"] == f"{MODEL}@2" and s2["mlflow_model_version"] == "2"
     assert str(client.get_model_version_by_alias(MODEL, "candidate").version) == "2"
 
+    # --no-register: tracked in MLflow, but neither a registry version nor the `candidate`.
+    res3 = runner.invoke(saegov, ["sae", "train", "--activations", str(workspace["ds"]), *ARGS,
+                                  "--seed", "2", "--no-register", "--json"])
+    assert res3.exit_code == 0, res3.output
+    s3 = json.loads(res3.stdout)
+    assert s3["mlflow_run_id"] and s3["mlflow_model_version"] is None and s3["sae_ref"] is None
+    assert str(client.get_model_version_by_alias(MODEL, "candidate").version) == "2"
+
 
 def test_train_errors_are_one_line(workspace: dict, tmp_path: Path) -> None:
     runner = CliRunner()
