@@ -1,7 +1,6 @@
 """`saegov concept score NAME --sae ID`: select a concept's SAE features into a draft mapping."""
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -111,6 +110,7 @@ def sweep_cmd(name: str, sae_ref: str, taus: str | None, top_ns: str | None, mul
     from cli.progress import stage_progress
     from governance.scoring.selection import ScoringError
     from governance.scoring.service import ScoreRequest, score_concept
+    from governance.formats.sweep import parse_sweep_table
     from governance.scoring.sweep import SweepRequest, make_selector
     from governance.toyworld.grammar import is_toy_concept
 
@@ -129,18 +129,18 @@ def sweep_cmd(name: str, sae_ref: str, taus: str | None, top_ns: str | None, mul
         out = score_concept(store, req, actor, progress=lambda d, t: progress(f"statistics {name}", d, t, {}),
                             selector=selector)
     m = out.mapping
-    table = json.loads(out.spec.evidence_of("sweep")[0].ref)
+    table = parse_sweep_table(out.spec.evidence_of("sweep")[0].ref)
     if as_json:
         print_json({"mapping_id": m.id, "state": m.state, "concept": m.concept, "sae": m.sae_ref,
                     "n_features": m.n_features, "mlflow_run_id": out.mlflow_run_id, "sweep": table,
                     "skipped_concepts": out.skipped_concepts})
         return
-    click.echo(f"objective: {table['objective']}")
+    click.echo(f"objective: {table.objective}")
     click.echo(f"{'rule':>6s} {'value':>7s} {'gamma':>6s} {'UA':>6s} {'IRA':>6s} {'CRA':>6s} {'objective':>10s}")
-    for p in table["points"]:
-        mark = " <- chosen" if p == table["chosen"] else ""
-        click.echo(f"{p['rule']:>6s} {p['value']:7g} {p['gamma']:6g} {100 * p['UA']:6.1f} {100 * p['IRA']:6.1f} "
-                   f"{100 * p['CRA']:6.1f} {100 * p['objective']:10.1f}{mark}")
+    for p in table.points:
+        mark = " <- chosen" if p == table.chosen else ""
+        click.echo(f"{p.rule:>6s} {p.value:7g} {p.gamma:6g} {100 * p.UA:6.1f} {100 * p.IRA:6.1f} "
+                   f"{100 * p.CRA:6.1f} {100 * p.objective:10.1f}{mark}")
     click.echo(f"draft mapping {m.id}: concept {m.concept!r} on SAE {m.sae_ref}, {m.n_features} entries"
                + (f"; MLflow run {out.mlflow_run_id}" if out.mlflow_run_id else ""))
     if out.skipped_concepts:
