@@ -47,8 +47,8 @@ def register(root: click.Group) -> None:
     @click.option("--actor", "who", help="Only events by this actor (not an identity).")
     @click.option("--subject", help="e.g. mapping:3 (a trailing * matches a prefix).")
     @click.option("--action", help="e.g. mapping.approve (a trailing * matches a prefix).")
-    @click.option("--since", "since_seq", type=int, help="From this sequence number.")
-    @click.option("--limit", type=int)
+    @click.option("--since", "since_seq", type=click.IntRange(min=1), help="From this sequence number.")
+    @click.option("--limit", type=click.IntRange(min=1), help="At most this many events.")
     @json_option
     def log(who: str | None, subject: str | None, action: str | None, since_seq: int | None,
             limit: int | None, as_json: bool) -> None:

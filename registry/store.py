@@ -41,6 +41,7 @@ from registry.errors import (
 )
 from registry.models import (
     CONCEPT_KINDS,
+    MAPPING_STATES,
     ROLES,
     Actor,
     AuditEvent,
@@ -77,6 +78,7 @@ from registry.records import (
 )
 
 SAERef = int | str  # id, "ID", "name@version" or "name" (latest version)
+_MAX_ROW_ID = 2**63 - 1  # the largest INTEGER SQLite and PostgreSQL BIGINT store
 _ACTOR_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,63}")
 _SHA256_RE = "0123456789abcdef"
 
@@ -89,6 +91,18 @@ class _Tx:
 
     def log(self, action: str, subject: str, payload: dict[str, Any]) -> None:
         audit.append_event(self.session, self.head, self.actor.name, action, subject, payload)
+
+
+def _row_id(value: Any, what: str) -> int:
+    """A row id from user input; not an integer, or outside what the database can hold, is a
+    one-line NotFound (never a driver overflow)."""
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise NotFound(f"bad {what} id {value!r}") from None
+    if not 0 < n <= _MAX_ROW_ID:
+        raise NotFound(f"unknown {what} {value}")
+    return n
 
 
 def _check_sha256(value: str, what: str) -> str:
@@ -366,7 +380,7 @@ class Store:
     def _sae_row(s: Session, ref: SAERef) -> SAEVersion:
         row: SAEVersion | None
         if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
-            row = s.get(SAEVersion, int(ref))
+            row = s.get(SAEVersion, _row_id(ref, "SAE"))
         elif "@" in ref:
             name, _, ver = ref.rpartition("@")
             if not ver.isdigit():
@@ -426,6 +440,8 @@ class Store:
         with self._read() as s:
             q = select(Concept).options(selectinload(Concept.created_by)).order_by(Concept.id)
             if kind:
+                if kind not in CONCEPT_KINDS:
+                    raise ValidationFailed(f"unknown concept kind {kind!r}; one of {', '.join(CONCEPT_KINDS)}")
                 q = q.where(Concept.kind == kind)
             return [_concept(r, r.created_by.name) for r in s.scalars(q)]
 
@@ -476,10 +492,7 @@ class Store:
 
     @staticmethod
     def _mapping_row(s: Session, mapping_id: int | str) -> FeatureMapping:
-        try:
-            mid = int(mapping_id)
-        except (TypeError, ValueError):
-            raise NotFound(f"bad mapping id {mapping_id!r}") from None
+        mid = _row_id(mapping_id, "mapping")
         row = s.get(FeatureMapping, mid)
         if row is None:
             raise NotFound(f"unknown mapping {mid}")
@@ -498,6 +511,8 @@ class Store:
                                                 selectinload(FeatureMapping.created_by))
                  .order_by(FeatureMapping.id))
             if state:
+                if state not in MAPPING_STATES:
+                    raise ValidationFailed(f"unknown mapping state {state!r}; one of {', '.join(MAPPING_STATES)}")
                 q = q.where(FeatureMapping.state == state)
             if concept:
                 q = q.join(Concept).where(Concept.name == concept)
@@ -701,7 +716,7 @@ class Store:
 
     def get_deployment(self, deployment_id: int) -> DeploymentRecord:
         with self._read() as s:
-            row = s.get(Deployment, int(deployment_id))
+            row = s.get(Deployment, _row_id(deployment_id, "deployment"))
             if row is None:
                 raise NotFound(f"unknown deployment {deployment_id}")
             return _deployment(row)
@@ -721,7 +736,7 @@ class Store:
         digest = sha256_text(trace_text)
         with self._write(actor, "generation.record") as tx:
             s = tx.session
-            if s.get(Deployment, int(deployment_id)) is None:
+            if s.get(Deployment, _row_id(deployment_id, "deployment")) is None:
                 raise NotFound(f"unknown deployment {deployment_id}")
             row = Generation(deployment_id=int(deployment_id), prompt_sha256=prompt_sha256,
                              seed=int(seed), trace=trace_text, trace_sha256=digest,
@@ -735,7 +750,7 @@ class Store:
 
     def get_generation(self, generation_id: int) -> GenerationRecord:
         with self._read() as s:
-            row = s.get(Generation, int(generation_id))
+            row = s.get(Generation, _row_id(generation_id, "generation"))
             if row is None:
                 raise NotFound(f"unknown generation {generation_id}")
             return _generation(row, row.created_by.name)
@@ -744,7 +759,7 @@ class Store:
         with self._read() as s:
             q = select(Generation).options(selectinload(Generation.created_by)).order_by(Generation.id)
             if deployment_id is not None:
-                q = q.where(Generation.deployment_id == int(deployment_id))
+                q = q.where(Generation.deployment_id == _row_id(deployment_id, "deployment"))
             return [_generation(g, g.created_by.name) for g in s.scalars(q)]
 
     # --- audit -------------------------------------------------------------------------------
@@ -876,14 +891,6 @@ def _blocklist_version(v: BlocklistVersion) -> BlocklistVersionRecord:
         state=v.state, saes=saes, content_sha256=v.content_sha256, published_by=v.published_by.name,
         published_at=v.published_at, revoked_at=v.revoked_at,
         revoked_by_mapping_id=v.revoked_by_mapping_id, entries=entries)
-
-
-def _session_get(obj: Any, model: type, ident: int) -> Any:
-    from sqlalchemy.orm import object_session
-
-    s = object_session(obj)
-    assert s is not None
-    return s.get(model, ident)
 
 
 def _deployment(d: Deployment) -> DeploymentRecord:
