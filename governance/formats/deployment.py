@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from governance.common.errors import FormatError
 from governance.common.jsonio import canonical_json
 from governance.formats.blocklist import SaeRef
-from governance.formats.validation import parse_json_model
+from governance.formats.validation import validate_model
 
 MANIFEST_FORMAT_V1 = "saegov.deployment/v1"
 MANIFEST_FORMAT = "saegov.deployment/v2"
@@ -118,8 +118,12 @@ def read_deployment_manifest(folder: Path) -> tuple[DeploymentManifest, bytes]:
     if not path.is_file():
         raise FormatError(f"{folder} is not a saegov deployment (no {MANIFEST})")
     raw = path.read_bytes()
-    manifest = parse_json_model(DeploymentManifest, raw, MANIFEST)
-    manifest._written_payload = json.loads(raw)["payload"]
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise FormatError(f"{MANIFEST}: malformed JSON ({exc})") from None
+    manifest = validate_model(DeploymentManifest, data, MANIFEST)
+    manifest._written_payload = data["payload"]  # the signed object, parsed once with the model
     return manifest, raw
 
 
