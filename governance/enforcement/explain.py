@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from governance.common.errors import GovernanceError
+from governance.common.errors import FormatError, GovernanceError
 from governance.formats.blocklist import read_blocklist
 from governance.formats.deployment import SAEGOV_DIR
 from governance.formats.trace import Trace, parse_trace, read_trace
@@ -39,7 +39,7 @@ def _local_approvals(deployment_path: str) -> dict[int | None, dict[str, Any]]:
         return {}
     try:
         spec = read_blocklist(folder)
-    except Exception:  # noqa: BLE001 - a damaged local copy adds nothing; the registry may still answer
+    except FormatError:  # a damaged local copy adds nothing; the registry may still answer
         return {}
     return {e.mapping_id: e.approval.model_dump() for e in spec.entries}
 
