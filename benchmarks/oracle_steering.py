@@ -21,33 +21,21 @@ from dataclasses import replace
 import torch
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--concept", default="red")
-    ap.add_argument("--hookpoint", default="up_blocks.1.attentions.2")
-    ap.add_argument("--alphas", default="1,2,3,4")
-    ap.add_argument("--mode", choices=["uniform", "token"], default="uniform",
-                    help="uniform: subtract alpha x the mean difference from every token; token: remove "
-                         "alpha x each token's excess projection on that direction (a gated, per-token edit)")
-    ap.add_argument("--reference", choices=["others", "neutral"], default="others")
-    ap.add_argument("--model", default=None, help="pipeline folder (default: the committed toy world)")
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-
+def oracle_bound(pipe, concept: str, hookpoint: str, alphas: list[float], mode: str = "token",  # noqa: ANN001
+                 reference: str = "neutral", log=print) -> list[dict]:  # noqa: ANN001
+    """One row per alpha (0 first): the concept's images (seed 0) judged after the oracle edit:
+    how many keep the concept and how many keep each other kind."""
     from governance.evaluation.metrics import generate_jobs, judge
     from governance.basemodel.hooks import TimestepReader, block_output_map, conditional_half, resolve_hook_point
     from governance.toyworld.quality import DEFAULT_GUIDANCE, DEFAULT_STEPS
     from governance.toyworld.grammar import all_prompts, attribute_of
-    from governance.toyworld.loading import load_pipeline
 
-    kind = attribute_of(args.concept)
-    pipe = load_pipeline(args.model)
-    block = resolve_hook_point(pipe.unet, args.hookpoint)
+    kind = attribute_of(concept)
+    block = resolve_hook_point(pipe.unet, hookpoint)
     prompts = all_prompts(include_style_free=False)
-    if args.reference == "neutral":
-        concept = [p for p in prompts if getattr(p, kind) == args.concept]
-        prompts = concept + [replace(p, **{kind: None}) for p in concept]
+    if reference == "neutral":
+        mine = [p for p in prompts if getattr(p, kind) == concept]
+        prompts = mine + [replace(p, **{kind: None}) for p in mine]
     # The direction, from generations on seeds the judged images never use.
     captured: list[torch.Tensor] = []
     tokens: list[torch.Tensor] = []
@@ -59,14 +47,14 @@ def main() -> None:
 
     handle = block.register_forward_hook(capture)
     try:
-        n_seeds = len(prompts) // 2 if args.reference == "neutral" else len(prompts)
+        n_seeds = len(prompts) // 2 if reference == "neutral" else len(prompts)
         gens = [torch.Generator().manual_seed(100 + i % n_seeds) for i in range(len(prompts))]
         pipe([p.text for p in prompts], num_inference_steps=DEFAULT_STEPS, guidance_scale=DEFAULT_GUIDANCE,
              generator=gens, output_type="latent")
     finally:
         handle.remove()
     acts = torch.stack(captured)  # [T, B, C]
-    is_c = torch.tensor([getattr(p, kind) == args.concept for p in prompts])
+    is_c = torch.tensor([getattr(p, kind) == concept for p in prompts])
     direction = acts[:, is_c].mean(1) - acts[:, ~is_c].mean(1)  # [T, C]
     unit = direction / direction.norm(dim=1, keepdim=True)
     # Per timestep, the mean projection of the other concepts' tokens on the direction: the baseline
@@ -81,7 +69,7 @@ def main() -> None:
         x = block_output_map(output)
         i = timesteps.index(int(reader.current[0]))
         n = x.shape[0] // 2
-        if args.mode == "uniform":
+        if mode == "uniform":
             edit = direction[i][None, :, None, None]
         else:
             u = unit[i][None, :, None, None]
@@ -90,21 +78,55 @@ def main() -> None:
         x = torch.cat([x[:n], x[n:] - state["alpha"] * edit])
         return (x, *output[1:]) if isinstance(output, tuple) else x
 
-    jobs = [(p, 0) for p in all_prompts(include_style_free=False) if getattr(p, kind) == args.concept]
+    jobs = [(p, 0) for p in all_prompts(include_style_free=False) if getattr(p, kind) == concept]
     others = [k for k in ("colour", "shape", "style") if k != kind]
+    rows: list[dict] = []
     reader.attach()
     handle = block.register_forward_hook(steer)
     try:
-        for alpha in [0.0] + [float(a) for a in args.alphas.split(",")]:
+        for alpha in [0.0] + list(alphas):
             state["alpha"] = alpha
             judged = judge(generate_jobs(pipe, jobs, DEFAULT_STEPS, DEFAULT_GUIDANCE), jobs)
             kept = sum(j.correct(kind) for j in judged)
             rest = {k: sum(j.correct(k) for j in judged) for k in others}
-            print(f"{args.hookpoint} {args.mode} {args.concept} alpha {alpha:g}: concept kept {kept}/{len(judged)}  "
-                  + "  ".join(f"{k} kept {v}/{len(judged)}" for k, v in rest.items()), flush=True)
+            rows.append({"alpha": alpha, "images": len(judged), "concept_kept": kept, "others_kept": rest})
+            log(f"{hookpoint} {mode} {concept} alpha {alpha:g}: concept kept {kept}/{len(judged)}  "
+                + "  ".join(f"{k} kept {v}/{len(judged)}" for k, v in rest.items()))
     finally:
         handle.remove()
         reader.remove()
+    return rows
+
+
+def bound_of(rows: list[dict]) -> dict:
+    """The oracle's best alpha: the largest min(UA, share of other kinds kept), in %."""
+    def summary(r: dict) -> dict:
+        n = r["images"]
+        ua = 100 * (1 - r["concept_kept"] / n)
+        rest = min(100 * v / n for v in r["others_kept"].values())
+        return {"alpha": r["alpha"], "UA": ua, "others_kept": rest}
+    return max((summary(r) for r in rows), key=lambda s: (min(s["UA"], s["others_kept"]), s["UA"]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--concept", default="red")
+    ap.add_argument("--hookpoint", default="up_blocks.1.attentions.2")
+    ap.add_argument("--alphas", default="1,2,3,4")
+    ap.add_argument("--mode", choices=["uniform", "token"], default="uniform",
+                    help="uniform: subtract alpha x the mean difference from every token; token: remove "
+                         "alpha x each token's excess projection on that direction (a gated, per-token edit)")
+    ap.add_argument("--reference", choices=["others", "neutral"], default="others")
+    ap.add_argument("--model", default=None, help="pipeline folder (default: the committed toy world)")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from governance.toyworld.loading import load_pipeline
+
+    oracle_bound(load_pipeline(args.model), args.concept, args.hookpoint,
+                 [float(a) for a in args.alphas.split(",")], args.mode, args.reference,
+                 log=lambda line: print(line, flush=True))
 
 
 if __name__ == "__main__":

@@ -1,122 +1,195 @@
-"""Unlearning on the whole toy world: every colour, shape and style as a target (issue 6 goals).
+"""Unlearning on the whole toy world, every selection method side by side (issue 14).
 
-For each concept: statistics against the other concepts of its kind, the operating-point sweep
-of `saegov concept sweep` (sweep images disjoint from evaluation), then the chosen point applied
-as a one-concept blocklist and measured on the evaluation images (styled prompts, seeds 0 and 1)
-with UA / IRA / CRA. Then all colours but one blocked at once, each at its chosen point.
+Each kind is blocked at its own block (docs/evaluation.md, "Where each kind lives"): give one SAE
+folder per kind's hook point (its cfg.json names the hook point). For every concept and every
+method: statistics against the other concepts of its kind, the operating-point sweep of `saegov
+concept sweep` (sweep images disjoint from evaluation), the chosen point applied as a one-concept
+blocklist and measured on the evaluation images (styled prompts, seeds 0 and 1) with UA / IRA /
+CRA and CRA by kind. Then, per method: all concepts of a kind but one at once (for every kept
+one), and one blocklist holding a colour, a shape and a style at their blocks. `--oracle` adds
+the per-token oracle's bound at each concept's block (benchmarks/oracle_steering.py).
 
-    python benchmarks/unlearning.py --sae .saegov/demo/saes/toy-sae-* --hookpoint up_blocks.1.attentions.2 \
-        --top-ns 1,4,8 --multipliers=-5,-10   # '=' because the value starts with '-'
+    python benchmarks/unlearning.py --sae sae-colour --sae sae-shape --sae sae-style \\
+        --methods saeuron,specific --oracle --out unlearning.json
 
-Prints a table (misses per concept, never averaged away) and writes --out JSON.
+Prints one markdown table (misses per concept, never averaged away) and writes --out JSON.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-def reorder(stats: Any, target: str) -> Any:
-    """The same statistics with `target` as concept 0 (what the selection functions expect)."""
-    from governance.scoring.statistics import ConceptStats
+# Per (kind, method): (feature counts per timestep, gammas). The paper's rows use the grids of
+# docs/evaluation.md; "specific" the grid its own sweep needs.
+GRIDS: dict[tuple[str, str], tuple[list[int], list[float]]] = {
+    ("colour", "saeuron"): ([1, 2, 4], [-1.0, -5.0, -10.0]),
+    ("shape", "saeuron"): ([4, 8, 16], [-10.0, -20.0, -30.0]),
+    ("style", "saeuron"): ([4, 8, 16], [-5.0, -10.0, -20.0]),
+    ("colour", "specific"): ([8, 16], [-10.0, -30.0, -100.0]),
+    ("shape", "specific"): ([8, 16], [-10.0, -30.0, -100.0]),
+    ("style", "specific"): ([8, 16], [-10.0, -30.0, -100.0]),
+}
+DEFAULT_HOOKS = {"colour": "up_blocks.1.attentions.2", "shape": "mid_block.attentions.0",
+                 "style": "up_blocks.1.attentions.1"}
 
-    order = [stats.names.index(target)] + [i for i, n in enumerate(stats.names) if n != target]
-    return ConceptStats(names=[stats.names[i] for i in order], timesteps=stats.timesteps,
-                        mu=stats.mu[order], counts=stats.counts[order])
+
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sae", required=True, help="SAE folder (cfg.json + sae.safetensors)")
-    ap.add_argument("--hookpoint", default="up_blocks.1.attentions.2")
+    ap.add_argument("--sae", action="append", required=True, help="SAE folder (repeat: one per hook point)")
+    ap.add_argument("--at", default=",".join(f"{k}={h}" for k, h in DEFAULT_HOOKS.items()),
+                    help="kind=hook point for each kind (default: each kind's block)")
     ap.add_argument("--model", default=None, help="pipeline folder (default: the committed toy world)")
-    ap.add_argument("--concepts", default="", help="comma-separated (default: all 11)")
-    ap.add_argument("--top-ns", default="1,2,4")
-    ap.add_argument("--taus", default="")
-    ap.add_argument("--multipliers", default="-1,-5,-10")
+    ap.add_argument("--methods", default="saeuron,specific")
+    ap.add_argument("--concepts", default="", help="comma-separated (default: every concept of the kinds given)")
+    ap.add_argument("--objective", default="min_ua_ira_cra", choices=["min_ua_ira_cra", "ua_ira", "ua_ira_cra"])
     ap.add_argument("--sweep-seeds", default="100", help="seeds of the sweep images (never 0 or 1)")
-    ap.add_argument("--no-multi", action="store_true", help="skip the all-colours-but-one run")
+    ap.add_argument("--trio", default="red,triangle,dotted", help="the colour, shape and style blocked together")
+    ap.add_argument("--no-multi", action="store_true", help="skip the several-concepts runs")
+    ap.add_argument("--oracle", action="store_true", help="add the per-token oracle bound per concept")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("unlearning.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from governance.scoring.statistics import ConceptPrompts, collect_concept_stats
-    from governance.scoring.sweep import SweepRequest, blocklist_for, make_selector
     from governance.enforcement.intervention import EnforcedBlocklist, apply_blocklist, remove_blocklist
-    from governance.formats.blocklist import BlocklistSpec, SaeRef
     from governance.evaluation.metrics import eval_jobs, generate_jobs, judge, unlearning_metrics
+    from governance.formats.blocklist import BlocklistSpec, SaeRef
     from governance.sae.model import TopKSAE
-    from governance.scoring.maths import choose_features
-    from governance.toyworld.quality import DEFAULT_GUIDANCE, DEFAULT_STEPS
-    from governance.toyworld.grammar import ATTRIBUTES, COLOURS, all_prompts, attribute_of, registry_kind
+    from governance.scoring.selection import choose
+    from governance.scoring.statistics import ConceptPrompts, collect_concept_stats
+    from governance.scoring.sweep import SweepRequest, blocklist_for, make_selector, rule_kwargs
+    from governance.toyworld.grammar import ATTRIBUTES, all_prompts, attribute_of, registry_kind
     from governance.toyworld.loading import load_pipeline
+    from governance.toyworld.quality import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
     steps, guidance = DEFAULT_STEPS, DEFAULT_GUIDANCE
-    pipe = load_pipeline(args.model)
-    sae = TopKSAE.load(args.sae).eval()
-    concepts = [c for c in args.concepts.split(",") if c] or [c for names in ATTRIBUTES.values() for c in names]
-    sweep = SweepRequest(taus=[float(t) for t in args.taus.split(",") if t],
-                         top_ns=[int(n) for n in args.top_ns.split(",") if n],
-                         multipliers=[float(g) for g in args.multipliers.split(",") if g],
-                         seeds=tuple(int(x) for x in args.sweep_seeds.split(",") if x))
-    stats_by_kind: dict[str, Any] = {}
-    jobs = eval_jobs()
     t0 = time.monotonic()
-    results: dict[str, Any] = {}
-    entries: dict[str, Any] = {}
-    for c in concepts:
-        kind = attribute_of(c)
-        if kind not in stats_by_kind:
-            cps = [ConceptPrompts(n, tuple(p.text for p in all_prompts() if getattr(p, kind) == n)) for n in ATTRIBUTES[kind]]
-            stats_by_kind[kind] = collect_concept_stats(pipe, sae, args.hookpoint, cps, steps=steps,
-                                                        guidance=guidance, seed=0, batch_size=32)
-        stats = reorder(stats_by_kind[kind], c)
-        chosen = make_selector(sweep, steps=steps, guidance=guidance)(pipe, sae, args.hookpoint, stats, kind)
-        table = json.loads(chosen.evidence[0]["ref"])
-        choices, _ = choose_features(stats.mu, stats.counts, 0, stats.timesteps, chosen.gamma,
-                                     tau=chosen.tau, top_n=chosen.top_n)
-        spec = blocklist_for(c, registry_kind(c), args.hookpoint, chosen.gamma, choices, stats.timesteps,
-                              type(pipe.scheduler).__name__, steps)
-        entries[c] = spec.entries[0]
-        apply_blocklist(pipe, EnforcedBlocklist(spec=spec, saes=sae))
+
+    def log(line: str) -> None:
+        print(f"[{time.monotonic() - t0:5.0f} s] {line}", flush=True)
+
+    pipe = load_pipeline(args.model)
+    saes: dict[str, Any] = {}
+    for folder in args.sae:
+        sae = TopKSAE.load(folder).eval()
+        if not sae.cfg.hookpoint:
+            raise SystemExit(f"{folder}: cfg.json names no hookpoint")
+        saes[sae.cfg.hookpoint] = sae
+    at = dict(item.split("=", 1) for item in args.at.split(",") if item)
+    kinds = [k for k in ATTRIBUTES if at.get(k) in saes]
+    if not kinds:
+        raise SystemExit(f"no SAE at any kind's hook point {at}")
+    methods = [m for m in args.methods.split(",") if m]
+    concepts = [c for c in args.concepts.split(",") if c] or [c for k in kinds for c in ATTRIBUTES[k]]
+    seeds = tuple(int(x) for x in args.sweep_seeds.split(",") if x)
+    jobs = eval_jobs()
+
+    def evaluate(entries: list[Any], targets: list[str]) -> dict[str, Any]:
+        hooks = sorted({e.hook_point for e in entries})
+        spec = BlocklistSpec(name="bench", saes=[SaeRef(hook_point=h) for h in hooks], entries=entries)
+        apply_blocklist(pipe, EnforcedBlocklist(spec=spec, saes={h: saes[h] for h in hooks}))
         try:
             images = generate_jobs(pipe, jobs, steps, guidance)
         finally:
             remove_blocklist(pipe)
-        m = unlearning_metrics(judge(images, jobs), [c])[c]
-        results[c] = {"chosen": table["chosen"], "eval": m}
-        print(f"{c:9s} {kind:6s} chosen {table['chosen']['rule']}={table['chosen']['value']:g} "
-              f"gamma={table['chosen']['gamma']:g} (sweep UA {100 * table['chosen']['UA']:.1f} IRA "
-              f"{100 * table['chosen']['IRA']:.1f})  eval UA {100 * m['UA']:5.1f} IRA {100 * m['IRA']:5.1f} "
-              f"CRA {100 * m['CRA']:5.1f} {json.dumps({k: round(100 * v, 1) for k, v in m['CRA_by_kind'].items()})}"
-              f"  [{time.monotonic() - t0:.0f} s]", flush=True)
+        return unlearning_metrics(judge(images, jobs), targets)
 
-    multi: dict[str, Any] = {}
-    if not args.no_multi and all(c in entries for c in COLOURS):
-        for keep in COLOURS:
-            targets = [c for c in COLOURS if c != keep]
-            spec = BlocklistSpec(name="multi", sae=SaeRef(hook_point=args.hookpoint),
-                                 entries=[entries[c] for c in targets])
-            apply_blocklist(pipe, EnforcedBlocklist(spec=spec, saes=sae))
-            try:
-                images = generate_jobs(pipe, jobs, steps, guidance)
-            finally:
-                remove_blocklist(pipe)
-            m = unlearning_metrics(judge(images, jobs), targets)
-            kept_acc = m[targets[0]]["IRA"]  # other colours not blocked = the kept colour
-            multi[keep] = {"UA": {c: m[c]["UA"] for c in targets}, "kept_colour_accuracy": kept_acc,
-                           "CRA": {c: m[c]["CRA"] for c in targets}}
-            print(f"all colours but {keep:7s}: UA " + " ".join(f"{c} {100 * m[c]['UA']:.1f}" for c in targets)
-                  + f"  kept-colour accuracy {100 * kept_acc:.1f}", flush=True)
-    args.out.write_text(json.dumps({"hookpoint": args.hookpoint, "sae": args.sae, "model": args.model, "sweep": sweep.model_dump(),
-                                    "per_concept": results, "all_colours_but_one": multi}, indent=2, default=str))
-    print(f"wrote {args.out} in {time.monotonic() - t0:.0f} s")
+    stats: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
+    entries: dict[tuple[str, str], Any] = {}
+    for c in concepts:
+        kind = attribute_of(c)
+        hook = at[kind]
+        if kind not in stats:
+            cps = [ConceptPrompts(n, tuple(p.text for p in all_prompts() if getattr(p, kind) == n))
+                   for n in ATTRIBUTES[kind]]
+            stats[kind] = collect_concept_stats(pipe, saes[hook], hook, cps, steps=steps, guidance=guidance,
+                                                seed=0, batch_size=32, peaks=True)
+            log(f"statistics of the {kind}s at {hook}")
+        st = stats[kind].with_target(c)
+        for method in methods:
+            top_ns, gammas = GRIDS[(kind, method)]
+            sweep = SweepRequest(top_ns=top_ns if method == "saeuron" else [],
+                                 specific_top_ns=top_ns if method == "specific" else [],
+                                 multipliers=gammas, seeds=seeds, objective=args.objective)
+            chosen = make_selector(sweep, steps=steps, guidance=guidance)(pipe, saes[hook], hook, st, kind)
+            table = json.loads(chosen.evidence[0]["ref"])
+            best = table["chosen"]
+            choices, _ = choose(st, gamma=best["gamma"], **rule_kwargs(best["rule"], best["value"]))
+            spec = blocklist_for(c, registry_kind(c), hook, best["gamma"], choices, st.timesteps,
+                                 type(pipe.scheduler).__name__, steps)
+            entries[(method, c)] = spec.entries[0]
+            m = evaluate([spec.entries[0]], [c])[c]
+            row = {"concept": c, "kind": kind, "hook_point": hook, "method": method,
+                   "chosen": {k: best[k] for k in ("rule", "value", "gamma", "UA", "IRA", "CRA")},
+                   "UA": m["UA"], "IRA": m["IRA"], "CRA": m["CRA"], "CRA_by_kind": m["CRA_by_kind"]}
+            rows.append(row)
+            log(f"{c:9s} {method:8s} {best['rule']}={best['value']:g} gamma={best['gamma']:g}  UA {pct(m['UA'])} "
+                f"IRA {pct(m['IRA'])} CRA {pct(m['CRA'])} "
+                + json.dumps({k: round(100 * v, 1) for k, v in m["CRA_by_kind"].items()}))
+
+    oracle: dict[str, Any] = {}
+    if args.oracle:
+        from oracle_steering import bound_of, oracle_bound
+
+        for c in concepts:
+            hook = at[attribute_of(c)]
+            found = oracle_bound(pipe, c, hook, [1.0, 2.0, 3.0, 4.0], "token", "neutral", log=lambda line: None)
+            oracle[c] = {"hook_point": hook, "rows": found, "bound": bound_of(found)}
+            b = oracle[c]["bound"]
+            log(f"oracle {c} at {hook}: alpha {b['alpha']:g} removes {b['UA']:.1f} %, other kinds kept "
+                f"{b['others_kept']:.1f} %")
+
+    multi: list[dict[str, Any]] = []
+    if not args.no_multi:
+        for method in methods:
+            for kind in kinds:
+                names = ATTRIBUTES[kind]
+                if not all((method, n) in entries for n in names):
+                    continue
+                for keep in names:
+                    targets = [n for n in names if n != keep]
+                    m = evaluate([entries[(method, n)] for n in targets], targets)
+                    run = {"method": method, "run": f"all {kind}s but {keep}",
+                           "UA": {n: m[n]["UA"] for n in targets}, "kept_accuracy": m[targets[0]]["IRA"],
+                           "CRA": {n: m[n]["CRA"] for n in targets}}
+                    multi.append(run)
+                    log(f"{method:8s} {run['run']:24s} UA " + " ".join(f"{n} {pct(v)}" for n, v in run["UA"].items())
+                        + f"  kept {pct(run['kept_accuracy'])}  CRA {pct(min(run['CRA'].values()))}")
+            trio = [c for c in args.trio.split(",") if c]
+            if all((method, c) in entries for c in trio):
+                m = evaluate([entries[(method, c)] for c in trio], trio)
+                run = {"method": method, "run": "trio " + "+".join(trio),
+                       "per_concept": {c: {k: m[c][k] for k in ("UA", "IRA", "CRA")} for c in trio}}
+                multi.append(run)
+                log(f"{method:8s} {run['run']:24s} " + "  ".join(
+                    f"{c} {pct(v['UA'])}/{pct(v['IRA'])}/{pct(v['CRA'])}" for c, v in run["per_concept"].items()))
+
+    print("\n| concept | block | method | chosen | UA | IRA | CRA | CRA by kind | oracle: UA / other kinds kept |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        ch = r["chosen"]
+        ob = oracle.get(r["concept"], {}).get("bound")
+        print(f"| {r['concept']} | `{r['hook_point']}` | {r['method']} | {ch['rule']} {ch['value']:g}, "
+              f"gamma {ch['gamma']:g} | {pct(r['UA'])} | {pct(r['IRA'])} | {pct(r['CRA'])} | "
+              + ", ".join(f"{k} {pct(v)}" for k, v in r["CRA_by_kind"].items())
+              + (f" | {ob['UA']:.0f} / {ob['others_kept']:.0f} (alpha {ob['alpha']:g})" if ob else " | -") + " |")
+    args.out.write_text(json.dumps({"saes": args.sae, "at": at, "model": args.model, "objective": args.objective,
+                                    "sweep_seeds": list(seeds), "grids": {f"{k}/{m}": v for (k, m), v in GRIDS.items()},
+                                    "per_concept": rows, "multi": multi, "oracle": oracle}, indent=2, default=str))
+    log(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

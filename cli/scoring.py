@@ -45,10 +45,16 @@ def statistics_options(batch_size: int) -> Callable[[F], F]:
 @click.option("--top-n", type=int, default=None, help="Instead of --tau: the N best features per timestep.")
 @click.option("--multiplier", "gamma", type=float, default=-1.0, show_default=True,
               help="gamma: selected features above their gate are scaled by gamma * mu(i, t, c).")
+@click.option("--method", type=click.Choice(["saeuron", "specific"]), default="saeuron", show_default=True,
+              help="saeuron: the paper's score and gates; specific: features that rise above anything the other "
+                   "concepts show, gated there (needs --top-n).")
+@click.option("--gate-quantile", type=float, default=1.0, show_default=True,
+              help="specific: gate at this quantile of the other concepts' per-image peaks (1 = their largest).")
 @statistics_options(batch_size=8)
 @actor_option
 @json_option
-def score_cmd(name: str, sae_ref: str, tau: float | None, top_n: int | None, gamma: float, steps: int,
+def score_cmd(name: str, sae_ref: str, tau: float | None, top_n: int | None, gamma: float, method: str,
+              gate_quantile: float, steps: int,
               guidance: float, seed: int, model: str | None, batch_size: int, device: str | None,
               no_mlflow: bool, actor: str | None, as_json: bool) -> None:
     """Score concept NAME against the other concepts of its kind; store a draft feature mapping."""
@@ -59,7 +65,8 @@ def score_cmd(name: str, sae_ref: str, tau: float | None, top_n: int | None, gam
 
     from governance.scoring.service import ScoreRequest, score_concept
 
-    req = ScoreRequest(concept=name, sae=sae_ref, tau=tau, top_n=top_n, gamma=gamma, steps=steps,
+    req = ScoreRequest(concept=name, sae=sae_ref, tau=tau, top_n=top_n, gamma=gamma, method=method,
+                       gate_quantile=gate_quantile, steps=steps,
                        guidance=guidance, seed=seed, model=model, batch_size=batch_size,
                        device=device or default_device(), track=not no_mlflow)
     store = open_store()
@@ -89,19 +96,26 @@ def score_cmd(name: str, sae_ref: str, tau: float | None, top_n: int | None, gam
 @click.option("--sae", "sae_ref", required=True, help="SAE version: ID, NAME or NAME@VERSION.")
 @click.option("--taus", default=None, help="Comma-separated percentile thresholds, e.g. 99,99.5,99.9.")
 @click.option("--top-ns", default=None, help="Comma-separated feature counts per timestep (with or instead of --taus).")
+@click.option("--specific-top-ns", default=None,
+              help="Comma-separated feature counts per timestep under specificity-aware selection (beside or "
+                   "instead of the paper's --taus / --top-ns).")
+@click.option("--gate-quantile", type=float, default=1.0, show_default=True,
+              help="Specific points: gate at this quantile of the other concepts' per-image peaks.")
 @click.option("--multipliers", default="-1,-5,-10", show_default=True, help="Comma-separated gammas.")
-@click.option("--objective", type=click.Choice(["ua_ira", "ua_ira_cra"]), default="ua_ira", show_default=True,
-              help="ua_ira: (UA + IRA) / 2 as in the paper; ua_ira_cra: (UA + IRA + CRA) / 3.")
+@click.option("--objective", type=click.Choice(["min_ua_ira_cra", "ua_ira", "ua_ira_cra"]), default="min_ua_ira_cra",
+              show_default=True,
+              help="min_ua_ira_cra: the weakest of UA, IRA and CRA; ua_ira: (UA + IRA) / 2 as in the paper; "
+                   "ua_ira_cra: (UA + IRA + CRA) / 3.")
 @click.option("--sweep-seeds", default="100", show_default=True,
               help="Seeds of the sweep images (never the evaluation seeds 0, 1).")
 @statistics_options(batch_size=32)
 @actor_option
 @json_option
-def sweep_cmd(name: str, sae_ref: str, taus: str | None, top_ns: str | None, multipliers: str, objective: str,
-              sweep_seeds: str,
+def sweep_cmd(name: str, sae_ref: str, taus: str | None, top_ns: str | None, specific_top_ns: str | None,
+              gate_quantile: float, multipliers: str, objective: str, sweep_seeds: str,
               steps: int, guidance: float, seed: int, model: str | None, batch_size: int, device: str | None,
               no_mlflow: bool, actor: str | None, as_json: bool) -> None:
-    """Pick concept NAME's operating point by measured (UA + IRA) / 2; store it as a draft mapping.
+    """Pick concept NAME's operating point by measured effect; store it as a draft mapping.
 
     Every (selection rule, gamma) pair is applied as a one-concept blocklist, sweep images are
     judged by the toy world's classifiers, and the best pair's features become the mapping, with
@@ -115,7 +129,8 @@ def sweep_cmd(name: str, sae_ref: str, taus: str | None, top_ns: str | None, mul
     from governance.toyworld.grammar import is_toy_concept
 
     sweep = SweepRequest(taus=number_list(taus, "--taus"), top_ns=number_list(top_ns, "--top-ns", int),
-                         multipliers=number_list(multipliers, "--multipliers"),
+                         specific_top_ns=number_list(specific_top_ns, "--specific-top-ns", int),
+                         gate_quantile=gate_quantile, multipliers=number_list(multipliers, "--multipliers"),
                          seeds=tuple(number_list(sweep_seeds, "--sweep-seeds", int)), batch_size=batch_size,
                          objective=objective)
     req = ScoreRequest(concept=name, sae=sae_ref, top_n=1, gamma=-1.0, steps=steps, guidance=guidance, seed=seed,
@@ -136,10 +151,10 @@ def sweep_cmd(name: str, sae_ref: str, taus: str | None, top_ns: str | None, mul
                     "skipped_concepts": out.skipped_concepts})
         return
     click.echo(f"objective: {table.objective}")
-    click.echo(f"{'rule':>6s} {'value':>7s} {'gamma':>6s} {'UA':>6s} {'IRA':>6s} {'CRA':>6s} {'objective':>10s}")
+    click.echo(f"{'rule':>8s} {'value':>7s} {'gamma':>6s} {'UA':>6s} {'IRA':>6s} {'CRA':>6s} {'objective':>10s}")
     for p in table.points:
         mark = " <- chosen" if p == table.chosen else ""
-        click.echo(f"{p.rule:>6s} {p.value:7g} {p.gamma:6g} {100 * p.UA:6.1f} {100 * p.IRA:6.1f} "
+        click.echo(f"{p.rule:>8s} {p.value:7g} {p.gamma:6g} {100 * p.UA:6.1f} {100 * p.IRA:6.1f} "
                    f"{100 * p.CRA:6.1f} {100 * p.objective:10.1f}{mark}")
     click.echo(f"draft mapping {m.id}: concept {m.concept!r} on SAE {m.sae_ref}, {m.n_features} entries"
                + (f"; MLflow run {out.mlflow_run_id}" if out.mlflow_run_id else ""))

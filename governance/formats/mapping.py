@@ -31,7 +31,9 @@ class FeatureEntry(BaseModel):
 class Selection(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    rule: Literal["tau", "top_n"]
+    # "specific": the top_n most specific features per timestep, gates calibrated on the other
+    # concepts' images (governance.scoring.specificity).
+    rule: Literal["tau", "top_n", "specific"]
     tau: float | None = Field(default=None, gt=0, lt=100)
     top_n: int | None = Field(default=None, gt=0)
 
@@ -39,8 +41,8 @@ class Selection(BaseModel):
     def _one_parameter(self) -> Selection:
         if self.rule == "tau" and (self.tau is None or self.top_n is not None):
             raise ValueError("rule 'tau' needs tau (and no top_n)")
-        if self.rule == "top_n" and (self.top_n is None or self.tau is not None):
-            raise ValueError("rule 'top_n' needs top_n (and no tau)")
+        if self.rule in ("top_n", "specific") and (self.top_n is None or self.tau is not None):
+            raise ValueError(f"rule {self.rule!r} needs top_n (and no tau)")
         return self
 
 

@@ -13,14 +13,15 @@ from governance.formats.validation import parse_json_model
 
 SWEEP_FORMAT = "saegov.sweep/v1"
 SWEEP_NAME = "sweep.json"
-OBJECTIVES = {"ua_ira": "(UA + IRA) / 2", "ua_ira_cra": "(UA + IRA + CRA) / 3"}
+OBJECTIVES = {"ua_ira": "(UA + IRA) / 2", "ua_ira_cra": "(UA + IRA + CRA) / 3",
+              "min_ua_ira_cra": "min(UA, IRA, CRA)"}
 
 
 class SweepPoint(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    rule: Literal["tau", "top_n"]
-    value: int | float  # an int for top_n, as the sweep request gave it
+    rule: Literal["tau", "top_n", "specific"]  # specific: top_n under specificity-aware selection
+    value: int | float  # an int for top_n and specific, as the sweep request gave it
     gamma: float
     UA: float
     IRA: float

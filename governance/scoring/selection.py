@@ -8,7 +8,11 @@ from typing import Any
 
 from governance.common.errors import GovernanceError
 from governance.formats.mapping import FeatureEntry, FeaturesByTimestep
-from governance.scoring.maths import FeatureChoice
+from governance.scoring.maths import FeatureChoice, choose_features
+
+# How features are scored and gated: the paper's (SAEURON.md s. 3-4) or specificity-aware
+# (governance.scoring.specificity: per-image peaks, gates calibrated on the other concepts).
+METHODS = ("saeuron", "specific")
 
 
 class ScoringError(GovernanceError):
@@ -23,6 +27,26 @@ def entries_by_timestep(choices: list[FeatureChoice], timesteps: list[int]) -> F
     return per_t
 
 
+def choose(stats: Any, *, gamma: float, method: str = "saeuron", tau: float | None = None,
+           top_n: int | None = None, gate_quantile: float = 1.0) -> tuple[list[FeatureChoice], Any]:
+    """The features of concept 0 of `stats` (a ConceptStats) under one selection rule; raises
+    ScoringError on a rule that cannot be applied."""
+    try:
+        if method == "specific":
+            from governance.scoring.specificity import choose_specific
+
+            if top_n is None or tau is not None:
+                raise ValueError("specific selection takes a feature count per timestep (top_n), not tau")
+            if stats.peaks is None:
+                raise ValueError("specific selection needs statistics with per-image peaks")
+            return choose_specific(stats.mu, stats.peaks, 0, stats.timesteps, gamma, top_n, gate_quantile)
+        if method != "saeuron":
+            raise ValueError(f"unknown selection method {method!r} (one of {', '.join(METHODS)})")
+        return choose_features(stats.mu, stats.counts, 0, stats.timesteps, gamma, tau=tau, top_n=top_n)
+    except ValueError as exc:
+        raise ScoringError(f"selection: {exc}") from None
+
+
 @dataclass
 class Selected:
     """What an operating-point search decided, and its evidence."""
@@ -30,6 +54,7 @@ class Selected:
     tau: float | None = None
     top_n: int | None = None
     gamma: float = -1.0
+    method: str = "saeuron"
     evidence: list[dict[str, Any]] = field(default_factory=list)  # extra EvidenceRef dicts
     artifacts: dict[str, bytes] = field(default_factory=dict)  # extra files of the MLflow run
     metrics: dict[str, float] = field(default_factory=dict)

@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -21,8 +21,8 @@ from governance.common.jsonio import pretty_json
 from governance.common.workspace import uri_to_path
 from governance.formats.mapping import EvidenceRef, MappingSpec, Selection
 from governance.scoring.heatmap import HEATMAP_NAME, render_heatmap
-from governance.scoring.maths import FeatureChoice, choose_features
-from governance.scoring.selection import ScoringError, Selected, Selector, entries_by_timestep
+from governance.scoring.maths import FeatureChoice
+from governance.scoring.selection import ScoringError, Selected, Selector, choose, entries_by_timestep
 from governance.scoring.statistics import ConceptPrompts, ConceptStats, collect_concept_stats
 
 
@@ -33,6 +33,9 @@ class ScoreRequest(BaseModel):
     sae: str
     tau: float | None = Field(default=None, gt=0, lt=100)
     top_n: int | None = Field(default=None, gt=0)
+    # "saeuron": the paper's score and gates; "specific": governance.scoring.specificity.
+    method: Literal["saeuron", "specific"] = "saeuron"
+    gate_quantile: float = Field(default=1.0, gt=0, le=1)
     gamma: float = -1.0
     steps: int = Field(default=50, gt=0)
     guidance: float = 9.0
@@ -46,7 +49,11 @@ class ScoreRequest(BaseModel):
     def _one_rule(self) -> ScoreRequest:
         if self.tau is not None and self.top_n is not None:
             raise ValueError("give --tau or --top-n, not both")
+        if self.method == "specific" and self.tau is not None:
+            raise ValueError("--method specific takes --top-n, not --tau")
         if self.tau is None and self.top_n is None:
+            if self.method == "specific":
+                raise ValueError("--method specific needs --top-n")
             self.tau = 99.99
         return self
 
@@ -104,7 +111,12 @@ def plan(store: Any, req: ScoreRequest) -> tuple[Any, list[ConceptPrompts], list
 def build_spec(req: ScoreRequest, scheduler: str, choices: list[FeatureChoice], timesteps: list[int],
                evidence: list[dict[str, Any]]) -> MappingSpec:
     per_t = entries_by_timestep(choices, timesteps)
-    selection = Selection(rule="tau", tau=req.tau) if req.top_n is None else Selection(rule="top_n", top_n=req.top_n)
+    if req.method == "specific":
+        selection = Selection(rule="specific", top_n=req.top_n)
+    elif req.top_n is None:
+        selection = Selection(rule="tau", tau=req.tau)
+    else:
+        selection = Selection(rule="top_n", top_n=req.top_n)
     return MappingSpec(concept=req.concept, selection=selection, gamma=req.gamma, scheduler=scheduler,
                        num_steps=req.steps, timesteps=per_t, evidence=[EvidenceRef(**e) for e in evidence])
 
@@ -131,19 +143,19 @@ def score_concept(store: Any, req: ScoreRequest, actor: str | None,
         raise ScoringError(f"model {model!r} (sha256 {model_hash[:12]}) is not the base model SAE "
                            f"{sae_rec.ref} was trained on ({expected[:12]})")
 
+    need_peaks = req.method == "specific" or bool(getattr(selector, "needs_peaks", False))
     stats = collect_concept_stats(pipe, sae, sae_rec.hook_point, concepts, steps=req.steps,
                                   guidance=req.guidance, seed=req.seed, batch_size=req.batch_size,
-                                  progress=progress)
+                                  progress=progress, peaks=need_peaks)
     extra = Selected()
     if selector is not None:
         # An operating-point search (concept sweep): it picks the rule and gamma from evidence.
         extra = selector(pipe, sae, sae_rec.hook_point, stats, target.kind)
-        req = req.model_copy(update={"tau": extra.tau, "top_n": extra.top_n, "gamma": extra.gamma})
-    try:
-        choices, scores = choose_features(stats.mu, stats.counts, 0, stats.timesteps, req.gamma,
-                                          tau=req.tau, top_n=req.top_n)
-    except ValueError as exc:
-        raise ScoringError(f"selection: {exc}") from None
+        req = req.model_copy(update={"tau": extra.tau, "top_n": extra.top_n, "gamma": extra.gamma,
+                                     "method": extra.method,
+                                     "gate_quantile": (extra.params.get("sweep") or {}).get("gate_quantile", 1.0)})
+    choices, scores = choose(stats, gamma=req.gamma, method=req.method, tau=req.tau, top_n=req.top_n,
+                             gate_quantile=req.gate_quantile)
     scheduler = type(pipe.scheduler).__name__
     params = {
         "request": req.model_dump(mode="json"), "base_model": model, "base_model_hash": model_hash,

@@ -19,8 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from governance.evaluation.metrics import EVAL_SEEDS, generate_jobs, judge, unlearning_metrics
 from governance.formats.blocklist import BlockedConcept, BlocklistSpec, SaeRef
 from governance.formats.sweep import OBJECTIVES, SWEEP_NAME, SweepPoint, SweepTable
-from governance.scoring.maths import FeatureChoice, choose_features
-from governance.scoring.selection import ScoringError, Selected, entries_by_timestep
+from governance.scoring.maths import FeatureChoice
+from governance.scoring.selection import ScoringError, Selected, choose, entries_by_timestep
 from governance.scoring.statistics import ConceptStats
 from governance.toyworld.grammar import ToyPrompt, all_prompts, attribute_of, registry_kind
 Progress = Callable[[int, int], None]  # (images done, images total)
@@ -31,20 +31,24 @@ class SweepRequest(BaseModel):
 
     taus: list[float] = Field(default_factory=list)
     top_ns: list[int] = Field(default_factory=list)
+    # Feature counts per timestep under specificity-aware selection (governance.scoring.specificity).
+    specific_top_ns: list[int] = Field(default_factory=list)
+    gate_quantile: float = Field(default=1.0, gt=0, le=1)
     multipliers: list[float] = Field(min_length=1)
     seeds: tuple[int, ...] = Field(default=(100,), min_length=1)
     batch_size: int = Field(default=32, gt=0)
-    # The paper's objective; "ua_ira_cra" also weighs what the other kinds keep, so that a point
-    # which "removes" the concept by destroying the whole image cannot win.
-    objective: Literal["ua_ira", "ua_ira_cra"] = "ua_ira"
+    # "min_ua_ira_cra" (the default): the weakest of the three, so that a point which "removes"
+    # the concept by wrecking the object, or keeps the image by removing nothing, cannot win;
+    # "ua_ira" is the paper's (UA + IRA) / 2, "ua_ira_cra" the mean of the three.
+    objective: Literal["ua_ira", "ua_ira_cra", "min_ua_ira_cra"] = "min_ua_ira_cra"
 
     @model_validator(mode="after")
     def _check(self) -> SweepRequest:
-        if not self.taus and not self.top_ns:
-            raise ValueError("give at least one --taus or --top-ns value")
+        if not self.taus and not self.top_ns and not self.specific_top_ns:
+            raise ValueError("give at least one --taus, --top-ns or --specific-top-ns value")
         if any(not 0 < t < 100 for t in self.taus):
             raise ValueError("every tau must lie in (0, 100)")
-        if any(n <= 0 for n in self.top_ns):
+        if any(n <= 0 for n in self.top_ns + self.specific_top_ns):
             raise ValueError("every top-n must be positive")
         self.seeds = tuple(dict.fromkeys(self.seeds))
         if set(self.seeds) & set(EVAL_SEEDS):
@@ -52,7 +56,28 @@ class SweepRequest(BaseModel):
         return self
 
     def rules(self) -> list[tuple[str, float]]:
-        return [("tau", t) for t in self.taus] + [("top_n", n) for n in self.top_ns]
+        return ([("tau", t) for t in self.taus] + [("top_n", n) for n in self.top_ns]
+                + [("specific", n) for n in self.specific_top_ns])
+
+    def needs_peaks(self) -> bool:
+        return bool(self.specific_top_ns)
+
+
+def objective_value(objective: str, ua: float, ira: float, cra: float) -> float:
+    if objective == "ua_ira":
+        return (ua + ira) / 2
+    if objective == "ua_ira_cra":
+        return (ua + ira + cra) / 3
+    return min(ua, ira, cra)
+
+
+def rule_kwargs(rule: str, value: float, gate_quantile: float = 1.0) -> dict[str, Any]:
+    """A sweep point's rule as the keyword arguments of `selection.choose`."""
+    if rule == "tau":
+        return {"method": "saeuron", "tau": value}
+    if rule == "top_n":
+        return {"method": "saeuron", "top_n": int(value)}
+    return {"method": "specific", "top_n": int(value), "gate_quantile": gate_quantile}
 
 
 def sweep_jobs(concept: str, seeds: tuple[int, ...]) -> list[tuple[ToyPrompt, int]]:
@@ -62,8 +87,10 @@ def sweep_jobs(concept: str, seeds: tuple[int, ...]) -> list[tuple[ToyPrompt, in
 
 
 def best_point(points: list[SweepPoint]) -> SweepPoint:
-    """Highest objective; ties go to higher CRA, then to the fewest features touched."""
-    return max(points, key=lambda p: (round(p.objective, 9), round(p.CRA, 9), -p.n_entries, -abs(p.gamma)))
+    """Highest objective; ties go to the higher mean of UA, IRA and CRA, then to higher CRA, then
+    to the fewest features touched, then to the smaller |gamma|."""
+    return max(points, key=lambda p: (round(p.objective, 9), round((p.UA + p.IRA + p.CRA) / 3, 9), round(p.CRA, 9),
+                                      -p.n_entries, -abs(p.gamma)))
 
 
 def blocklist_for(concept: str, kind: str, hook: str, gamma: float, choices: list[FeatureChoice],
@@ -90,10 +117,9 @@ def make_selector(sweep: SweepRequest, *, steps: int, guidance: float,
         scheduler = type(pipe.scheduler).__name__
         points: list[SweepPoint] = []
         for rule, value, gamma in grid:
-            kwargs = {"tau": value} if rule == "tau" else {"top_n": int(value)}
             try:
-                choices, _ = choose_features(stats.mu, stats.counts, 0, stats.timesteps, gamma, **kwargs)
-            except ValueError as exc:
+                choices, _ = choose(stats, gamma=gamma, **rule_kwargs(rule, value, sweep.gate_quantile))
+            except ScoringError as exc:
                 raise ScoringError(f"sweep point {rule}={value}: {exc}") from None
             spec = blocklist_for(concept, registry_kind(concept), hook, gamma, choices, stats.timesteps, scheduler,
                                  steps)
@@ -107,7 +133,7 @@ def make_selector(sweep: SweepRequest, *, steps: int, guidance: float,
             done += len(jobs)
             m = unlearning_metrics(judge(images, jobs), [concept])[concept]
             ua, ira, cra = (float(m[k]) if m[k] is not None else 0.0 for k in ("UA", "IRA", "CRA"))
-            score = (ua + ira) / 2 if sweep.objective == "ua_ira" else (ua + ira + cra) / 3
+            score = objective_value(sweep.objective, ua, ira, cra)
             points.append(SweepPoint(rule=rule, value=value, gamma=gamma, UA=ua, IRA=ira, CRA=cra, objective=score,
                                      n_entries=len(choices), n_features=len({c.feature for c in choices})))
         best = best_point(points)
@@ -117,14 +143,17 @@ def make_selector(sweep: SweepRequest, *, steps: int, guidance: float,
                            chosen=best, points=points)
         return Selected(
             tau=best.value if best.rule == "tau" else None,
-            top_n=int(best.value) if best.rule == "top_n" else None,
+            top_n=int(best.value) if best.rule != "tau" else None,
             gamma=best.gamma,
+            method="specific" if best.rule == "specific" else "saeuron",
             evidence=[{"kind": "sweep", "ref": table.evidence_text()}],
             artifacts={SWEEP_NAME: table.file_text().encode()},
             metrics={"sweep.UA": best.UA, "sweep.IRA": best.IRA, "sweep.CRA": best.CRA,
                      "sweep.objective": best.objective, "sweep.points": float(len(points))},
-            params={"sweep": {"taus": sweep.taus, "top_ns": sweep.top_ns, "multipliers": sweep.multipliers,
+            params={"sweep": {"taus": sweep.taus, "top_ns": sweep.top_ns, "specific_top_ns": sweep.specific_top_ns,
+                              "gate_quantile": sweep.gate_quantile, "multipliers": sweep.multipliers,
                               "seeds": list(sweep.seeds), "objective": sweep.objective}},
         )
 
+    select.needs_peaks = sweep.needs_peaks()  # type: ignore[attr-defined]
     return select

@@ -159,8 +159,9 @@ def test_cli_errors_are_one_line(workspace: tuple[Store, Path], toy_model: Path)
 
 
 def test_concept_sweep_picks_the_best_measured_point(workspace: tuple[Store, Path], toy_model: Path) -> None:  # noqa: F811
-    """Every (rule, gamma) point is measured on sweep images; the mapping is the argmax of
-    (UA + IRA) / 2 and carries the whole table as evidence (also in its MLflow run)."""
+    """Every (rule, gamma) point is measured on sweep images; the mapping is the argmax of the
+    default objective min(UA, IRA, CRA) and carries the whole table as evidence (also in its
+    MLflow run)."""
     from mlflow.tracking import MlflowClient
 
     from governance.scoring.sweep import SWEEP_NAME, best_point, SweepPoint, sweep_jobs
@@ -177,9 +178,9 @@ def test_concept_sweep_picks_the_best_measured_point(workspace: tuple[Store, Pat
     assert len(table["points"]) == 4 and table["images_per_point"] == 16
     points = [SweepPoint(**p) for p in table["points"]]
     for p in points:
-        assert p.objective == pytest.approx((p.UA + p.IRA) / 2)
+        assert p.objective == pytest.approx(min(p.UA, p.IRA, p.CRA))
     chosen = best_point(points)
-    assert SweepPoint(**table["chosen"]) == chosen and table["objective"] == "(UA + IRA) / 2"
+    assert SweepPoint(**table["chosen"]) == chosen and table["objective"] == "min(UA, IRA, CRA)"
     m = store.get_mapping(out["mapping_id"])
     assert m.state == "draft" and m.selection_rule == "top_n" and m.top_n == int(chosen.value)
     assert m.gamma == chosen.gamma
