@@ -14,7 +14,9 @@ from pathlib import Path
 import click
 
 from governance.common.errors import UsageError
-from governance.common.workspace import ENV_ACTOR, ENV_DATABASE_URL, ENV_HOME, ENV_MLFLOW_URI
+from governance.common.workspace import (
+    ENV_ACTOR, ENV_CONFIG_DIR, ENV_DATABASE_URL, ENV_HOME, ENV_MLFLOW_URI, ENV_TRUSTED_KEYS,
+)
 
 MARKER = ".saegov-demo"
 # The demo's defaults: each kind at the block where the toy world keeps it (docs/evaluation.md,
@@ -82,8 +84,11 @@ def demo(workspace: Path, colour: str, style: str, colour_hookpoint: str, style_
     ws = workspace.resolve()
     _fresh_workspace(ws)
     os.environ[ENV_HOME] = str(ws)
-    for name in (ENV_DATABASE_URL, ENV_ACTOR, ENV_MLFLOW_URI):
+    for name in (ENV_DATABASE_URL, ENV_ACTOR, ENV_MLFLOW_URI, ENV_TRUSTED_KEYS):
         os.environ.pop(name, None)
+    # The demo plays three people on one machine; erin, who builds the deployment, keeps her
+    # signing key in her own config folder (a real one is ~/.config/saegov, never the workspace).
+    os.environ[ENV_CONFIG_DIR] = str(ws / "people" / "erin")
     model = str(default_pipeline_path())
     steps, guidance = str(DEFAULT_STEPS), str(DEFAULT_GUIDANCE)
     prompts_dir = ws / "prompts"
@@ -101,6 +106,11 @@ def demo(workspace: Path, colour: str, style: str, colour_hookpoint: str, style_
     _run(["actor", "add", "alice", "--role", "admin"])
     _run(["actor", "add", "erin", "--role", "engineer", "--actor", "alice"])
     _run(["actor", "add", "rob", "--role", "reviewer", "--actor", "alice"])
+    from governance.enforcement import signing
+
+    _run(["key", "show"])  # erin's public key; the admin registers it so her deployments are trusted
+    _run(["key", "register", "erin", "--public-key", signing.public_hex(signing.load_or_create_key()),
+          "--actor", "alice"])
     for kind, names in (("colour", COLOURS), ("style", STYLES)):
         for name in names:
             _run(["concept", "add", name, "--kind", kind, "--prompts", str(prompts_dir / f"{name}.txt"), "--actor", "erin"])

@@ -36,22 +36,31 @@ def register(root: click.Group) -> None:
 
     @deploy.command("verify")
     @click.argument("folder", type=click.Path(path_type=Path))
-    @click.option("--offline", is_flag=True, help="Do not consult the registry (hashes and signature only).")
+    @click.option("--offline", is_flag=True,
+                  help="Do not consult the registry: approvals are not re-checked, and the signing key must be "
+                       "in a trust store (--trusted-keys or SAEGOV_TRUSTED_KEYS).")
+    @click.option("--trusted-keys", type=click.Path(path_type=Path), default=None,
+                  help="Trust store file (`saegov key export`); default: SAEGOV_TRUSTED_KEYS.")
+    @click.option("--allow-untrusted", is_flag=True,
+                  help="Accept a signature by a key nobody vouches for (says so loudly). Not for production.")
     @json_option
-    def verify(folder: Path, offline: bool, as_json: bool) -> None:
-        """Verify hashes, signature and (when the registry is reachable) approvals."""
+    def verify(folder: Path, offline: bool, trusted_keys: Path | None, allow_untrusted: bool, as_json: bool) -> None:
+        """Verify hashes, that a trusted key signed it, and (unless --offline) its approvals."""
         from governance.enforcement import verify_deployment
 
-        v = verify_deployment(folder, check_registry=not offline)
+        v = verify_deployment(folder, check_registry=not offline, trusted_keys_file=trusted_keys,
+                              allow_untrusted=allow_untrusted)
         info = {"path": str(folder), "ok": True, "manifest_sha256": v.manifest_sha256,
                 "blocklist": v.manifest.payload.blocklist, "files": len(v.manifest.payload.files),
                 "saes": {s.hook_point: s.ref or s.weights_sha256 for s in v.manifest.payload.saes},
-                "registry_checked": v.registry_checked, "deployment_id": v.deployment_id, "notes": v.notes}
+                "registry_checked": v.registry_checked, "deployment_id": v.deployment_id,
+                "trusted_by": v.trusted_by, "notes": v.notes}
         if as_json:
             print_json(info)
             return
-        click.echo(f"ok: {info['files']} files verified, signature valid, blocklist {info['blocklist']}, "
+        signed = f"signed by a trusted key ({v.trusted_by})" if v.trusted_by else "signature valid but UNTRUSTED"
+        click.echo(f"ok: {info['files']} files verified, {signed}, blocklist {info['blocklist']}, "
                    f"SAEs at {', '.join(info['saes'])}"
                    + (f", approvals current (deployment {v.deployment_id})" if v.registry_checked else ""))
         for note in v.notes:
-            click.echo(f"note: {note}")
+            click.echo(f"note: {note}", err=note.startswith("UNTRUSTED"))

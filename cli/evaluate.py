@@ -28,11 +28,15 @@ def register(root: click.Group) -> None:
     @click.option("--attack-iterations", type=click.IntRange(min=0), default=40, show_default=True)
     @click.option("--attack-tokens", type=click.IntRange(min=1), default=5, show_default=True)
     @click.option("--offline", is_flag=True,
-                  help="Do not consult the registry (no revocation check, no heatmaps, no audit trail).")
+                  help="Do not consult the registry (no revocation check, no heatmaps, no audit trail); the "
+                       "signing key must then be in a trust store (--trusted-keys or SAEGOV_TRUSTED_KEYS).")
+    @click.option("--trusted-keys", type=click.Path(path_type=Path), default=None,
+                  help="Trust store file (`saegov key export`); default: SAEGOV_TRUSTED_KEYS.")
     @click.option("--no-track", is_flag=True, help="Do not log to MLflow.")
     @json_option
     def eval_(deployment: Path, seeds: str, report: Path | None, attack: bool, attack_prompts: int,
-              attack_iterations: int, attack_tokens: int, offline: bool, no_track: bool, as_json: bool) -> None:
+              attack_iterations: int, attack_tokens: int, offline: bool, trusted_keys: Path | None, no_track: bool,
+              as_json: bool) -> None:
         """Measure what a deployment removes and keeps (UnlearnCanvas-style, on the toy world)."""
         from cli.progress import stage_progress
         from governance.evaluation.attack import AttackSettings
@@ -41,7 +45,8 @@ def register(root: click.Group) -> None:
         settings = AttackSettings(iterations=attack_iterations, n_tokens=attack_tokens,
                                   max_prompts=attack_prompts) if attack else None
         with stage_progress() as progress:
-            result = run_evaluation(deployment, offline=offline, seeds=_seeds(seeds), report=report,
+            result = run_evaluation(deployment, offline=offline, trusted_keys_file=trusted_keys, seeds=_seeds(seeds),
+                                    report=report,
                                     track=not no_track, progress=lambda stage, i, n: progress(stage, i, n, {}),
                                     attack=settings)
         if as_json:

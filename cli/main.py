@@ -22,6 +22,7 @@ _COMMAND_MODULES = [
     "cli.mappings",
     "cli.reviews",
     "cli.blocklists",
+    "cli.keys",
     "cli.deploy",
     "cli.generate",
     "cli.audit",

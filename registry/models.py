@@ -79,6 +79,27 @@ class Actor(Base):
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("actors.id"))
 
 
+class SigningKey(Base):
+    """A public Ed25519 key an admin registered for an actor: deployments it signs are trusted
+    (`purpose` 'deployment') until it is revoked. The private key stays with its owner."""
+
+    __tablename__ = "signing_keys"
+    __table_args__ = (CheckConstraint(_in("purpose", ("deployment",)), name="purpose"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    public_key: Mapped[str] = mapped_column(String(64), unique=True)
+    purpose: Mapped[str] = mapped_column(String(16), default="deployment")
+    actor_id: Mapped[int] = mapped_column(ForeignKey("actors.id"), index=True)
+    registered_by_id: Mapped[int] = mapped_column(ForeignKey("actors.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    revoked_by_id: Mapped[int | None] = mapped_column(ForeignKey("actors.id"))
+
+    actor: Mapped[Actor] = relationship(foreign_keys=[actor_id])
+    registered_by: Mapped[Actor] = relationship(foreign_keys=[registered_by_id])
+    revoked_by: Mapped[Actor | None] = relationship(foreign_keys=[revoked_by_id])
+
+
 class BaseModelRow(Base):
     __tablename__ = "base_models"
 

@@ -23,6 +23,21 @@ class ActorRecord(Record):
     created_at: dt.datetime
 
 
+class SigningKeyRecord(Record):
+    id: int
+    public_key: str
+    purpose: str
+    actor: str
+    registered_by: str
+    created_at: dt.datetime
+    revoked_at: dt.datetime | None = None
+    revoked_by: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
 class BaseModelRecord(Record):
     id: int
     name: str

@@ -35,6 +35,7 @@ from registry.db import check_schema, make_engine
 from registry.errors import (
     AlreadyExists,
     DatabaseUnreachable,
+    InvalidTransition,
     NotFound,
     PermissionDenied,
     ValidationFailed,
@@ -59,6 +60,7 @@ from registry.models import (
     MappingFeature,
     Review,
     SAEVersion,
+    SigningKey,
 )
 from registry.records import (
     ActorRecord,
@@ -75,6 +77,7 @@ from registry.records import (
     MappingRecord,
     ReviewRecord,
     SAERecord,
+    SigningKeyRecord,
 )
 
 SAERef = int | str  # id, "ID", "name@version" or "name" (latest version)
@@ -216,6 +219,66 @@ class Store:
     def list_actors(self) -> list[ActorRecord]:
         with self._read() as s:
             return [_actor(a) for a in s.scalars(select(Actor).order_by(Actor.id))]
+
+    # --- signing keys ------------------------------------------------------------------------
+
+    def register_signing_key(self, owner: str, public_key: str, actor: str | None,
+                             purpose: str = "deployment") -> SigningKeyRecord:
+        """An admin registers `owner`'s public key: deployments it signs become trusted."""
+        public_key = _check_public_key(public_key)
+        with self._write(actor, "key.register") as tx:
+            s = tx.session
+            person = self._actor_row(s, owner)
+            if s.scalar(select(SigningKey).where(SigningKey.public_key == public_key)):
+                raise AlreadyExists(f"key {public_key[:16]}... is already registered")
+            row = SigningKey(public_key=public_key, purpose=purpose, actor_id=person.id, registered_by_id=tx.actor.id)
+            s.add(row)
+            s.flush()
+            tx.log("key.register", f"key:{public_key}", {"id": row.id, "public_key": public_key,
+                                                         "purpose": purpose, "owner": person.name})
+            s.refresh(row)
+            return _signing_key(row)
+
+    def revoke_signing_key(self, public_key: str, actor: str | None, reason: str = "") -> SigningKeyRecord:
+        """An admin revokes a key: nothing it signed is trusted from then on."""
+        public_key = _check_public_key(public_key)
+        with self._write(actor, "key.revoke") as tx:
+            s = tx.session
+            row = s.scalar(select(SigningKey).where(SigningKey.public_key == public_key))
+            if row is None:
+                raise NotFound(f"key {public_key[:16]}... is not registered")
+            if row.revoked_at is not None:
+                raise InvalidTransition(f"key {public_key[:16]}... was already revoked")
+            row.revoked_at, row.revoked_by_id = utcnow(), tx.actor.id
+            s.flush()
+            tx.log("key.revoke", f"key:{public_key}", {"id": row.id, "public_key": public_key, "reason": reason})
+            s.refresh(row)
+            return _signing_key(row)
+
+    def list_signing_keys(self) -> list[SigningKeyRecord]:
+        with self._read() as s:
+            return [_signing_key(k) for k in s.scalars(select(SigningKey).order_by(SigningKey.id))]
+
+    def trusted_signing_keys(self, purpose: str = "deployment") -> dict[str, SigningKeyRecord]:
+        """Public key -> record, for the keys that are registered and not revoked both in the
+        key table and in the audit log: a row inserted or un-revoked by SQL, without its
+        `key.register` event (or despite a `key.revoke` one), is not trusted. (That the log
+        itself is intact is `audit verify`'s to say.)"""
+        with self._read() as s:
+            events = s.execute(select(AuditEvent.action, AuditEvent.payload)
+                               .where(AuditEvent.action.in_(("key.register", "key.revoke")))
+                               .order_by(AuditEvent.seq)).all()
+            logged: dict[str, bool] = {}
+            for action, payload in events:
+                try:
+                    key = json.loads(payload).get("public_key")
+                except ValueError:
+                    continue
+                if isinstance(key, str):
+                    logged[key] = action == "key.register" and key not in logged
+            rows = s.scalars(select(SigningKey).where(SigningKey.purpose == purpose,
+                                                      SigningKey.revoked_at.is_(None)))
+            return {r.public_key: _signing_key(r) for r in rows if logged.get(r.public_key)}
 
     # --- base models -------------------------------------------------------------------------
 
@@ -800,6 +863,19 @@ class Store:
 
 
 # --- row -> record ----------------------------------------------------------------------------
+
+
+def _signing_key(k: SigningKey) -> SigningKeyRecord:
+    return SigningKeyRecord(id=k.id, public_key=k.public_key, purpose=k.purpose, actor=k.actor.name,
+                            registered_by=k.registered_by.name, created_at=k.created_at, revoked_at=k.revoked_at,
+                            revoked_by=k.revoked_by.name if k.revoked_by else None)
+
+
+def _check_public_key(value: str) -> str:
+    value = (value or "").strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", value):
+        raise ValidationFailed("a public key is 64 hex digits (a raw Ed25519 key; `saegov key show` prints yours)")
+    return value
 
 
 def _actor(a: Actor) -> ActorRecord:

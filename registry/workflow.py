@@ -16,6 +16,8 @@ from registry.errors import InvalidTransition, PermissionDenied, ValidationFaile
 # action -> roles allowed to perform it
 PERMISSIONS: dict[str, frozenset[str]] = {
     "actor.add": frozenset({"admin"}),
+    "key.register": frozenset({"admin"}),
+    "key.revoke": frozenset({"admin"}),
     "base_model.register": frozenset({"admin", "engineer"}),
     "sae.register": frozenset({"admin", "engineer"}),
     "concept.add": frozenset({"admin", "engineer"}),

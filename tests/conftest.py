@@ -18,6 +18,16 @@ from registry.db import make_engine, upgrade
 from registry.store import Store
 from tests.helpers.registry import ACTORS, PG_ENV, pg_url, reset_postgres
 
+
+@pytest.fixture(autouse=True)
+def own_config_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test is a person with their own config folder (signing key), never the real ~/.config;
+    and no trust store leaks in from the environment."""
+    folder = tmp_path_factory.mktemp("config")
+    monkeypatch.setenv("SAEGOV_CONFIG_DIR", str(folder))
+    monkeypatch.delenv("SAEGOV_TRUSTED_KEYS", raising=False)
+    return folder
+
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("template") / "registry.db"

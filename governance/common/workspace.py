@@ -9,6 +9,10 @@ ENV_HOME = "SAEGOV_HOME"
 ENV_DATABASE_URL = "SAEGOV_DATABASE_URL"
 ENV_ACTOR = "SAEGOV_ACTOR"
 ENV_MLFLOW_URI = "MLFLOW_TRACKING_URI"
+# A person's own settings and private keys: never inside the shared workspace.
+ENV_CONFIG_DIR = "SAEGOV_CONFIG_DIR"
+# A trust store file (governance.formats.trusted_keys) for verifying deployments.
+ENV_TRUSTED_KEYS = "SAEGOV_TRUSTED_KEYS"
 
 
 def workspace_home() -> Path:
@@ -21,3 +25,12 @@ def uri_to_path(uri: str) -> Path:
     if uri.startswith("file:"):
         return Path(unquote(urlparse(uri).path))
     return Path(uri)
+
+
+def config_dir() -> Path:
+    """`SAEGOV_CONFIG_DIR`, else `$XDG_CONFIG_HOME/saegov`, else `~/.config/saegov`: the person's
+    own folder, where their private signing key lives."""
+    if os.environ.get(ENV_CONFIG_DIR):
+        return Path(os.environ[ENV_CONFIG_DIR])
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "saegov"

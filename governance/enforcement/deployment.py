@@ -8,8 +8,10 @@ built by/at) signed with Ed25519. Loading verifies all of it and refuses on any 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from typing import Any
 from governance.common.errors import FormatError, GovernanceError
 from governance.common.hashing import sha256_bytes, sha256_file
 from governance.common.timeutil import iso_seconds
-from governance.common.workspace import uri_to_path
+from governance.common.workspace import ENV_TRUSTED_KEYS, uri_to_path
 from governance.enforcement import signing
 from governance.formats.blocklist import Approval, BlockedConcept, BlocklistSpec, SaeRef, read_blocklist, write_blocklist
 from governance.formats.deployment import (
@@ -40,15 +42,23 @@ class VerifiedDeployment:
     blocklist: BlocklistSpec
     registry_checked: bool
     deployment_id: int | None = None
+    trusted_by: str | None = None  # where the signing key's trust came from; None: untrusted
     notes: list[str] = field(default_factory=list)
 
 
 def _hash_tree(root: Path) -> dict[str, str]:
-    return {
-        p.relative_to(root).as_posix(): sha256_file(p)
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and p.relative_to(root).as_posix() != MANIFEST
-    }
+    """sha256 of every file but the manifest. A symbolic link anywhere (to a file inside or
+    outside the folder) is refused: what is verified must be what is in the folder."""
+    if root.is_symlink():
+        raise DeploymentError(f"{root} is a symbolic link; give the deployment folder itself")
+    out: dict[str, str] = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if p.is_symlink():
+            raise DeploymentError(f"{rel} is a symbolic link; a deployment may not contain links")
+        if p.is_file() and rel != MANIFEST:
+            out[rel] = sha256_file(p)
+    return out
 
 
 def blocklist_spec_from_record(bl: Any, saes: dict[str, Any]) -> BlocklistSpec:
@@ -81,6 +91,7 @@ def build_deployment(store: Any, blocklist: str, version: int | None, model: str
     if out.exists() and any(out.iterdir()):
         raise DeploymentError(f"output folder {out} exists and is not empty")
     store.check_actor(actor)
+    key = builder_key(store, actor)  # refused before minutes of work, not after
     bl = store.get_blocklist(blocklist, version)
     if bl.state != "published":
         raise DeploymentError(f"blocklist {bl.ref} is {bl.state}; only published versions can be deployed")
@@ -143,7 +154,6 @@ def build_deployment(store: Any, blocklist: str, version: int | None, model: str
             defaults=GenerationDefaults(scheduler=scheduler_name, num_inference_steps=num_steps, guidance_scale=guidance),
             error_mode=error_mode, built_by=actor, built_at=iso_seconds(),
         )
-        key = signing.load_or_create_key()
         signature = Signature(public_key=signing.public_hex(key), value=signing.sign(key, payload.signed_message()))
         manifest = DeploymentManifest(payload=payload, signature=signature)
         manifest_bytes = write_deployment_manifest(tmp, manifest)
@@ -161,6 +171,21 @@ def build_deployment(store: Any, blocklist: str, version: int | None, model: str
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out, record
+
+
+def builder_key(store: Any, actor: str) -> Any:
+    """The builder's own signing key, which an admin must have registered to them: a
+    deployment signed by any other key would not verify anywhere."""
+    try:
+        key = signing.load_or_create_key()
+    except signing.SigningError as exc:
+        raise DeploymentError(str(exc)) from None
+    public = signing.public_hex(key)
+    record = store.trusted_signing_keys().get(public)
+    if record is None or record.actor != actor:
+        raise DeploymentError(f"your deployment-signing key {public[:16]}... is not registered to {actor}: an admin "
+                              f"runs `saegov key register {actor} --public-key {public}` (`saegov key show` prints it)")
+    return key
 
 
 def _with_justifications(store: Any, spec: BlocklistSpec) -> BlocklistSpec:
@@ -219,9 +244,35 @@ def read_manifest(path: Path) -> tuple[DeploymentManifest, bytes]:
         raise DeploymentError(str(exc)) from None
 
 
+def resolve_trust(store: Any | None, trusted_keys: Collection[str] | None = None,
+                  trusted_keys_file: str | Path | None = None) -> dict[str, str]:
+    """Public key -> where its trust comes from: the keys given, the trust store file
+    (`trusted_keys_file`, else `SAEGOV_TRUSTED_KEYS`), and the registry's registered, unrevoked
+    deployment keys when a registry is given."""
+    keys: dict[str, str] = {k: "given" for k in trusted_keys or ()}
+    file = trusted_keys_file or os.environ.get(ENV_TRUSTED_KEYS) or None
+    if file:
+        from governance.formats.trusted_keys import read_trusted_keys
+
+        try:
+            keys.update({k: f"trust store {file}" for k in read_trusted_keys(Path(file)).public_keys()})
+        except FormatError as exc:
+            raise DeploymentError(f"trusted keys: {exc}") from None
+    if store is not None:
+        keys.update({k: f"registry key of {r.actor}" for k, r in store.trusted_signing_keys().items()})
+    return keys
+
+
 def verify_deployment(path: str | Path, store: Any | None = None, check_registry: bool = True,
-                      trusted_key: str | None = None) -> VerifiedDeployment:
-    """Check every hash, the signature, and (when a registry is given or reachable) the approvals."""
+                      trusted_keys: Collection[str] | None = None, trusted_keys_file: str | Path | None = None,
+                      allow_untrusted: bool = False) -> VerifiedDeployment:
+    """Check every hash, the signature, that the signing key is trusted, and (unless
+    `check_registry` is False, an explicit choice) the approvals in the registry.
+
+    Fails closed: a registry that cannot be found when approvals are to be checked, a key that
+    no trust store, given key or registry vouches for (unless `allow_untrusted`), a symbolic
+    link anywhere in the folder.
+    """
     path = Path(path)
     manifest, raw = read_manifest(path)
     p = manifest.payload
@@ -231,8 +282,6 @@ def verify_deployment(path: str | Path, store: Any | None = None, check_registry
         raise DeploymentError(str(exc)) from None
     if not signing.verify(manifest.signature.public_key, message, manifest.signature.value):
         raise DeploymentError(f"{MANIFEST}: signature does not match its contents")
-    if trusted_key is not None and manifest.signature.public_key != trusted_key:
-        raise DeploymentError(f"{MANIFEST}: signed by key {manifest.signature.public_key[:16]}..., not the trusted key")
     actual = _hash_tree(path)
     for rel, digest in p.files.items():
         if rel not in actual:
@@ -256,16 +305,53 @@ def verify_deployment(path: str | Path, store: Any | None = None, check_registry
             raise DeploymentError(f"the SAE at {x.hook_point} is not the one its blocklist names (sha256 mismatch)")
     result = VerifiedDeployment(path=path, manifest=manifest, manifest_sha256=sha256_bytes(raw),
                                 blocklist=blocklist, registry_checked=False)
-    if check_registry:
-        if store is None:
-            from registry.store import Store
+    if check_registry and store is None:
+        from registry.store import Store
 
-            store = Store.open_if_present()
+        store = Store.open_if_present()
         if store is None:
-            result.notes.append("registry not reachable: approvals not re-checked")
-        else:
-            _check_registry(store, result)
+            raise DeploymentError("no registry found (SAEGOV_HOME / SAEGOV_DATABASE_URL): the approvals cannot be "
+                                  "re-checked; verify against the registry, or accept that explicitly (--offline)")
+    trust = resolve_trust(store if check_registry else None, trusted_keys, trusted_keys_file)
+    signer = manifest.signature.public_key
+    if signer in trust:
+        result.trusted_by = trust[signer]
+    elif allow_untrusted:
+        result.notes.append(f"UNTRUSTED: signed by key {signer[:16]}..., which no trust store or registry vouches for "
+                            "(--allow-untrusted)")
+    elif not trust:
+        raise DeploymentError("no trusted keys to check the signature against: give --trusted-keys FILE (`saegov key "
+                              "export`), set SAEGOV_TRUSTED_KEYS, or verify against the registry")
+    else:
+        raise DeploymentError(f"{MANIFEST}: signed by key {signer[:16]}..., which is not a trusted deployment key "
+                              "(not registered, revoked, or not in the trust store)")
+    if check_registry:
+        _check_registry(store, result)
+    else:
+        result.notes.append("offline: approvals were not re-checked against the registry")
     return result
+
+
+def _blocklist_difference(expected: BlocklistSpec, actual: BlocklistSpec) -> str | None:
+    """What differs between the registry's blocklist and a deployment's blocklist.json (the
+    entries that are enforced, not only a hash field), or None."""
+    if (expected.name, expected.version) != (actual.name, actual.version):
+        return f"it is {actual.name}@{actual.version}"
+    def sae_key(s: SaeRef) -> tuple[str, str | None]:
+        return s.hook_point, s.weights_sha256
+    if sorted(map(sae_key, expected.saes)) != sorted(map(sae_key, actual.saes)):
+        return "its SAEs differ"
+
+    def entry_key(e: BlockedConcept) -> str:
+        d = e.model_dump(mode="json", exclude={"approval"})
+        d["approval_review_id"] = e.approval.review_id
+        return json.dumps(d, sort_keys=True)
+    mine = sorted(map(entry_key, expected.entries))
+    theirs = sorted(map(entry_key, actual.entries))
+    if mine != theirs:
+        missing = [json.loads(k)["concept"] for k in mine if k not in theirs]
+        return f"entries differ ({'changed or missing: ' + ', '.join(missing) if missing else 'extra entries'})"
+    return None
 
 
 def _check_registry(store: Any, result: VerifiedDeployment) -> None:
@@ -277,8 +363,12 @@ def _check_registry(store: Any, result: VerifiedDeployment) -> None:
         bl = store.get_blocklist(name, int(version))
     except RegistryError as exc:
         raise DeploymentError(f"registry does not know blocklist {p.blocklist}: {exc}") from None
-    if bl.content_sha256 != p.blocklist_sha256:
+    if bl.content_sha256 != p.blocklist_sha256 or bl.content_sha256 != result.blocklist.content_sha256:
         raise DeploymentError(f"blocklist {p.blocklist} in the registry differs from the deployment's")
+    expected = blocklist_spec_from_record(bl, {x.hook_point: store.get_sae(x.sae_id) for x in bl.saes})
+    difference = _blocklist_difference(expected, result.blocklist)
+    if difference:
+        raise DeploymentError(f"blocklist.json is not blocklist {p.blocklist} of the registry: {difference}")
     for e in bl.entries:
         if e.mapping_state != "approved":
             raise DeploymentError(f"approval of mapping {e.mapping_id} ({e.concept}) was {e.mapping_state} "

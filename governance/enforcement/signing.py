@@ -1,9 +1,11 @@
-"""Ed25519 signing of deployment manifests with a workspace key.
+"""Ed25519 signing of deployment manifests with the builder's own key.
 
-The key lives in $SAEGOV_HOME/keys/deploy_ed25519 (created 0600 on first use). A signature
-alone proves the folder was not changed since it was signed by the holder of that key; who
-that is comes from the registry (the manifest's sha256 is recorded with the deployment) or
-from a trusted public key the verifier names.
+The private key lives in the person's config folder (`SAEGOV_CONFIG_DIR`, default
+`~/.config/saegov`), `keys/deploy_ed25519`, created 0600 on first use, never in the shared
+workspace; a key file others can read is refused. A signature alone proves only that the
+holder of some key signed the folder: a deployment is trusted when its key is in a trust store
+(`--trusted-keys FILE`, `SAEGOV_TRUSTED_KEYS`) or registered, unrevoked, in the registry
+(`saegov key register`), see governance.enforcement.deployment.
 """
 from __future__ import annotations
 
@@ -15,22 +17,27 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from governance.common.errors import GovernanceError
-from governance.common.workspace import workspace_home
+from governance.common.workspace import config_dir
 
 KEY_NAME = "deploy_ed25519"
 
 
 class SigningError(GovernanceError):
-    """The workspace's signing key cannot be read."""
+    """The person's signing key cannot be read or is not safe to use."""
 
 
 def key_path() -> Path:
-    return workspace_home() / "keys" / KEY_NAME
+    return config_dir() / "keys" / KEY_NAME
 
 
 def load_or_create_key(path: Path | None = None) -> Ed25519PrivateKey:
     path = path or key_path()
+    if path.is_symlink():
+        raise SigningError(f"{path} is a symbolic link; the signing key must be a plain file")
     if path.is_file():
+        if os.name == "posix" and path.stat().st_mode & 0o077:
+            raise SigningError(f"{path} can be read by others (mode {path.stat().st_mode & 0o777:o}); "
+                               f"run `chmod 600 {path}`")
         try:
             key = serialization.load_pem_private_key(path.read_bytes(), password=None)
         except (ValueError, TypeError):
@@ -39,11 +46,14 @@ def load_or_create_key(path: Path | None = None) -> Ed25519PrivateKey:
             raise SigningError(f"{path} is not an Ed25519 private key")
         return key
     key = Ed25519PrivateKey.generate()
-    path.parent.mkdir(parents=True, exist_ok=True)
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    fd = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(pem)
+    except OSError as exc:
+        raise SigningError(f"cannot create the signing key {path}: {exc.strerror or exc}") from None
     return key
 
 
@@ -61,3 +71,7 @@ def verify(public_key_hex: str, message: bytes, signature_hex: str) -> bool:
     except (InvalidSignature, ValueError):
         return False
     return True
+
+
+def is_public_key(value: str) -> bool:
+    return len(value) == 64 and all(c in "0123456789abcdef" for c in value)

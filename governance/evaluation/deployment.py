@@ -148,6 +148,7 @@ def sweep_seed_clashes(evidence: dict[int, list[dict[str, Any]]], seeds: tuple[i
 
 
 def evaluate_deployment(deployment: Path, *, store: Any | None, check_registry: bool = True,
+                        trusted_keys_file: Path | None = None,
                         seeds: tuple[int, ...] = EVAL_SEEDS, report: Path | None = None, track: bool = True,
                         progress: Progress | None = None, attack: AttackSettings | None = None) -> DeploymentEval:
     """Generate the evaluation images without and with the blocklist, judge them, report;
@@ -155,7 +156,8 @@ def evaluate_deployment(deployment: Path, *, store: Any | None, check_registry: 
     from governance.enforcement import EnforcedStableDiffusionPipeline
     from governance.enforcement.intervention import blocklist_suspended, enforcer_of
 
-    enforced = EnforcedStableDiffusionPipeline.from_pretrained(deployment, store=store, check_registry=check_registry)
+    enforced = EnforcedStableDiffusionPipeline.from_pretrained(deployment, store=store, check_registry=check_registry,
+                                                               trusted_keys_file=trusted_keys_file)
     enforcer = enforcer_of(enforced)
     entries = enforcer.blocklist.spec.entries if enforcer else []
     targets = toy_targets([e.concept for e in entries])
@@ -274,7 +276,8 @@ def default_report_path(deployment: Path) -> Path:
     return workspace_home() / "reports" / f"eval-{name}.html"
 
 
-def run_evaluation(deployment: Path, *, offline: bool = False, seeds: tuple[int, ...] = EVAL_SEEDS,
+def run_evaluation(deployment: Path, *, offline: bool = False, trusted_keys_file: Path | None = None,
+                   seeds: tuple[int, ...] = EVAL_SEEDS,
                    report: Path | None = None, track: bool = True, progress: Progress | None = None,
                    attack: AttackSettings | None = None) -> DeploymentEval:
     """`saegov eval`: everything is checked (folder, report path) before minutes of generation;
@@ -290,7 +293,8 @@ def run_evaluation(deployment: Path, *, offline: bool = False, seeds: tuple[int,
     except OSError as exc:
         raise EvalError(f"cannot write the report to {out}: {exc.strerror or exc}") from None
     try:
-        return evaluate_deployment(deployment, store=store, check_registry=not offline, seeds=seeds, report=out,
+        return evaluate_deployment(deployment, store=store, check_registry=not offline,
+                                   trusted_keys_file=trusted_keys_file, seeds=seeds, report=out,
                                    track=track, progress=progress, attack=attack)
     except Exception as exc:
         if type(exc).__module__.startswith("mlflow."):  # the run failed after the report was written

@@ -11,60 +11,11 @@ import torch
 from click.testing import CliRunner
 
 from cli.main import saegov
-from registry.db import make_engine, upgrade
 from governance.formats.mapping import MappingSpec
-from registry.store import Store
-from tests.helpers.enforcement import HOOK, frequent_features, load_pipe, random_sae, spec_for
+from tests.governance.enforcement.conftest import build as _build
+from tests.helpers.enforcement import HOOK, load_pipe, random_sae, spec_for
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture
-def world(tmp_path: Path, toy_pipe_dir: Path, monkeypatch: pytest.MonkeyPatch):
-    """A workspace with actors, an SAE of the toy pipeline, an approved mapping, a published blocklist."""
-    from governance.basemodel.loading import model_folder_hash
-
-    home = tmp_path / "ws"
-    monkeypatch.setenv("SAEGOV_HOME", str(home))
-    monkeypatch.delenv("SAEGOV_DATABASE_URL", raising=False)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    home.mkdir()
-    engine = make_engine(f"sqlite:///{home / 'registry.db'}")
-    upgrade(engine)
-    engine.dispose()
-    store = Store.open()
-    store.add_actor("alice", "admin", None)
-    store.add_actor("erin", "engineer", "alice")
-    store.add_actor("rob", "reviewer", "alice")
-    sae = random_sae()
-    feats = frequent_features(load_pipe(toy_pipe_dir), sae, steps=5)
-    sae_dir = tmp_path / "sae"
-    sha = sae.save(sae_dir)
-    base_hash = model_folder_hash(toy_pipe_dir)
-    store.register_base_model("toy", str(toy_pipe_dir), base_hash, "alice")
-    rec = store.register_sae_version(name="toy-sae", hook_point="up_blocks.1.attentions.1", d_in=64,
-                                     n_latents=sae.n_latents, k=sae.k, architecture="topk",
-                                     config=sae.cfg.model_dump(), weights_uri=sae_dir.as_uri(),
-                                     weights_sha256=sha, actor="erin", base_model="toy")
-    store.add_concept("red", "colour", "erin", prompts=["a red circle"])
-    bl = spec_for(feats, steps=10, scale=-5.0)
-    entry = bl.entries[0]
-    spec = MappingSpec(concept="red", selection={"rule": "top_n", "top_n": 3}, gamma=-5.0,
-                       scheduler="DDIMScheduler", num_steps=10, timesteps=entry.timesteps)
-    m = store.create_mapping(rec.id, "red", spec, "erin")
-    store.propose(m.id, "erin", "red must go")
-    store.approve(m.id, "rob", "checked the heatmap")
-    store.create_blocklist("no-red", [m.id], "erin")
-    store.publish_blocklist("no-red", "erin")
-    return {"store": store, "home": home, "mapping": m.id, "model": toy_pipe_dir, "tmp": tmp_path}
-
-
-def _build(world, name="dep") -> Path:
-    from governance.enforcement import build_deployment
-
-    out = world["tmp"] / name
-    build_deployment(world["store"], "no-red", 1, str(world["model"]), out, "erin")
-    return out
 
 
 def test_build_verify_load_and_trace(world) -> None:
@@ -127,9 +78,13 @@ def test_revoked_approval_is_refused(world) -> None:
     world["store"].revoke(world["mapping"], "rob", "too broad")
     with pytest.raises(DeploymentError, match=f"mapping {world['mapping']} \\(red\\) was revoked"):
         verify_deployment(out, store=world["store"])
-    # Offline verification still passes on hashes and signature, and says it did not check.
-    v = verify_deployment(out, check_registry=False)
-    assert not v.registry_checked
+    # Offline verification passes on hashes and a trusted signature, and says it did not check;
+    # with nothing to trust the key by, it refuses.
+    erin = next(iter(world["store"].trusted_signing_keys()))
+    v = verify_deployment(out, check_registry=False, trusted_keys=[erin])
+    assert not v.registry_checked and any("not re-checked" in n for n in v.notes)
+    with pytest.raises(DeploymentError, match="no trusted keys"):
+        verify_deployment(out, check_registry=False)
 
 
 def test_unpublished_or_unapproved_blocklists_cannot_be_built(world) -> None:
@@ -347,10 +302,12 @@ def test_a_deployment_built_by_the_old_code_verifies_loads_and_enforces_unchange
     build_untrained_pipeline(seed=0).save_pretrained(str(weights), safe_serialization=True)
     for f in weights.rglob("*.safetensors"):
         shutil.copy(f, dep / f.relative_to(weights))
-    v = verify_deployment(dep, check_registry=False)
+    # The auditor's trust store names the key that signed it.
+    signer = json.loads((dep / "saegov" / "manifest.json").read_text())["signature"]["public_key"]
+    v = verify_deployment(dep, check_registry=False, trusted_keys=[signer])
     assert v.manifest.payload.format == "saegov.deployment/v1" and [s.path for s in v.manifest.payload.saes] == [
         "saegov/sae"]
-    pipe = EnforcedStableDiffusionPipeline.from_pretrained(dep, check_registry=False)
+    pipe = EnforcedStableDiffusionPipeline.from_pretrained(dep, check_registry=False, trusted_keys=[signer])
     new = pipe("a red circle", generator=torch.Generator().manual_seed(0), seeds=[0]).traces[0]
     then = json.loads((old / "trace.json").read_text())
 
@@ -391,9 +348,11 @@ def test_a_configured_registry_that_cannot_be_used_fails_closed(world) -> None:
     from sqlalchemy import text
 
     out = _build(world)
+    trust = world["tmp"] / "trusted.json"
+    assert CliRunner().invoke(saegov, ["key", "export", "--out", str(trust)]).exit_code == 0
     with world["store"].engine.begin() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = '0001'"))
     r = CliRunner().invoke(saegov, ["deploy", "verify", str(out)])
     assert r.exit_code == 3 and "saegov db upgrade" in r.stderr, r.output
-    r = CliRunner().invoke(saegov, ["deploy", "verify", str(out), "--offline"])
+    r = CliRunner().invoke(saegov, ["deploy", "verify", str(out), "--offline", "--trusted-keys", str(trust)])
     assert r.exit_code == 0, r.output
