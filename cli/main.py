@@ -21,6 +21,7 @@ _COMMAND_MODULES = [
     "cli.scoring",
     "cli.mappings",
     "cli.reviews",
+    "cli.policy",
     "cli.blocklists",
     "cli.keys",
     "cli.deploy",

@@ -100,6 +100,19 @@ class SigningKey(Base):
     revoked_by: Mapped[Actor | None] = relationship(foreign_keys=[revoked_by_id])
 
 
+class ApprovalPolicyRow(Base):
+    """One version of the approval policy (registry.policy); the highest version is in force."""
+
+    __tablename__ = "approval_policies"
+
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    min_ua: Mapped[float | None] = mapped_column(Float)
+    min_ira: Mapped[float | None] = mapped_column(Float)
+    min_cra: Mapped[float | None] = mapped_column(Float)
+    created_by_id: Mapped[int] = mapped_column(ForeignKey("actors.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class BaseModelRow(Base):
     __tablename__ = "base_models"
 

@@ -31,6 +31,7 @@ from governance.formats.mapping import FeatureEntry, MappingSpec
 from governance.formats.validation import read_json_model
 from registry import audit, workflow
 from registry.artifacts import inspect_sae_folder
+from registry.policy import ApprovalPolicy, evidence_shortfalls, sanity_shortfalls
 from registry.db import check_schema, make_engine
 from registry.errors import (
     AlreadyExists,
@@ -45,6 +46,7 @@ from registry.models import (
     MAPPING_STATES,
     ROLES,
     Actor,
+    ApprovalPolicyRow,
     AuditEvent,
     AuditHead,
     BaseModelRow,
@@ -589,18 +591,38 @@ class Store:
     # --- review ------------------------------------------------------------------------------
 
     def review(self, mapping_id: int | str, action: str, actor: str | None,
-               justification: str | None) -> MappingRecord:
-        """propose | approve | reject | revoke, with the role and four-eyes rules."""
+               justification: str | None, override: str | None = None) -> MappingRecord:
+        """propose | approve | reject | revoke, with the role and four-eyes rules; an approval
+        also with the evidence rules of registry.policy (an admin's `override` justification
+        accepts a shortfall, and is recorded)."""
         if action not in workflow.TRANSITIONS:
             raise ValidationFailed(f"unknown review action {action!r}")
         justification = workflow.require_justification(justification)
+        if override is not None and action != "approve":
+            raise ValidationFailed("only an approval can override the approval policy")
         with self._write(actor, f"mapping.{action}") as tx:
             s = tx.session
             row = self._mapping_row(s, mapping_id)
             new_state = workflow.next_state(row.id, row.state, action)
+            shortfalls: list[str] = []
+            policy: ApprovalPolicy | None = None
             if action == "approve":
                 proposer = next((r.actor.name for r in reversed(row.reviews) if r.action == "propose"), None)
                 workflow.check_four_eyes(row.id, tx.actor.name, row.created_by.name, proposer)
+                policy = self._policy_in_force(s)
+                shortfalls = sanity_shortfalls((f.timestep, f.feature_id, f.scale, f.gate) for f in row.features)
+                shortfalls += evidence_shortfalls(policy, row.evidence or [])
+                if shortfalls and override is None:
+                    raise ValidationFailed(f"mapping {row.id} ({row.concept.name}) cannot be approved: {shortfalls[0]}"
+                                           + (f" (and {len(shortfalls) - 1} more)" if len(shortfalls) > 1 else "")
+                                           + "; an admin may approve it with --override JUSTIFICATION")
+                if shortfalls:
+                    override = workflow.require_justification(override)
+                    if tx.actor.role != "admin":
+                        raise PermissionDenied(f"{tx.actor.name} ({tx.actor.role}) may not override the approval "
+                                               "policy; needs role admin")
+                elif override is not None:
+                    raise ValidationFailed(f"mapping {row.id} meets the approval policy; there is nothing to override")
             review = Review(mapping_id=row.id, actor_id=tx.actor.id, action=action,
                             from_state=row.state, to_state=new_state, justification=justification)
             s.add(review)
@@ -609,6 +631,10 @@ class Store:
             payload: dict[str, Any] = {"mapping_id": row.id, "review_id": review.id,
                                        "from": review.from_state, "to": new_state,
                                        "justification": justification}
+            if action == "approve":
+                payload["policy_version"] = policy.version if policy else None
+                if shortfalls:
+                    payload["override"] = {"justification": override, "shortfalls": shortfalls}
             if action == "revoke":
                 now = utcnow()
                 hit = s.scalars(select(BlocklistVersion).join(BlocklistVersionEntry)
@@ -625,8 +651,51 @@ class Store:
     def propose(self, mapping_id: int | str, actor: str | None, justification: str) -> MappingRecord:
         return self.review(mapping_id, "propose", actor, justification)
 
-    def approve(self, mapping_id: int | str, actor: str | None, justification: str) -> MappingRecord:
-        return self.review(mapping_id, "approve", actor, justification)
+    def approve(self, mapping_id: int | str, actor: str | None, justification: str,
+                override: str | None = None) -> MappingRecord:
+        return self.review(mapping_id, "approve", actor, justification, override=override)
+
+    # --- approval policy ---------------------------------------------------------------------
+
+    def set_approval_policy(self, actor: str | None, min_ua: float | None = None, min_ira: float | None = None,
+                            min_cra: float | None = None) -> ApprovalPolicy:
+        """A new policy version (admins only, audited); None leaves a metric unconstrained."""
+        with self._write(actor, "policy.set") as tx:
+            s = tx.session
+            current = s.scalar(select(func.max(ApprovalPolicyRow.version))) or 0
+            try:
+                policy = ApprovalPolicy(version=current + 1, min_ua=min_ua, min_ira=min_ira, min_cra=min_cra)
+            except ValueError as exc:
+                raise ValidationFailed(f"approval policy: minimums are fractions in [0, 1] ({first_line(exc)})") from None
+            s.add(ApprovalPolicyRow(version=policy.version, min_ua=min_ua, min_ira=min_ira, min_cra=min_cra,
+                                    created_by_id=tx.actor.id))
+            s.flush()
+            tx.log("policy.set", f"policy:{policy.version}", policy.payload())
+            return policy
+
+    def approval_policy(self) -> ApprovalPolicy | None:
+        with self._read() as s:
+            return self._policy_in_force(s)
+
+    @staticmethod
+    def _policy_in_force(s: Session) -> ApprovalPolicy | None:
+        """The highest policy version, which must be exactly what its `policy.set` event says,
+        and the last such event's: a policy table edited by SQL fails closed."""
+        row = s.scalar(select(ApprovalPolicyRow).order_by(ApprovalPolicyRow.version.desc()).limit(1))
+        last = s.scalar(select(AuditEvent.payload).where(AuditEvent.action == "policy.set")
+                        .order_by(AuditEvent.seq.desc()).limit(1))
+        if row is None and last is None:
+            return None
+        policy = None if row is None else ApprovalPolicy(version=row.version, min_ua=row.min_ua, min_ira=row.min_ira,
+                                                         min_cra=row.min_cra)
+        try:
+            logged = json.loads(last) if last is not None else None
+        except ValueError:
+            logged = None
+        if policy is None or logged != policy.payload():
+            raise ValidationFailed("the approval policy in the registry is not the one its audit log records; "
+                                   "approvals are refused until an admin sets the policy again")
+        return policy
 
     def reject(self, mapping_id: int | str, actor: str | None, justification: str) -> MappingRecord:
         return self.review(mapping_id, "reject", actor, justification)

@@ -18,6 +18,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "actor.add": frozenset({"admin"}),
     "key.register": frozenset({"admin"}),
     "key.revoke": frozenset({"admin"}),
+    "policy.set": frozenset({"admin"}),
     "base_model.register": frozenset({"admin", "engineer"}),
     "sae.register": frozenset({"admin", "engineer"}),
     "concept.add": frozenset({"admin", "engineer"}),

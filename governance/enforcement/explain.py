@@ -94,6 +94,11 @@ def render_text(report: dict[str, Any]) -> str:
     dep = report["deployment"]
     lines = [f"Deployment {dep.get('path', '?')} (blocklist {dep.get('blocklist', '?')}), "
              f"built by {dep.get('built_by', '?')} at {dep.get('built_at', '?')}."]
+    if report.get("trace_verified") is False:
+        lines.append("Note: this trace was not checked against a recorded generation (not recorded, or no "
+                     "registry here); it is only as trustworthy as the file it came from.")
+    elif report.get("trace_verified"):
+        lines.append(f"Trace matches the registry's record of generation {report['generation_id']}.")
     if not report["suppressed"]:
         lines.append(f"Nothing was suppressed in this generation ({report['unet_calls']} UNet calls).")
     for c in report["suppressed"]:
@@ -118,4 +123,26 @@ def explain_target(target: str) -> dict[str, Any]:
 
     store = Store.open_if_present()
     trace, gen_id = load_trace(target, store)
-    return explain(trace, store, gen_id if gen_id is not None else trace.generation_id)
+    verified = gen_id is not None  # read from the registry itself
+    if gen_id is None and trace.generation_id is not None and store is not None:
+        verify_against_record(trace, store, target)
+        verified = True
+    report = explain(trace, store, gen_id if gen_id is not None else trace.generation_id)
+    report["trace_verified"] = verified
+    return report
+
+
+def verify_against_record(trace: Trace, store: Any, target: str) -> None:
+    """A trace read from a file (an image's chunk) must be the one the registry recorded for the
+    generation it names: an edited chunk could otherwise blame or clear any concept."""
+    from governance.common.hashing import sha256_text
+    from registry.errors import NotFound
+
+    try:
+        gen = store.get_generation(int(trace.generation_id))  # type: ignore[arg-type]
+    except NotFound:
+        raise ExplainError(f"{target} names generation {trace.generation_id}, which the registry does not know") from None
+    recorded = trace.model_copy(update={"generation_id": None}).canonical()
+    if sha256_text(recorded) != gen.trace_sha256:
+        raise ExplainError(f"the trace in {target} is not the one recorded for generation {gen.id} (sha256 differs): "
+                           "it was altered")

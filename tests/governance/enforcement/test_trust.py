@@ -165,3 +165,28 @@ def test_links_in_a_deployment_are_refused(world, tmp_path: Path) -> None:
         EnforcedStableDiffusionPipeline.from_pretrained(link, store=world["store"])
     pipe = EnforcedStableDiffusionPipeline.from_pretrained(dep, store=world["store"])
     assert pipe.saegov.path == dep and pipe.saegov.trusted_by == "registry key of erin"
+
+
+def test_explain_checks_an_images_trace_against_the_recorded_generation(world) -> None:
+    from PIL import Image
+
+    from governance.formats.trace import read_trace_png, write_trace_png
+
+    dep = build(world)
+    img = world["tmp"] / "g.png"
+    r = CliRunner().invoke(saegov, ["generate", "--deployment", str(dep), "a red circle", "--seed", "3",
+                                    "--out", str(img), "--record", "--actor", "erin"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(saegov, ["audit", "explain", str(img), "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["trace_verified"] is True, r.output
+    # An edited chunk that "clears" red: same image, nothing suppressed, same generation id.
+    trace = read_trace_png(img)
+    cleared = trace.model_copy(update={"unet_calls": [c.model_copy(update={"suppressed": []})
+                                                      for c in trace.unet_calls]})
+    write_trace_png(img, Image.open(img).convert("RGB"), cleared)
+    r = CliRunner().invoke(saegov, ["audit", "explain", str(img)])
+    assert one_line_error(r) and "not the one recorded for generation 1" in r.stderr, r.output
+    forged = trace.model_copy(update={"generation_id": 99})
+    write_trace_png(img, Image.open(img).convert("RGB"), forged)
+    r = CliRunner().invoke(saegov, ["audit", "explain", str(img)])
+    assert one_line_error(r) and "does not know" in r.stderr, r.output

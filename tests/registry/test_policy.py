@@ -1,0 +1,94 @@
+"""Approvals gated by evidence (registry.policy): sanity rules always, minimum sweep evidence
+under a versioned, admin-only, audited policy, admin overrides recorded; a policy table edited
+behind the log's back fails closed. SQLite and PostgreSQL."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from governance.formats.mapping import MappingSpec
+from governance.formats.sweep import SweepPoint, SweepTable
+from registry.errors import PermissionDenied, ValidationFailed
+from registry.store import Store
+from tests.helpers.registry import make_sae_folder, mapping_spec
+
+
+def sweep_evidence(ua: float, ira: float, cra: float) -> dict:
+    p = SweepPoint(rule="top_n", value=4, gamma=-5.0, UA=ua, IRA=ira, CRA=cra, objective=min(ua, ira, cra),
+                   n_entries=4, n_features=4)
+    table = SweepTable(seeds=[100], prompts="style-free wording", objective="min(UA, IRA, CRA)",
+                       images_per_point=16, chosen=p, points=[p])
+    return {"kind": "sweep", "ref": table.evidence_text()}
+
+
+def proposed(store: Store, tmp_path: Path, concept: str, *, scale: float = -0.3, evidence: list | None = None) -> int:
+    if concept not in {c.name for c in store.list_concepts()}:
+        store.add_concept(concept, "colour", "erin", prompts=[f"a {concept} square"])
+    saes = store.list_saes()
+    sae = saes[0] if saes else store.import_sae_folder(make_sae_folder(tmp_path, "sae"), "erin",
+                                                        hook_point="up_blocks.1.attentions.1")
+    raw = mapping_spec(concept)
+    for entries in raw["timesteps"].values():
+        for e in entries:
+            e["scale"] = scale
+    raw["evidence"] += evidence or []
+    mid = store.create_mapping(sae.id, concept, MappingSpec.model_validate(raw), "erin").id
+    store.propose(mid, "erin", "please")
+    return mid
+
+
+def test_sanity_rules_refuse_an_amplifying_mapping_unless_an_admin_overrides(store: Store, tmp_path: Path) -> None:
+    mid = proposed(store, tmp_path, "red", scale=5.0)
+    with pytest.raises(ValidationFailed, match="scale 5: only scales below 1 suppress"):
+        store.approve(mid, "rob", "looks fine")
+    with pytest.raises(PermissionDenied, match="may not override"):
+        store.approve(mid, "rob", "looks fine", override="I insist")
+    m = store.approve(mid, "alice", "tested by hand", override="amplification is the point of this test")
+    assert m.state == "approved"
+    event = [e for e in store.audit_events() if e.action == "mapping.approve"][-1]
+    assert event.actor == "alice" and event.payload["override"]["justification"].startswith("amplification")
+    assert "scale 5" in event.payload["override"]["shortfalls"][0]
+
+
+def test_policy_minimums_are_checked_against_the_sweep_evidence(store: Store, tmp_path: Path) -> None:
+    with pytest.raises(PermissionDenied, match="policy.set"):
+        store.set_approval_policy("erin", min_ua=0.5)
+    with pytest.raises(ValidationFailed, match="fractions"):
+        store.set_approval_policy("alice", min_ua=50)
+    assert store.approval_policy() is None
+    p = store.set_approval_policy("alice", min_ua=0.5, min_cra=0.8)
+    assert p.version == 1 and store.approval_policy() == p
+
+    dotted = proposed(store, tmp_path, "dotted", evidence=[sweep_evidence(0.0, 1.0, 0.9)])
+    with pytest.raises(ValidationFailed, match=r"UA 0.0 %, below the 50.0 % of approval policy v1"):
+        store.approve(dotted, "rob", "heatmap looked right")
+    bare = proposed(store, tmp_path, "plain")
+    with pytest.raises(ValidationFailed, match="no sweep evidence"):
+        store.approve(bare, "rob", "trust me")
+    good = proposed(store, tmp_path, "red", evidence=[sweep_evidence(0.96, 0.97, 0.95)])
+    with pytest.raises(ValidationFailed, match="nothing to override"):
+        store.approve(good, "alice", "ok", override="not needed")
+    assert store.approve(good, "rob", "sweep shows it works").state == "approved"
+    assert [e.payload["policy_version"] for e in store.audit_events() if e.action == "mapping.approve"] == [1]
+
+    # A looser policy is a new, audited version; the old evidence then passes.
+    assert store.set_approval_policy("alice", min_ua=0.0).version == 2
+    assert store.approve(dotted, "rob", "policy v2").state == "approved"
+    assert [e.action for e in store.audit_events()].count("policy.set") == 2
+
+
+def test_a_policy_edited_by_sql_refuses_approvals(store: Store, tmp_path: Path) -> None:
+    store.set_approval_policy("alice", min_ua=0.9)
+    dotted = proposed(store, tmp_path, "dotted", evidence=[sweep_evidence(0.0, 1.0, 1.0)])
+    with store.engine.begin() as conn:
+        conn.execute(text("UPDATE approval_policies SET min_ua = 0"))
+    with pytest.raises(ValidationFailed, match="not the one its audit log records"):
+        store.approve(dotted, "rob", "policy says 0 now")
+    with store.engine.begin() as conn:
+        conn.execute(text("DELETE FROM approval_policies"))
+    with pytest.raises(ValidationFailed, match="not the one its audit log records"):
+        store.approve(dotted, "rob", "no policy at all now")
+    assert json.loads(json.dumps(store.list_mappings()[0].state)) == "proposed"
