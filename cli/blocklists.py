@@ -44,12 +44,34 @@ def register(root: click.Group) -> None:
     @actor_option
     @json_option
     def publish(name: str, actor: str | None, as_json: bool) -> None:
-        """Freeze the draft as a new immutable version (all entries approved, one SAE per hook point)."""
+        """Freeze the draft as a new immutable version (all entries approved, one SAE per hook point).
+
+        A version that loosens the one in force (drops a concept, or serves it by another
+        mapping) is pending until a reviewer approves it (`blocklist approve`)."""
         rec = open_store().publish_blocklist(name, actor)
         if as_json:
             emit(rec, True)
+        elif rec.state == "pending":
+            click.echo(f"{rec.ref} loosens the version in force: pending until a reviewer runs "
+                       f"`saegov blocklist approve {rec.ref} -j ...`")
         else:
             click.echo(f"published {rec.ref} ({len(rec.entries)} mappings, sha256 {rec.content_sha256[:12]})")
+
+    @grp.command("approve")
+    @click.argument("ref", metavar="NAME@VERSION")
+    @click.option("--justification", "-j", default=None, help="Why (required).")
+    @actor_option
+    @json_option
+    def approve(ref: str, justification: str | None, actor: str | None, as_json: bool) -> None:
+        """Approve a pending version that loosens a blocklist (reviewers; never its publisher)."""
+        name, version = parse_ref(ref)
+        if version is None:
+            raise click.BadParameter("give NAME@VERSION", param_hint="REF")
+        rec = open_store().approve_blocklist(name, version, actor, justification or "")
+        if as_json:
+            emit(rec, True)
+        else:
+            click.echo(f"published {rec.ref} (loosening approved by {rec.approved_by})")
 
     @grp.command("show")
     @click.argument("ref")

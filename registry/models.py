@@ -34,7 +34,7 @@ ROLES = ("admin", "engineer", "reviewer", "auditor")
 CONCEPT_KINDS = ("style", "object", "colour", "other")
 MAPPING_STATES = ("draft", "proposed", "approved", "rejected", "revoked")
 REVIEW_ACTIONS = ("propose", "approve", "reject", "revoke")
-BLOCKLIST_VERSION_STATES = ("published", "revoked")
+BLOCKLIST_VERSION_STATES = ("published", "revoked", "pending")
 GENESIS_HASH = "0" * 64
 
 
@@ -259,7 +259,8 @@ class BlocklistDraftEntry(Base):
 
 
 class BlocklistVersion(Base):
-    """A published, immutable version. `state` becomes `revoked` when a mapping in it is."""
+    """A published, immutable version. `state` becomes `revoked` when a mapping in it is;
+    `pending` while a loosening waits for review."""
 
     __tablename__ = "blocklist_versions"
     __table_args__ = (
@@ -276,9 +277,14 @@ class BlocklistVersion(Base):
     published_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     revoked_by_mapping_id: Mapped[int | None] = mapped_column(ForeignKey("feature_mappings.id"))
+    # A version that loosens the one in force (a concept removed, or its mapping changed) is
+    # `pending` until a reviewer other than the publisher approves it.
+    approved_by_id: Mapped[int | None] = mapped_column(ForeignKey("actors.id"))
+    approved_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
     blocklist: Mapped[BlocklistRow] = relationship(back_populates="versions")
-    published_by: Mapped[Actor] = relationship()
+    published_by: Mapped[Actor] = relationship(foreign_keys=[published_by_id])
+    approved_by: Mapped[Actor | None] = relationship(foreign_keys=[approved_by_id])
     entries: Mapped[list[BlocklistVersionEntry]] = relationship(
         order_by="BlocklistVersionEntry.mapping_id"
     )

@@ -159,6 +159,8 @@ class BlocklistVersionRecord(Record):
     revoked_at: dt.datetime | None
     revoked_by_mapping_id: int | None
     entries: list[BlocklistEntryRecord]
+    approved_by: str | None = None  # the reviewer of a loosening version
+    approved_at: dt.datetime | None = None
 
     @property
     def hook_points(self) -> list[str]:

@@ -783,8 +783,10 @@ class Store:
                 raise ValidationFailed(
                     f"blocklist {name!r}: nothing changed since version {row.versions[-1].version}")
             version = (row.versions[-1].version if row.versions else 0) + 1
+            in_force = next((v for v in reversed(row.versions) if v.state != "pending"), None)
+            loosened = _loosening(in_force, mappings)
             v = BlocklistVersion(blocklist_id=row.id, version=version, content_sha256=digest,
-                                 published_by_id=tx.actor.id)
+                                 published_by_id=tx.actor.id, state="pending" if loosened else "published")
             s.add(v)
             s.flush()
             s.add_all(BlocklistVersionSae(blocklist_version_id=v.id, hook_point=x["hook_point"], sae_id=x["sae_id"])
@@ -793,8 +795,38 @@ class Store:
                                             approval_review_id=approvals[m.id].id) for m in mappings)
             s.flush()
             s.refresh(v)
-            tx.log("blocklist.publish", f"blocklist:{name}@{version}",
-                   {"version_id": v.id, "saes": saes, "content_sha256": digest, "entries": content})
+            event: dict[str, Any] = {"version_id": v.id, "saes": saes, "content_sha256": digest, "entries": content}
+            if loosened:
+                event |= {"state": "pending", "loosening": loosened}
+            tx.log("blocklist.publish", f"blocklist:{name}@{version}", event)
+            return _blocklist_version(v)
+
+    def approve_blocklist(self, name: str, version: int, actor: str | None, justification: str) -> BlocklistVersionRecord:
+        """A reviewer other than its publisher approves a pending (loosening) version."""
+        justification = workflow.require_justification(justification)
+        with self._write(actor, "blocklist.approve") as tx:
+            s = tx.session
+            row = self._blocklist_row(s, name)
+            v = next((x for x in row.versions if x.version == int(version)), None)
+            if v is None:
+                raise NotFound(f"blocklist {name!r} has no version {version}")
+            if v.state != "pending":
+                raise InvalidTransition(f"blocklist {name}@{v.version} is {v.state}; only a pending version is approved")
+            if v.published_by_id == tx.actor.id:
+                raise PermissionDenied(f"four-eyes rule: {tx.actor.name} published {name}@{v.version} and cannot "
+                                       "approve its loosening")
+            later = [x.version for x in row.versions if x.version > v.version and x.state != "pending"]
+            if later:
+                raise InvalidTransition(f"blocklist {name}@{v.version} was superseded by version {later[0]}")
+            for e in v.entries:
+                if e.mapping.state != "approved":
+                    raise ValidationFailed(f"mapping {e.mapping_id} ({e.mapping.concept.name}) of {name}@{v.version} "
+                                           f"is {e.mapping.state}, not approved")
+            v.state, v.approved_by_id, v.approved_at = "published", tx.actor.id, utcnow()
+            s.flush()
+            s.refresh(v)
+            tx.log("blocklist.approve", f"blocklist:{name}@{v.version}",
+                   {"version_id": v.id, "content_sha256": v.content_sha256, "justification": justification})
             return _blocklist_version(v)
 
     def describe_blocklist(self, name: str) -> BlocklistRecord:
@@ -1019,6 +1051,25 @@ def _session_actor_name(obj: Any, actor_id: int) -> str:
     return a.name if a else "?"
 
 
+def _loosening(in_force: BlocklistVersion | None, mappings: list[FeatureMapping]) -> list[dict[str, Any]]:
+    """What a new version stops blocking, or blocks differently, compared with the version in
+    force: each (concept, hook point) of it that the new one drops or serves by another mapping.
+    A changed mapping may be weaker, and whether it is cannot be read off its numbers, so any
+    change is reviewed."""
+    if in_force is None:
+        return []
+    new = {(m.concept.name, m.sae.hook_point): m.id for m in mappings}
+    out = []
+    for e in in_force.entries:
+        key = (e.mapping.concept.name, e.mapping.sae.hook_point)
+        if key not in new:
+            out.append({"concept": key[0], "hook_point": key[1], "removed_mapping_id": e.mapping_id})
+        elif new[key] != e.mapping_id:
+            out.append({"concept": key[0], "hook_point": key[1], "removed_mapping_id": e.mapping_id,
+                        "replaced_by_mapping_id": new[key]})
+    return sorted(out, key=lambda d: (d["concept"], d["hook_point"]))
+
+
 def _blocklist_version(v: BlocklistVersion) -> BlocklistVersionRecord:
     hook_of = {x.sae_id: x.hook_point for x in v.saes}
     entries = []
@@ -1035,7 +1086,8 @@ def _blocklist_version(v: BlocklistVersion) -> BlocklistVersionRecord:
         id=v.id, name=v.blocklist.name, version=v.version, ref=f"{v.blocklist.name}@{v.version}",
         state=v.state, saes=saes, content_sha256=v.content_sha256, published_by=v.published_by.name,
         published_at=v.published_at, revoked_at=v.revoked_at,
-        revoked_by_mapping_id=v.revoked_by_mapping_id, entries=entries)
+        revoked_by_mapping_id=v.revoked_by_mapping_id, entries=entries,
+        approved_by=v.approved_by.name if v.approved_by else None, approved_at=v.approved_at)
 
 
 def _deployment(d: Deployment) -> DeploymentRecord:

@@ -30,6 +30,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "blocklist.create": frozenset({"admin", "engineer"}),
     "blocklist.edit": frozenset({"admin", "engineer"}),
     "blocklist.publish": frozenset({"admin", "engineer"}),
+    "blocklist.approve": frozenset({"admin", "reviewer"}),
     "deployment.record": frozenset({"admin", "engineer"}),
     "generation.record": frozenset({"admin", "engineer"}),
 }

@@ -62,6 +62,7 @@ BAD_INPUTS: dict[str, list[tuple[list[str], int, dict[str, str]]]] = {
                          (["b", "--mapping", "9" * 25, "--actor", "erin"], EXIT_REFUSED, {})],
     "blocklist add": [(["nope", "--mapping", "1", "--actor", "erin"], EXIT_REFUSED, {})],
     "blocklist remove": [(["nope", "--mapping", "1", "--actor", "erin"], EXIT_REFUSED, {})],
+    "blocklist approve": [(["nope"], EXIT_USAGE, {}), (["nope@1", "-j", "x", "--actor", "rob"], EXIT_REFUSED, {})],
     "blocklist publish": [(["nope", "--actor", "erin"], EXIT_REFUSED, {})],
     "blocklist show": [(["b@x"], EXIT_USAGE, {})],
     "blocklist list": [([], EXIT_USAGE, {"SAEGOV_DATABASE_URL": BAD_URL})],

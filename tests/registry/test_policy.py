@@ -92,3 +92,44 @@ def test_a_policy_edited_by_sql_refuses_approvals(store: Store, tmp_path: Path) 
     with pytest.raises(ValidationFailed, match="not the one its audit log records"):
         store.approve(dotted, "rob", "no policy at all now")
     assert json.loads(json.dumps(store.list_mappings()[0].state)) == "proposed"
+
+
+def test_loosening_a_blocklist_needs_a_reviewer(store: Store, tmp_path: Path) -> None:
+    """Dropping a concept, or serving it by another mapping, waits for a reviewer other than the
+    publisher; adding one publishes at once."""
+    from registry.errors import InvalidTransition
+    from tests.registry.test_store import approved_mapping
+
+    red = approved_mapping(store, tmp_path, "red")
+    blue = approved_mapping(store, tmp_path, "blue")
+    store.create_blocklist("colours", [red], "erin")
+    assert store.publish_blocklist("colours", "erin").state == "published"
+    store.edit_blocklist("colours", "erin", add=[blue])
+    assert store.publish_blocklist("colours", "erin").state == "published"  # v2 tightens: no review
+    store.edit_blocklist("colours", "erin", remove=[red])
+    v3 = store.publish_blocklist("colours", "erin")
+    assert v3.state == "pending" and v3.version == 3
+    event = [e for e in store.audit_events() if e.action == "blocklist.publish"][-1]
+    assert event.payload["loosening"] == [{"concept": "red", "hook_point": "up_blocks.1.attentions.1",
+                                           "removed_mapping_id": red}]
+    with pytest.raises(ValidationFailed, match="pending"):
+        store.record_deployment(blocklist="colours", version=3, path="/x", manifest_sha256="a" * 64,
+                                base_model_hash="b" * 64, actor="erin")
+    with pytest.raises(PermissionDenied, match="blocklist.approve"):
+        store.approve_blocklist("colours", 3, "emil", "looks fine")
+    with pytest.raises(PermissionDenied, match="blocklist.approve"):
+        store.approve_blocklist("colours", 3, "erin", "mine")
+    rec = store.approve_blocklist("colours", 3, "rob", "red is allowed again by policy decision 12")
+    assert rec.state == "published" and rec.approved_by == "rob"
+    with pytest.raises(InvalidTransition, match="only a pending version"):
+        store.approve_blocklist("colours", 3, "rita", "again")
+    # Replacing blue's mapping by another one is a change that may weaken it: reviewed too.
+    blue2 = approved_mapping(store, tmp_path, "blue")
+    store.edit_blocklist("colours", "erin", add=[blue2], remove=[blue])
+    v4 = store.publish_blocklist("colours", "alice")
+    assert v4.state == "pending"
+    with pytest.raises(PermissionDenied, match="four-eyes rule: alice published colours@4"):
+        store.approve_blocklist("colours", 4, "alice", "my own")
+    assert [e for e in store.audit_events() if e.action == "blocklist.publish"][-1].payload["loosening"][0][
+        "replaced_by_mapping_id"] == blue2
+    assert store.verify_audit().size == len(store.audit_events())

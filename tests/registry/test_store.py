@@ -159,7 +159,8 @@ def test_blocklist_publish_rules_and_revocation(store: Store, tmp_path: Path) ->
         store.publish_blocklist("colours", "erin")
     store.edit_blocklist("colours", "erin", remove=[m2])
     v2 = store.publish_blocklist("colours", "erin")
-    assert v2.version == 2 and len(v2.entries) == 1
+    assert v2.version == 2 and len(v2.entries) == 1 and v2.state == "pending"  # dropping green is reviewed
+    assert store.approve_blocklist("colours", 2, "rob", "green is no longer blocked by policy").state == "published"
     # a mapping of another SAE at the same hook point cannot join (one SAE per hook point)
     m3 = approved_mapping(store, tmp_path, "blue", sae_name="other")
     store.edit_blocklist("colours", "erin", add=[m3])
