@@ -29,6 +29,7 @@ DEMO_MULTIPLIERS = "-1,-5,-10"
 # Styles need more features and stronger scales at their block (docs/evaluation.md, stop 9's grid).
 STYLE_TOP_NS = "4,8,16"
 STYLE_MULTIPLIERS = "-5,-10,-20"
+DEMO_POLICY = {"UA": "25", "IRA": "80", "CRA": "60"}  # % of the sweep's chosen point
 
 
 def register(root: click.Group) -> None:
@@ -111,6 +112,10 @@ def demo(workspace: Path, colour: str, style: str, colour_hookpoint: str, style_
     _run(["key", "show"])  # erin's public key; the admin registers it so her deployments are trusted
     _run(["key", "register", "erin", "--public-key", signing.public_hex(signing.load_or_create_key()),
           "--actor", "alice"])
+    # The policy team's floor for any approval: a mapping whose sweep removed nothing (UA 0) or
+    # wrecked the other concepts cannot be approved without an admin's recorded override.
+    _run(["policy", "set", "--min-ua", DEMO_POLICY["UA"], "--min-ira", DEMO_POLICY["IRA"], "--min-cra",
+          DEMO_POLICY["CRA"], "--actor", "alice"])
     for kind, names in (("colour", COLOURS), ("style", STYLES)):
         for name in names:
             _run(["concept", "add", name, "--kind", kind, "--prompts", str(prompts_dir / f"{name}.txt"), "--actor", "erin"])

@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 
 from governance.common.errors import FormatError
-from governance.formats import activations, blocklist, checkpoint, deployment, mapping, prompts, sae_config, sweep, trace
+from governance.formats import (
+    activations, blocklist, checkpoint, deployment, mapping, prompts, sae_config, sweep, trace, trusted_keys,
+)
 
 OLD = Path(__file__).parent / "data" / "stop10"
 DEPLOYMENT = OLD / "deployment"
@@ -106,10 +108,22 @@ def _checkpoint(tmp: Path) -> tuple[Any, Any]:
     return cp, checkpoint.read_checkpoint(tmp / "cp.json")
 
 
+def _trusted_keys(tmp: Path) -> tuple[Any, Any]:
+    """New since stop 10 (no old file): written, read back; a malformed key is refused."""
+    from governance.common.errors import FormatError
+
+    keys = trusted_keys.TrustedKeys(keys=[trusted_keys.TrustedKey(public_key="ab" * 32, owner="erin")])
+    trusted_keys.write_trusted_keys(tmp / "t.json", keys)
+    (tmp / "bad.json").write_text('{"format": "saegov.trusted-keys/v1", "keys": [{"public_key": "XY"}]}')
+    with pytest.raises(FormatError):
+        trusted_keys.read_trusted_keys(tmp / "bad.json")
+    return keys, trusted_keys.read_trusted_keys(tmp / "t.json")
+
+
 FORMATS: dict[str, Callable[[Path], tuple[Any, Any]]] = {
     "sae_config": _sae, "activations": _activations, "mapping": _mapping, "blocklist": _blocklist,
     "deployment": _deployment_manifest, "trace": _trace, "sweep": _sweep, "prompts": _prompts,
-    "checkpoint": _checkpoint,
+    "checkpoint": _checkpoint, "trusted_keys": _trusted_keys,
 }
 
 
