@@ -17,17 +17,26 @@ def register(root: click.Group) -> None:
                   help="Also check against a checkpoint (detects truncation and rewriting).")
     @json_option
     def verify(checkpoint_file: Path | None, as_json: bool) -> None:
-        """Recompute the chain; exit non-zero naming the first bad event."""
+        """Recompute the chain and replay it against the state tables; exit non-zero naming the
+        first bad event or the first row the log does not support."""
         from governance.formats.checkpoint import read_checkpoint
 
+        from registry.errors import AuditVerificationError
+
         cp = read_checkpoint(checkpoint_file) if checkpoint_file is not None else None
-        rep = open_store().verify_audit(cp)
+        store = open_store()
+        rep = store.verify_audit(cp)
+        wrong = store.verify_state()
+        if wrong:
+            raise AuditVerificationError(f"the chain verifies but the state does not agree with it: {wrong[0]}"
+                                         + (f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""))
         if as_json:
             print_json({"ok": True, "size": rep.size, "head_hash": rep.head_hash,
-                        "checkpoint_size": cp.size if cp else None})
+                        "checkpoint_size": cp.size if cp else None, "state_agrees": True})
         else:
             suffix = f"; consistent with checkpoint of {cp.time} ({cp.size} events)" if cp else ""
-            click.echo(f"audit chain OK: {rep.size} events, head {rep.head_hash[:16]}{suffix}")
+            click.echo(f"audit chain OK: {rep.size} events, head {rep.head_hash[:16]}{suffix}; "
+                       "state tables agree with the log")
 
     @grp.command("checkpoint")
     @click.option("--out", "out", type=click.Path(path_type=Path), required=True)

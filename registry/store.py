@@ -35,6 +35,7 @@ from registry.policy import ApprovalPolicy, evidence_shortfalls, sanity_shortfal
 from registry.db import check_schema, make_engine
 from registry.errors import (
     AlreadyExists,
+    AuditVerificationError,
     DatabaseUnreachable,
     InvalidTransition,
     NotFound,
@@ -760,6 +761,10 @@ class Store:
             for m in mappings:
                 if m.state != "approved":
                     raise ValidationFailed(f"mapping {m.id} ({m.concept.name}) is {m.state}, not approved")
+                logged = _logged_mapping_state(s, m.id)
+                if logged != "approved":
+                    raise AuditVerificationError(f"mapping {m.id} ({m.concept.name}) is approved in the table but "
+                                                 f"{logged or 'unknown'} in the audit log; refusing to publish")
             by_hook: dict[str, SAEVersion] = {}
             for m in sorted(mappings, key=lambda m: m.id):
                 seen = by_hook.setdefault(m.sae.hook_point, m.sae)
@@ -867,6 +872,10 @@ class Store:
                 raise NotFound(f"blocklist {blocklist!r} has no version {version}")
             if v.state != "published":
                 raise ValidationFailed(f"blocklist {blocklist}@{version} is {v.state}")
+            logged = _logged_version_state(s, f"{blocklist}@{v.version}")
+            if logged != "published":
+                raise AuditVerificationError(f"blocklist {blocklist}@{v.version} is published in the table but "
+                                             f"{logged or 'unknown'} in the audit log; refusing to record a deployment")
             row = Deployment(blocklist_version_id=v.id, base_model_hash=base_model_hash,
                              path=path, manifest_sha256=manifest_sha256,
                              mlflow_model_version=mlflow_model_version, details=details or {},
@@ -954,6 +963,19 @@ class Store:
                 return audit.verify_rows(rows, head=audit.read_head(conn), checkpoint=checkpoint)
         except SQLAlchemyError as exc:
             raise DatabaseUnreachable(f"database error: {first_line(exc)}") from None
+
+    def verify_state(self) -> list[str]:
+        """Replay the audit log and compare it with the state tables (registry.replay): the
+        disagreements, first first; empty when every table is what the events say."""
+        from registry.replay import disagreements, replay
+
+        try:
+            with self._read() as s:
+                events = s.execute(select(AuditEvent.seq, AuditEvent.actor, AuditEvent.action, AuditEvent.subject,
+                                          AuditEvent.payload).order_by(AuditEvent.seq))
+                return disagreements(s, replay(events))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise AuditVerificationError(f"an audit event cannot be replayed: {exc!r}") from None
 
     def audit_checkpoint(self) -> Checkpoint:
         try:
@@ -1049,6 +1071,37 @@ def _session_actor_name(obj: Any, actor_id: int) -> str:
     assert s is not None
     a = s.get(Actor, actor_id)
     return a.name if a else "?"
+
+
+def _logged_mapping_state(s: Session, mapping_id: int) -> str | None:
+    """A mapping's state as its own events (`mapping:ID`) say: the last review's target state."""
+    rows = s.execute(select(AuditEvent.action, AuditEvent.payload).where(AuditEvent.subject == f"mapping:{mapping_id}")
+                     .order_by(AuditEvent.seq)).all()
+    state = None
+    for action, payload in rows:
+        p = json.loads(payload)
+        if action == "mapping.create":
+            state = "draft"
+        elif "to" in p:
+            state = p["to"]
+    return state
+
+
+def _logged_version_state(s: Session, ref: str) -> str | None:
+    """A blocklist version's state as the log says: published or pending by its publish event,
+    published by an approval, revoked by any mapping revocation that lists it."""
+    rows = s.execute(select(AuditEvent.action, AuditEvent.payload).where(AuditEvent.subject == f"blocklist:{ref}")
+                     .order_by(AuditEvent.seq)).all()
+    state = None
+    for action, payload in rows:
+        if action == "blocklist.publish":
+            state = json.loads(payload).get("state", "published")
+        elif action == "blocklist.approve":
+            state = "published"
+    revocations = s.scalars(select(AuditEvent.payload).where(AuditEvent.action == "mapping.revoke"))
+    if state is not None and any(ref in json.loads(p).get("revoked_blocklists", []) for p in revocations):
+        state = "revoked"
+    return state
 
 
 def _loosening(in_force: BlocklistVersion | None, mappings: list[FeatureMapping]) -> list[dict[str, Any]]:

@@ -1,0 +1,84 @@
+"""`audit verify` replays the log against the state tables (registry.replay): rows changed by
+SQL behind the log's back are named even though the hash chain still verifies."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import text
+
+from registry.store import Store
+from tests.registry.test_store import approved_mapping, setup_mapping
+
+
+@pytest.fixture
+def populated(store: Store, tmp_path: Path) -> Store:
+    red = approved_mapping(store, tmp_path, "red")
+    setup_mapping(store, tmp_path, "green")
+    store.create_blocklist("colours", [red], "erin")
+    store.publish_blocklist("colours", "erin")
+    store.record_deployment(blocklist="colours", version=1, path="/d", manifest_sha256="a" * 64,
+                            base_model_hash="b" * 64, actor="erin")
+    store.register_signing_key("erin", "cd" * 32, "alice")
+    store.set_approval_policy("alice", min_ua=0.5)
+    return store
+
+
+def test_an_untouched_registry_agrees_with_its_log(populated: Store) -> None:
+    assert populated.verify_state() == []
+
+
+@pytest.mark.parametrize(("sql", "named"), [
+    ("UPDATE actors SET role = 'admin' WHERE name = 'erin'", "actor erin: the table says \"admin\""),
+    ("INSERT INTO actors (name, role, created_at) VALUES ('mallory', 'admin', '2026-01-01 00:00:00')",
+     "actor mallory: in the table"),
+    ("UPDATE feature_mappings SET state = 'approved' WHERE id = 2", "mapping 2: the table says"),
+    ("UPDATE reviews SET justification = 'nothing to see' WHERE id = 2", "review 2: the table says"),
+    ("UPDATE blocklist_versions SET state = 'published', content_sha256 = 'x'", "blocklist version colours@1"),
+    ("DELETE FROM deployments", "deployment 1: recorded in the log"),
+    ("UPDATE signing_keys SET actor_id = 1", "signing key " + "cd" * 32),
+    ("UPDATE approval_policies SET min_ua = 0", "approval policy 1"),
+])
+def test_a_row_changed_behind_the_logs_back_is_named(populated: Store, sql: str, named: str) -> None:
+    assert populated.verify_audit().size > 0  # the chain itself is intact
+    with populated.engine.begin() as conn:
+        if populated.engine.dialect.name == "sqlite":
+            conn.execute(text("PRAGMA foreign_keys = OFF"))
+        conn.execute(text(sql))
+    wrong = populated.verify_state()
+    assert wrong and named in wrong[0], wrong
+
+
+def test_audit_verify_fails_on_state_the_log_does_not_support(populated: Store, monkeypatch) -> None:
+    from cli.main import saegov
+
+    monkeypatch.setenv("SAEGOV_DATABASE_URL", str(populated.engine.url.render_as_string(hide_password=False)))
+    ok = CliRunner().invoke(saegov, ["audit", "verify"])
+    assert ok.exit_code == 0 and "state tables agree" in ok.stdout, ok.output
+    with populated.engine.begin() as conn:
+        conn.execute(text("UPDATE actors SET role = 'admin' WHERE name = 'erin'"))
+    r = CliRunner().invoke(saegov, ["audit", "verify"])
+    assert r.exit_code == 5 and r.stderr.startswith("error: the chain verifies but the state does not agree")
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_publish_and_deploy_refuse_state_the_log_does_not_support(store: Store, tmp_path: Path) -> None:
+    from registry.errors import AuditVerificationError
+
+    draft = setup_mapping(store, tmp_path, "red")
+    store.create_blocklist("colours", [draft], "erin")
+    with store.engine.begin() as conn:
+        conn.execute(text(f"UPDATE feature_mappings SET state = 'approved' WHERE id = {draft}"))
+    with pytest.raises(AuditVerificationError, match="approved in the table but draft in the audit log"):
+        store.publish_blocklist("colours", "erin")
+
+    red = approved_mapping(store, tmp_path, "blue")
+    store.create_blocklist("blues", [red], "erin")
+    store.publish_blocklist("blues", "erin")
+    store.revoke(red, "rob", "bad")
+    with store.engine.begin() as conn:
+        conn.execute(text("UPDATE blocklist_versions SET state = 'published'"))
+    with pytest.raises(AuditVerificationError, match="published in the table but revoked in the audit log"):
+        store.record_deployment(blocklist="blues", version=1, path="/d", manifest_sha256="a" * 64,
+                                base_model_hash="b" * 64, actor="erin")
