@@ -609,7 +609,8 @@ class Store:
             policy: ApprovalPolicy | None = None
             if action == "approve":
                 proposer = next((r.actor.name for r in reversed(row.reviews) if r.action == "propose"), None)
-                workflow.check_four_eyes(row.id, tx.actor.name, row.created_by.name, proposer)
+                workflow.check_four_eyes(row.id, tx.actor.name, row.created_by.name, proposer,
+                                         _account_lineage(s, tx.actor))
                 policy = self._policy_in_force(s)
                 shortfalls = sanity_shortfalls((f.timestep, f.feature_id, f.scale, f.gate) for f in row.features)
                 shortfalls += evidence_shortfalls(policy, row.evidence or [])
@@ -1071,6 +1072,21 @@ def _session_actor_name(obj: Any, actor_id: int) -> str:
     assert s is not None
     a = s.get(Actor, actor_id)
     return a.name if a else "?"
+
+
+def _account_lineage(s: Session, actor: Actor) -> list[str]:
+    """Who created `actor`'s account, who created theirs, ... up to the first actor."""
+    out: list[str] = []
+    seen = {actor.id}
+    current = actor
+    while current.created_by_id is not None and current.created_by_id not in seen:
+        seen.add(current.created_by_id)
+        parent = s.get(Actor, current.created_by_id)
+        if parent is None:
+            break
+        out.append(parent.name)
+        current = parent
+    return out
 
 
 def _logged_mapping_state(s: Session, mapping_id: int) -> str | None:

@@ -62,12 +62,22 @@ def next_state(mapping_id: int, state: str, review_action: str) -> str:
     return dst
 
 
-def check_four_eyes(mapping_id: int, approver: str, creator: str, proposer: str | None) -> None:
-    """Nobody approves a mapping they created or proposed."""
+def check_four_eyes(mapping_id: int, approver: str, creator: str, proposer: str | None,
+                    account_lineage: list[str] | tuple[str, ...] = ()) -> None:
+    """Nobody approves a mapping they created or proposed, nor through an account that the
+    mapping's creator or proposer made, directly or through accounts they made
+    (`account_lineage`: who created the approver's account, who created that one, ...): an
+    admin's second account is still that admin. So the first admin, from whom every account
+    descends, cannot author work that anyone may approve."""
     if approver == proposer:
         raise PermissionDenied(f"four-eyes rule: {approver} proposed mapping {mapping_id} and cannot approve it")
     if approver == creator:
         raise PermissionDenied(f"four-eyes rule: {approver} created mapping {mapping_id} and cannot approve it")
+    for ancestor in account_lineage:
+        if ancestor in (creator, proposer):
+            role = "created" if ancestor == creator else "proposed"
+            raise PermissionDenied(f"four-eyes rule: {approver}'s account descends from {ancestor}'s, who {role} "
+                                   f"mapping {mapping_id}")
 
 
 def require_justification(text: str | None) -> str:

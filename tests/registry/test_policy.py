@@ -133,3 +133,21 @@ def test_loosening_a_blocklist_needs_a_reviewer(store: Store, tmp_path: Path) ->
     assert [e for e in store.audit_events() if e.action == "blocklist.publish"][-1].payload["loosening"][0][
         "replaced_by_mapping_id"] == blue2
     assert store.verify_audit().size == len(store.audit_events())
+
+
+def test_an_account_made_by_the_author_cannot_approve_the_authors_work(store: Store, tmp_path: Path) -> None:
+    """alice (admin) writes and proposes a mapping, makes herself a reviewer account and tries
+    to approve through it: refused. rob, whom alice also created, is someone else's account only
+    if alice neither created nor proposed the mapping."""
+    store.add_concept("red", "colour", "alice", prompts=["a red square"])
+    sae = store.import_sae_folder(make_sae_folder(tmp_path, "sae"), "alice", hook_point="up_blocks.1.attentions.1")
+    mid = store.create_mapping(sae.id, "red", MappingSpec.model_validate(mapping_spec("red")), "alice").id
+    store.propose(mid, "alice", "mine")
+    store.add_actor("alice2", "reviewer", "alice")
+    with pytest.raises(PermissionDenied, match="alice2's account descends from alice's, who created mapping"):
+        store.approve(mid, "alice2", "looks fine to me")
+    with pytest.raises(PermissionDenied, match="account descends from alice's"):
+        store.approve(mid, "rob", "rob's account is alice's too")  # the fixture's alice created rob
+    erins = store.create_mapping(sae.id, "red", MappingSpec.model_validate(mapping_spec("red")), "erin").id
+    store.propose(erins, "erin", "erin's")
+    assert store.approve(erins, "alice2", "a different author").state == "approved"

@@ -115,8 +115,12 @@ def test_admin_cannot_approve_own_proposal(store: Store, tmp_path: Path) -> None
     store.propose(mid, "alice", "admin proposes")
     with pytest.raises(PermissionDenied, match="four-eyes"):
         store.approve(mid, "alice", "and approves")
-    store.add_actor("root2", "admin", "alice")
-    store.approve(mid, "root2", "second pair of eyes")
+    store.add_actor("root2", "admin", "alice")  # alice's second account is still alice
+    with pytest.raises(PermissionDenied, match="root2's account descends from alice's"):
+        store.approve(mid, "root2", "second pair of eyes")
+    store.add_actor("puppet", "reviewer", "root2")  # ... however many accounts deep
+    with pytest.raises(PermissionDenied, match="puppet's account descends from alice's"):
+        store.approve(mid, "puppet", "third pair of eyes")
 
 
 def test_creator_cannot_approve(store: Store, tmp_path: Path) -> None:
