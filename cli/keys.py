@@ -63,12 +63,12 @@ def register(root: click.Group) -> None:
     @grp.command("export")
     @click.option("--out", type=click.Path(path_type=Path), required=True, help="Trust store file to write.")
     def export(out: Path) -> None:
-        """Write the registry's trusted deployment keys as a trust store for offline verifiers
-        (`deploy verify --offline --trusted-keys FILE`, SAEGOV_TRUSTED_KEYS)."""
+        """Write the registry's trusted deployment keys (of actors not disabled) as a trust store
+        for offline verifiers (`deploy verify --offline --trusted-keys FILE`, SAEGOV_TRUSTED_KEYS)."""
         from governance.common.jsonio import write_json_atomic
         from governance.formats.trusted_keys import TrustedKey, TrustedKeys
 
-        keys = open_store().trusted_signing_keys()
+        keys = open_store().trusted_signing_keys(active_owners_only=True)
         store = TrustedKeys(keys=[TrustedKey(public_key=k, owner=r.actor) for k, r in sorted(keys.items())])
         write_json_atomic(out, store.model_dump(mode="json"))
         click.echo(f"{len(store.keys)} trusted key(s) written to {out}")

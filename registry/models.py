@@ -77,6 +77,7 @@ class Actor(Base):
     role: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("actors.id"))
+    disabled_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
 
 class SigningKey(Base):

@@ -21,6 +21,7 @@ class ActorRecord(Record):
     name: str
     role: str
     created_at: dt.datetime
+    disabled_at: dt.datetime | None = None
 
 
 class SigningKeyRecord(Record):

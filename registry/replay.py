@@ -35,7 +35,7 @@ from registry.models import (
 class Replayed:
     """The state the log implies."""
 
-    actors: dict[str, str] = field(default_factory=dict)  # name -> role
+    actors: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> role, disabled
     mappings: dict[int, dict[str, Any]] = field(default_factory=dict)  # id -> state, spec_sha256, created_by
     reviews: dict[int, dict[str, Any]] = field(default_factory=dict)  # review id -> fields
     versions: dict[str, dict[str, Any]] = field(default_factory=dict)  # "name@v" -> state, content, entries
@@ -50,7 +50,11 @@ def replay(events: Iterable[tuple[int, str, str, str, str]]) -> Replayed:
     for _seq, actor, action, subject, payload in events:
         p = json.loads(payload)
         if action == "actor.add":
-            r.actors[p["name"]] = p["role"]
+            r.actors[p["name"]] = {"role": p["role"], "disabled": False}
+        elif action == "actor.role":
+            r.actors.setdefault(p["name"], {"disabled": False})["role"] = p["role"]
+        elif action == "actor.disable":
+            r.actors.setdefault(p["name"], {})["disabled"] = True
         elif action == "mapping.create":
             r.mappings[int(p["id"])] = {"state": "draft", "spec_sha256": p["spec_sha256"], "created_by": actor}
         elif action.startswith("mapping.") and "review_id" in p:
@@ -92,7 +96,8 @@ def disagreements(s: Session, expected: Replayed, limit: int = 20) -> list[str]:
             elif table[key] != logged[key]:
                 out.append(f"{what} {key}: the table says {_short(table[key])}, the log {_short(logged[key])}")
 
-    diff("actor", {a.name: a.role for a in s.scalars(select(Actor))}, expected.actors)
+    diff("actor", {a.name: {"role": a.role, "disabled": a.disabled_at is not None} for a in s.scalars(select(Actor))},
+         expected.actors)
     diff("mapping", {m.id: {"state": m.state, "spec_sha256": m.spec_sha256, "created_by": m.created_by.name}
                      for m in s.scalars(select(FeatureMapping))}, expected.mappings)
     diff("review", {r.id: {"mapping_id": r.mapping_id, "action": r.action, "actor": r.actor.name,

@@ -178,6 +178,8 @@ class Store:
         row = s.scalar(select(Actor).where(Actor.name == name))
         if row is None:
             raise PermissionDenied(f"unknown actor {name!r}")
+        if row.disabled_at is not None:
+            raise PermissionDenied(f"actor {name!r} was disabled on {row.disabled_at:%Y-%m-%d}")
         return row
 
     def check_actor(self, name: str | None) -> ActorRecord:
@@ -218,6 +220,38 @@ class Store:
                 return _actor(row)
         except IntegrityError as exc:
             raise AlreadyExists(f"conflict: {first_line(exc)}") from None
+
+    def disable_actor(self, name: str, actor: str | None, reason: str) -> ActorRecord:
+        """An admin disables an account: it acts no more (so it records no new deployment; those
+        it recorded still verify against the registry), and `key export` leaves its keys out of
+        offline trust stores. Revoke a key (`revoke_signing_key`) to distrust what it signed."""
+        reason = workflow.require_justification(reason)
+        with self._write(actor, "actor.disable") as tx:
+            s = tx.session
+            row = self._actor_row(s, name)
+            if row.id == tx.actor.id:
+                raise ValidationFailed("an admin cannot disable their own account")
+            row.disabled_at = utcnow()
+            s.flush()
+            tx.log("actor.disable", f"actor:{name}", {"name": name, "reason": reason})
+            return _actor(row)
+
+    def set_actor_role(self, name: str, role: str, actor: str | None, reason: str) -> ActorRecord:
+        """An admin changes an account's role (audited)."""
+        reason = workflow.require_justification(reason)
+        if role not in ROLES:
+            raise ValidationFailed(f"unknown role {role!r}; one of {', '.join(ROLES)}")
+        with self._write(actor, "actor.role") as tx:
+            s = tx.session
+            row = self._actor_row(s, name)
+            if row.role == role:
+                raise ValidationFailed(f"actor {name!r} is already {role}")
+            if row.id == tx.actor.id:
+                raise ValidationFailed("an admin cannot change their own role")
+            old, row.role = row.role, role
+            s.flush()
+            tx.log("actor.role", f"actor:{name}", {"name": name, "from": old, "role": role, "reason": reason})
+            return _actor(row)
 
     def list_actors(self) -> list[ActorRecord]:
         with self._read() as s:
@@ -262,7 +296,8 @@ class Store:
         with self._read() as s:
             return [_signing_key(k) for k in s.scalars(select(SigningKey).order_by(SigningKey.id))]
 
-    def trusted_signing_keys(self, purpose: str = "deployment") -> dict[str, SigningKeyRecord]:
+    def trusted_signing_keys(self, purpose: str = "deployment",
+                             active_owners_only: bool = False) -> dict[str, SigningKeyRecord]:
         """Public key -> record, for the keys that are registered and not revoked both in the
         key table and in the audit log: a row inserted or un-revoked by SQL, without its
         `key.register` event (or despite a `key.revoke` one), is not trusted. (That the log
@@ -281,7 +316,8 @@ class Store:
                     logged[key] = action == "key.register" and key not in logged
             rows = s.scalars(select(SigningKey).where(SigningKey.purpose == purpose,
                                                       SigningKey.revoked_at.is_(None)))
-            return {r.public_key: _signing_key(r) for r in rows if logged.get(r.public_key)}
+            return {r.public_key: _signing_key(r) for r in rows if logged.get(r.public_key)
+                    and not (active_owners_only and r.actor.disabled_at is not None)}
 
     # --- base models -------------------------------------------------------------------------
 
@@ -1003,7 +1039,7 @@ def _check_public_key(value: str) -> str:
 
 
 def _actor(a: Actor) -> ActorRecord:
-    return ActorRecord(id=a.id, name=a.name, role=a.role, created_at=a.created_at)
+    return ActorRecord(id=a.id, name=a.name, role=a.role, created_at=a.created_at, disabled_at=a.disabled_at)
 
 
 def _base_model(b: BaseModelRow, creator: str) -> BaseModelRecord:

@@ -16,6 +16,8 @@ from registry.errors import InvalidTransition, PermissionDenied, ValidationFaile
 # action -> roles allowed to perform it
 PERMISSIONS: dict[str, frozenset[str]] = {
     "actor.add": frozenset({"admin"}),
+    "actor.disable": frozenset({"admin"}),
+    "actor.role": frozenset({"admin"}),
     "key.register": frozenset({"admin"}),
     "key.revoke": frozenset({"admin"}),
     "policy.set": frozenset({"admin"}),

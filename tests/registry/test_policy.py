@@ -151,3 +151,26 @@ def test_an_account_made_by_the_author_cannot_approve_the_authors_work(store: St
     erins = store.create_mapping(sae.id, "red", MappingSpec.model_validate(mapping_spec("red")), "erin").id
     store.propose(erins, "erin", "erin's")
     assert store.approve(erins, "alice2", "a different author").state == "approved"
+
+
+def test_actor_lifecycle_is_admin_only_audited_and_replayed(store: Store, tmp_path: Path) -> None:
+    from registry.errors import PermissionDenied
+
+    with pytest.raises(PermissionDenied, match="actor.role"):
+        store.set_actor_role("erin", "admin", "erin", "I deserve it")
+    with pytest.raises(ValidationFailed, match="own role"):
+        store.set_actor_role("alice", "reviewer", "alice", "stepping down")
+    assert store.set_actor_role("rita", "engineer", "alice", "moved teams").role == "engineer"
+    store.register_signing_key("emil", "ef" * 32, "alice")
+    rec = store.disable_actor("emil", "alice", "left the company")
+    assert rec.disabled_at is not None
+    with pytest.raises(PermissionDenied, match="'emil' was disabled"):
+        store.add_concept("x", "colour", "emil")
+    assert "ef" * 32 in store.trusted_signing_keys()  # what emil recorded still verifies against the registry
+    assert "ef" * 32 not in store.trusted_signing_keys(active_owners_only=True)  # offline trust stores drop it
+    assert [e.action for e in store.audit_events() if e.action in ("actor.role", "actor.disable")] == [
+        "actor.role", "actor.disable"]
+    assert store.verify_state() == []
+    with store.engine.begin() as conn:
+        conn.execute(text("UPDATE actors SET disabled_at = NULL WHERE name = 'emil'"))
+    assert "actor emil" in store.verify_state()[0]

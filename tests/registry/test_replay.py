@@ -30,7 +30,7 @@ def test_an_untouched_registry_agrees_with_its_log(populated: Store) -> None:
 
 
 @pytest.mark.parametrize(("sql", "named"), [
-    ("UPDATE actors SET role = 'admin' WHERE name = 'erin'", "actor erin: the table says \"admin\""),
+    ("UPDATE actors SET role = 'admin' WHERE name = 'erin'", "actor erin: the table says {\"disabled\": false, \"role\": \"admin\"}"),
     ("INSERT INTO actors (name, role, created_at) VALUES ('mallory', 'admin', '2026-01-01 00:00:00')",
      "actor mallory: in the table"),
     ("UPDATE feature_mappings SET state = 'approved' WHERE id = 2", "mapping 2: the table says"),
