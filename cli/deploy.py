@@ -18,17 +18,19 @@ def register(root: click.Group) -> None:
     @click.option("--guidance", type=float, default=None, help="Default CFG scale (default: as scored).")
     @click.option("--reference-error-sign", is_flag=True,
                   help="Compatibility: the reference code's x_hat' + (x_hat - x) instead of x + (z' - z) W_dec.")
+    @click.option("--no-mlflow", is_flag=True, help="Log no MLflow run and register no MLflow model version.")
     @actor_option
     @json_option
     def build(blocklist_ref: str, model: str, out: Path, guidance: float | None, reference_error_sign: bool,
-              actor: str | None, as_json: bool) -> None:
+              no_mlflow: bool, actor: str | None, as_json: bool) -> None:
         """Build a deployment folder from a published, fully approved blocklist."""
         from governance.enforcement import build_deployment
 
         name, version = parse_ref(blocklist_ref)
         path, record = build_deployment(open_store(), name, version, model, out, resolve_actor(actor) or "",
                                         guidance=guidance,
-                                        error_mode="reference" if reference_error_sign else "faithful")
+                                        error_mode="reference" if reference_error_sign else "faithful",
+                                        track=not no_mlflow)
         if as_json:
             print_json(record)
         else:

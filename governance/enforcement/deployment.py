@@ -82,8 +82,10 @@ def blocklist_spec_from_record(bl: Any, saes: dict[str, Any]) -> BlocklistSpec:
 
 
 def build_deployment(store: Any, blocklist: str, version: int | None, model: str, out: Path, actor: str,
-                     guidance: float | None = None, error_mode: str = "faithful") -> tuple[Path, Any]:
-    """Build `out` from a published blocklist; returns (path, DeploymentRecord)."""
+                     guidance: float | None = None, error_mode: str = "faithful",
+                     track: bool = True) -> tuple[Path, Any]:
+    """Build `out` from a published blocklist; returns (path, DeploymentRecord). `track=False`
+    logs no MLflow run and registers no MLflow model version."""
     from governance.basemodel.loading import load_pipeline, model_folder_hash
     from governance.sae.model import TopKSAE
 
@@ -105,9 +107,10 @@ def build_deployment(store: Any, blocklist: str, version: int | None, model: str
         raise DeploymentError(f"mappings of {bl.ref} were scored with different schedules: {sorted(schedulers)}")
     scheduler_name, num_steps = schedulers.pop()
     sched_cls = scheduler_class(scheduler_name)
-    from governance.tracking.runs import check_tracking
+    if track:
+        from governance.tracking.runs import check_tracking
 
-    check_tracking()  # an unreachable MLflow server is refused before minutes of work, not after
+        check_tracking()  # an unreachable MLflow server is refused before minutes of work, not after
     sae_recs = {x.hook_point: store.get_sae(x.sae_id) for x in bl.saes}
     saes = {}
     for hook, rec in sae_recs.items():
@@ -157,7 +160,7 @@ def build_deployment(store: Any, blocklist: str, version: int | None, model: str
         signature = Signature(public_key=signing.public_hex(key), value=signing.sign(key, payload.signed_message()))
         manifest = DeploymentManifest(payload=payload, signature=signature)
         manifest_bytes = write_deployment_manifest(tmp, manifest)
-        mlflow_version = _log_to_mlflow(tmp, bl, list(sae_recs.values()), base_hash, actor)
+        mlflow_version = _log_to_mlflow(tmp, bl, list(sae_recs.values()), base_hash, actor) if track else None
         record = store.record_deployment(
             blocklist=bl.name, version=bl.version, path=str(out.resolve()), manifest_sha256=sha256_bytes(manifest_bytes),
             base_model_hash=base_hash, actor=actor, mlflow_model_version=mlflow_version,

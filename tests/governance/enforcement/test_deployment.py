@@ -235,6 +235,11 @@ def test_build_with_an_unreachable_mlflow_server_is_one_line(world, monkeypatch:
     assert len(r.stderr.strip().splitlines()) == 1
     assert not out.exists() and world["store"].list_deployments() == []
     assert [p.name for p in world["tmp"].iterdir() if p.name.startswith(".nomlflow")] == []
+    # ... and --no-mlflow builds without it, registering no model version.
+    r = CliRunner().invoke(saegov, ["deploy", "build", "--blocklist", "no-red@1", "--model", str(world["model"]),
+                                    "--out", str(out), "--no-mlflow", "--actor", "erin", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["mlflow_model_version"] is None and (out / "saegov" / "manifest.json").is_file()
 
 
 def test_two_saes_at_two_hook_points_build_verify_generate_explain(world) -> None:
