@@ -9,23 +9,65 @@ import click
 from cli.common import emit, json_option, open_store, print_json, subgroup
 
 
+def _registered_key(store):  # noqa: ANN001, ANN202
+    """Your signing key, which the registry must trust (else nobody could check the signature)."""
+    from governance.enforcement import signing
+    from governance.enforcement.deployment import DeploymentError
+
+    try:
+        key = signing.load_or_create_key()
+    except signing.SigningError as exc:
+        raise DeploymentError(str(exc)) from None
+    public = signing.public_hex(key)
+    if public not in store.trusted_signing_keys():
+        raise DeploymentError(f"your signing key {public[:16]}... is not registered: an admin runs "
+                              f"`saegov key register NAME --public-key {public}`")
+    return key
+
+
+def _check_checkpoint_signature(store, cp, path: Path, trusted_keys: Path | None) -> str | None:  # noqa: ANN001
+    """A signed checkpoint's signature must verify and its key be trusted; an unsigned one is
+    accepted with a note (its file is then only as safe as where it was kept)."""
+    from governance.enforcement import signing
+    from governance.enforcement.deployment import resolve_trust
+    from registry.errors import AuditVerificationError
+
+    if cp.signature is None:
+        return f"checkpoint {path} is unsigned (audit checkpoint --sign makes a signed one)"
+    if not signing.verify(cp.signature.public_key, cp.signed_message(), cp.signature.value):
+        raise AuditVerificationError(f"checkpoint {path}: signature does not match its contents")
+    if cp.signature.public_key not in resolve_trust(store, trusted_keys_file=trusted_keys):
+        raise AuditVerificationError(f"checkpoint {path}: signed by key {cp.signature.public_key[:16]}..., which is "
+                                     "not a trusted key")
+    return None
+
+
 def register(root: click.Group) -> None:
     grp = subgroup(root, "audit", "The hash-chained audit log.")
 
     @grp.command("verify")
-    @click.option("--checkpoint", "checkpoint_file", type=click.Path(path_type=Path),
-                  help="Also check against a checkpoint (detects truncation and rewriting).")
+    @click.option("--checkpoint", "checkpoint_files", type=click.Path(path_type=Path), multiple=True,
+                  help="Also check against a checkpoint (repeatable; detects truncation and rewriting). A signed "
+                       "one must be signed by a trusted key.")
+    @click.option("--trusted-keys", type=click.Path(path_type=Path), default=None,
+                  help="Trust store for checkpoint signatures (default: SAEGOV_TRUSTED_KEYS and the registry's keys).")
     @json_option
-    def verify(checkpoint_file: Path | None, as_json: bool) -> None:
+    def verify(checkpoint_files: tuple[Path, ...], trusted_keys: Path | None, as_json: bool) -> None:
         """Recompute the chain and replay it against the state tables; exit non-zero naming the
         first bad event or the first row the log does not support."""
         from governance.formats.checkpoint import read_checkpoint
 
         from registry.errors import AuditVerificationError
 
-        cp = read_checkpoint(checkpoint_file) if checkpoint_file is not None else None
         store = open_store()
-        rep = store.verify_audit(cp)
+        checkpoints = [read_checkpoint(f) for f in checkpoint_files]
+        notes = [_check_checkpoint_signature(store, cp, f, trusted_keys) for cp, f in zip(checkpoints, checkpoint_files)]
+        # One pass per checkpoint: each proves the chain's first `size` events are the ones it saw.
+        reports = [store.verify_audit(c) for c in sorted(checkpoints, key=lambda c: c.size)] or [store.verify_audit()]
+        rep = reports[-1]
+        cp = max(checkpoints, key=lambda c: c.size) if checkpoints else None
+        for note in filter(None, notes):
+            click.echo(f"note: {note}", err=True)
         wrong = store.verify_state()
         if wrong:
             raise AuditVerificationError(f"the chain verifies but the state does not agree with it: {wrong[0]}"
@@ -40,12 +82,20 @@ def register(root: click.Group) -> None:
 
     @grp.command("checkpoint")
     @click.option("--out", "out", type=click.Path(path_type=Path), required=True)
+    @click.option("--sign", is_flag=True, help="Sign it with your registered key (a signed tree head).")
     @json_option
-    def checkpoint(out: Path, as_json: bool) -> None:
-        """Verify, then write {size, head_hash, merkle_root, time} to FILE."""
-        from governance.formats.checkpoint import write_checkpoint
+    def checkpoint(out: Path, sign: bool, as_json: bool) -> None:
+        """Verify, then write {size, head_hash, merkle_root, time} (and a signature) to FILE."""
+        from governance.formats.checkpoint import CheckpointSignature, write_checkpoint
 
-        cp = open_store().audit_checkpoint()
+        store = open_store()
+        key = _registered_key(store) if sign else None
+        cp = store.audit_checkpoint()
+        if key is not None:
+            from governance.enforcement import signing
+
+            cp = cp.model_copy(update={"signature": CheckpointSignature(
+                public_key=signing.public_hex(key), value=signing.sign(key, cp.signed_message()))})
         write_checkpoint(out, cp)
         if as_json:
             print_json({"path": str(out), **cp.model_dump()})

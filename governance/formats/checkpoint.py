@@ -1,4 +1,6 @@
-"""An audit checkpoint file (`saegov audit checkpoint --out`): size, head hash, RFC 6962 root, time."""
+"""An audit checkpoint file (`saegov audit checkpoint --out`): size, head hash, RFC 6962 root,
+time, and (with `--sign`) an Ed25519 signature of those four by a registered key: a signed tree
+head, which whoever holds the log cannot forge when they cut or rewrite it."""
 from __future__ import annotations
 
 import json
@@ -6,7 +8,16 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from governance.common.jsonio import canonical_json
 from governance.formats.validation import read_json_model
+
+
+class CheckpointSignature(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    algorithm: str = "ed25519"
+    public_key: str = Field(pattern=r"^[0-9a-f]{64}$")
+    value: str = Field(pattern=r"^[0-9a-f]{128}$")
 
 
 class Checkpoint(BaseModel):
@@ -16,6 +27,11 @@ class Checkpoint(BaseModel):
     head_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
     merkle_root: str = Field(pattern=r"^[0-9a-f]{64}$")
     time: str
+    signature: CheckpointSignature | None = None
+
+    def signed_message(self) -> bytes:
+        """What a signature covers: the tree head without the signature."""
+        return canonical_json(self.model_dump(exclude={"signature"})).encode()
 
 
 def read_checkpoint(path: Path) -> Checkpoint:
@@ -23,4 +39,5 @@ def read_checkpoint(path: Path) -> Checkpoint:
 
 
 def write_checkpoint(path: Path, cp: Checkpoint) -> None:
-    Path(path).write_text(json.dumps(cp.model_dump(), indent=2) + "\n")
+    # An unsigned checkpoint is written exactly as before signatures existed.
+    Path(path).write_text(json.dumps(cp.model_dump(exclude_none=True), indent=2) + "\n")

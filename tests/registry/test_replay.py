@@ -82,3 +82,38 @@ def test_publish_and_deploy_refuse_state_the_log_does_not_support(store: Store, 
     with pytest.raises(AuditVerificationError, match="published in the table but revoked in the audit log"):
         store.record_deployment(blocklist="blues", version=1, path="/d", manifest_sha256="a" * 64,
                                 base_model_hash="b" * 64, actor="erin")
+
+
+def test_signed_checkpoints_are_checked_by_key_and_several_are_accepted(populated: Store, tmp_path: Path,
+                                                                         monkeypatch) -> None:
+    import json
+
+    from cli.main import saegov
+    from governance.enforcement import signing
+
+    monkeypatch.setenv("SAEGOV_DATABASE_URL", str(populated.engine.url.render_as_string(hide_password=False)))
+    run = CliRunner().invoke
+    r = run(saegov, ["audit", "checkpoint", "--out", str(tmp_path / "a.json"), "--sign"])
+    assert r.exit_code == 1 and "not registered" in r.stderr, r.output  # nobody registered this person's key
+    populated.register_signing_key("alice", signing.public_hex(signing.load_or_create_key()), "alice")
+    assert run(saegov, ["audit", "checkpoint", "--out", str(tmp_path / "a.json"), "--sign"]).exit_code == 0
+    populated.add_concept("late", "colour", "erin")
+    assert run(saegov, ["audit", "checkpoint", "--out", str(tmp_path / "b.json")]).exit_code == 0
+    r = run(saegov, ["audit", "verify", "--checkpoint", str(tmp_path / "a.json"), "--checkpoint", str(tmp_path / "b.json")])
+    assert r.exit_code == 0 and "b.json is unsigned" in r.stderr, r.output
+    # A forged tree head: the right size and a made-up root, re-signed by an unregistered key.
+    cp = json.loads((tmp_path / "a.json").read_text())
+    cp["merkle_root"] = "0" * 64
+    key = signing.load_or_create_key(tmp_path / "mallory")
+    from governance.formats.checkpoint import Checkpoint
+
+    body = Checkpoint.model_validate({k: v for k, v in cp.items() if k != "signature"})
+    cp["signature"] = {"algorithm": "ed25519", "public_key": signing.public_hex(key),
+                       "value": signing.sign(key, body.signed_message())}
+    (tmp_path / "forged.json").write_text(json.dumps(cp))
+    r = run(saegov, ["audit", "verify", "--checkpoint", str(tmp_path / "forged.json")])
+    assert r.exit_code == 5 and "not a trusted key" in r.stderr, r.output
+    cp["signature"]["public_key"] = signing.public_hex(signing.load_or_create_key())
+    (tmp_path / "forged.json").write_text(json.dumps(cp))
+    r = run(saegov, ["audit", "verify", "--checkpoint", str(tmp_path / "forged.json")])
+    assert r.exit_code == 5 and "signature does not match" in r.stderr, r.output
