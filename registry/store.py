@@ -647,6 +647,7 @@ class Store:
                 proposer = next((r.actor.name for r in reversed(row.reviews) if r.action == "propose"), None)
                 workflow.check_four_eyes(row.id, tx.actor.name, row.created_by.name, proposer,
                                          _account_lineage(s, tx.actor))
+                _require_intact(s, row, "approve it")
                 policy = self._policy_in_force(s)
                 shortfalls = sanity_shortfalls((f.timestep, f.feature_id, f.scale, f.gate) for f in row.features)
                 shortfalls += evidence_shortfalls(policy, row.evidence or [])
@@ -798,6 +799,7 @@ class Store:
             for m in mappings:
                 if m.state != "approved":
                     raise ValidationFailed(f"mapping {m.id} ({m.concept.name}) is {m.state}, not approved")
+                _require_intact(s, m, "publish")
                 logged = _logged_mapping_state(s, m.id)
                 if logged != "approved":
                     raise AuditVerificationError(f"mapping {m.id} ({m.concept.name}) is approved in the table but "
@@ -909,6 +911,8 @@ class Store:
                 raise NotFound(f"blocklist {blocklist!r} has no version {version}")
             if v.state != "published":
                 raise ValidationFailed(f"blocklist {blocklist}@{version} is {v.state}")
+            for e in v.entries:
+                _require_intact(s, e.mapping, "record a deployment")
             logged = _logged_version_state(s, f"{blocklist}@{v.version}")
             if logged != "published":
                 raise AuditVerificationError(f"blocklist {blocklist}@{v.version} is published in the table but "
@@ -1010,7 +1014,10 @@ class Store:
             with self._read() as s:
                 events = s.execute(select(AuditEvent.seq, AuditEvent.actor, AuditEvent.action, AuditEvent.subject,
                                           AuditEvent.payload).order_by(AuditEvent.seq))
-                return disagreements(s, replay(events))
+                found = disagreements(s, replay(events))
+                found += [p for m in s.scalars(select(FeatureMapping).order_by(FeatureMapping.id))
+                          if (p := _mapping_integrity(s, m))]
+                return found
         except (ValueError, KeyError, TypeError) as exc:
             raise AuditVerificationError(f"an audit event cannot be replayed: {exc!r}") from None
 
@@ -1123,6 +1130,39 @@ def _account_lineage(s: Session, actor: Actor) -> list[str]:
         out.append(parent.name)
         current = parent
     return out
+
+
+def _mapping_integrity(s: Session, row: FeatureMapping) -> str | None:
+    """What makes a mapping's rows differ from what was created and logged, or None: its spec
+    hash and evidence must be those of its `mapping.create` event, its stored spec must hash to
+    that, and its feature rows (what blocklists and deployments are built from) must be the
+    spec's. Rows edited by SQL after review would otherwise be deployed as approved."""
+    payload = s.scalar(select(AuditEvent.payload).where(AuditEvent.subject == f"mapping:{row.id}",
+                                                        AuditEvent.action == "mapping.create"))
+    if payload is None:
+        return f"mapping {row.id} has no mapping.create event"
+    logged = json.loads(payload)
+    if row.spec_sha256 != logged.get("spec_sha256"):
+        return f"mapping {row.id}: its spec hash is not the one its creation logged"
+    if (row.evidence or []) != (logged.get("evidence") or []):
+        return f"mapping {row.id}: its evidence is not the evidence its creation logged"
+    try:
+        spec = MappingSpec.model_validate(row.spec)
+    except ValueError:
+        return f"mapping {row.id}: its stored spec is not a mapping spec"
+    if spec.sha256() != row.spec_sha256:
+        return f"mapping {row.id}: its stored spec does not hash to its spec hash"
+    rows = sorted((f.timestep, f.feature_id, f.score, f.scale, f.gate) for f in row.features)
+    wanted = sorted((t, e.feature, e.score, e.scale, e.gate) for t, es in spec.timesteps.items() for e in es)
+    if rows != wanted:
+        return f"mapping {row.id}: its feature rows are not its spec's features"
+    return None
+
+
+def _require_intact(s: Session, row: FeatureMapping, doing: str) -> None:
+    problem = _mapping_integrity(s, row)
+    if problem:
+        raise AuditVerificationError(f"{problem}; refusing to {doing}")
 
 
 def _logged_mapping_state(s: Session, mapping_id: int) -> str | None:

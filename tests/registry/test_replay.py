@@ -117,3 +117,21 @@ def test_signed_checkpoints_are_checked_by_key_and_several_are_accepted(populate
     (tmp_path / "forged.json").write_text(json.dumps(cp))
     r = run(saegov, ["audit", "verify", "--checkpoint", str(tmp_path / "forged.json")])
     assert r.exit_code == 5 and "signature does not match" in r.stderr, r.output
+
+
+@pytest.mark.parametrize(("sql", "named"), [
+    ("UPDATE mapping_features SET scale = 5 WHERE mapping_id = 1", "feature rows are not its spec's"),
+    ("UPDATE feature_mappings SET evidence = '[]' WHERE id = 1", "evidence is not the evidence"),
+    ("UPDATE feature_mappings SET spec_sha256 = '" + "0" * 64 + "' WHERE id = 1", "spec hash"),
+])
+def test_mapping_rows_edited_after_review_are_refused_downstream(store: Store, tmp_path: Path, sql: str,
+                                                                  named: str) -> None:
+    from registry.errors import AuditVerificationError
+
+    red = approved_mapping(store, tmp_path, "red")
+    store.create_blocklist("colours", [red], "erin")
+    with store.engine.begin() as conn:
+        conn.execute(text(sql))
+    with pytest.raises(AuditVerificationError, match=named):
+        store.publish_blocklist("colours", "erin")
+    assert any(named in p for p in store.verify_state())
