@@ -82,19 +82,21 @@ def merkle_root(leaves: Iterable[bytes]) -> str:
 _COLUMNS = "seq, created_at, actor, action, subject, payload, prev_hash, hash"
 
 
-def iter_event_rows(conn: Connection, batch: int = 20000) -> Iterator[tuple]:
-    """Stream (seq, created_at, actor, action, subject, payload, prev_hash, hash) by seq."""
+def iter_event_rows(conn: Connection, batch: int = 20000, after: int = 0) -> Iterator[tuple]:
+    """Stream (seq, created_at, actor, action, subject, payload, prev_hash, hash) by seq, from
+    the event after `after`."""
+    after = int(after)
     if conn.dialect.name == "sqlite":
         cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
-            cur.execute(f"SELECT {_COLUMNS} FROM audit_events ORDER BY seq")
+            cur.execute(f"SELECT {_COLUMNS} FROM audit_events WHERE seq > ? ORDER BY seq", (after,))
             while rows := cur.fetchmany(batch):
                 yield from rows
         finally:
             cur.close()
         return
     result = conn.execution_options(stream_results=True, yield_per=batch).execute(
-        text(f"SELECT {_COLUMNS} FROM audit_events ORDER BY seq"))
+        text(f"SELECT {_COLUMNS} FROM audit_events WHERE seq > :after ORDER BY seq"), {"after": after})
     for part in result.partitions():
         yield from part
 
@@ -107,16 +109,18 @@ class VerifyReport:
 
 
 def verify_rows(rows: Iterable[tuple], head: tuple[int, str] | None = None,
-                checkpoint: Checkpoint | None = None) -> VerifyReport:
+                checkpoint: Checkpoint | None = None, start: tuple[int, str] | None = None) -> VerifyReport:
     """Recompute the chain. Raises `AuditVerificationError` naming the first bad event.
 
     `head` is the (seq, hash) recorded in `audit_head`; a chain shorter than it was truncated.
     With a checkpoint, the first `checkpoint.size` events must reproduce its head hash and
-    Merkle root (detects a chain rebuilt or cut back before the checkpoint).
+    Merkle root (detects a chain rebuilt or cut back before the checkpoint). With `start`
+    (size, head hash of a trusted checkpoint), `rows` are the events after it, linked from that
+    head: the cost is the events after it (`audit verify --since`).
     """
     sha256 = hashlib.sha256
     q = _encode_str  # same bytes as the canonical JSON array of event_hash, built faster
-    expected_seq, prev = 1, GENESIS_HASH
+    expected_seq, prev = (start[0] + 1, start[1]) if start else (1, GENESIS_HASH)
     cp_size = checkpoint.size if checkpoint else 0
     leaves: list[bytes] = []
     for seq, created_at, actor, action, subject, payload, prev_hash, stored in rows:

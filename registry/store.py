@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, func, select
+from sqlalchemy import text as sa_text
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
@@ -1002,6 +1003,25 @@ class Store:
         try:
             with self.engine.connect() as conn, closing(audit.iter_event_rows(conn)) as rows:
                 return audit.verify_rows(rows, head=audit.read_head(conn), checkpoint=checkpoint)
+        except SQLAlchemyError as exc:
+            raise DatabaseUnreachable(f"database error: {first_line(exc)}") from None
+
+    def verify_audit_since(self, checkpoint: Checkpoint) -> audit.VerifyReport:
+        """Verify only the events after `checkpoint` (whose signature the caller checked): event
+        `size` must still be its head, and every later event must link from it."""
+        try:
+            with self.engine.connect() as conn:
+                if checkpoint.size:
+                    stored = conn.execute(sa_text("SELECT hash FROM audit_events WHERE seq = :n"),
+                                          {"n": checkpoint.size}).scalar()
+                    if stored != checkpoint.head_hash:
+                        raise AuditVerificationError(
+                            f"audit event {checkpoint.size} is not the head of the checkpoint of {checkpoint.time} "
+                            f"({'missing' if stored is None else 'different'}): the log was cut or rewritten",
+                            checkpoint.size)
+                with closing(audit.iter_event_rows(conn, after=checkpoint.size)) as rows:
+                    return audit.verify_rows(rows, head=audit.read_head(conn),
+                                             start=(checkpoint.size, checkpoint.head_hash))
         except SQLAlchemyError as exc:
             raise DatabaseUnreachable(f"database error: {first_line(exc)}") from None
 

@@ -135,3 +135,39 @@ def test_mapping_rows_edited_after_review_are_refused_downstream(store: Store, t
     with pytest.raises(AuditVerificationError, match=named):
         store.publish_blocklist("colours", "erin")
     assert any(named in p for p in store.verify_state())
+
+
+def test_verify_since_a_signed_checkpoint_reads_only_what_came_after(populated: Store, tmp_path: Path,
+                                                                      monkeypatch) -> None:
+    from cli.main import saegov
+    from governance.enforcement import signing
+    from tests.helpers.registry import drop_audit_triggers
+
+    monkeypatch.setenv("SAEGOV_DATABASE_URL", str(populated.engine.url.render_as_string(hide_password=False)))
+    run = CliRunner().invoke
+    populated.register_signing_key("alice", signing.public_hex(signing.load_or_create_key()), "alice")
+    assert run(saegov, ["audit", "checkpoint", "--out", str(tmp_path / "s.json"), "--sign"]).exit_code == 0
+    assert run(saegov, ["audit", "checkpoint", "--out", str(tmp_path / "u.json")]).exit_code == 0
+    r = run(saegov, ["audit", "verify", "--since", str(tmp_path / "u.json")])
+    assert r.exit_code == 5 and "unsigned" in r.stderr
+    size = len(populated.audit_events())
+    populated.add_concept("after1", "colour", "erin")
+    populated.add_concept("after2", "colour", "erin")
+    r = run(saegov, ["audit", "verify", "--since", str(tmp_path / "s.json"), "--json"])
+    assert r.exit_code == 0, r.output
+    import json
+
+    assert json.loads(r.stdout)["size"] == size + 2
+    drop_audit_triggers(populated.engine)
+    with populated.engine.begin() as conn:
+        conn.execute(text(f"UPDATE audit_events SET payload = '{{}}' WHERE seq = {size + 2}"))
+    r = run(saegov, ["audit", "verify", "--since", str(tmp_path / "s.json")])
+    assert r.exit_code == 5 and f"audit event {size + 2}: hash mismatch" in r.stderr, r.output
+    with populated.engine.begin() as conn:
+        conn.execute(text(f"DELETE FROM audit_events WHERE seq > {size}"))
+    r = run(saegov, ["audit", "verify", "--since", str(tmp_path / "s.json")])
+    assert r.exit_code == 5 and "truncated" in r.stderr, r.output
+    with populated.engine.begin() as conn:
+        conn.execute(text(f"UPDATE audit_events SET hash = '{'e' * 64}' WHERE seq = {size}"))
+    r = run(saegov, ["audit", "verify", "--since", str(tmp_path / "s.json")])
+    assert r.exit_code == 5 and "the log was cut or rewritten" in r.stderr, r.output
