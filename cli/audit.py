@@ -9,22 +9,6 @@ import click
 from cli.common import emit, json_option, open_store, print_json, subgroup
 
 
-def _registered_key(store):  # noqa: ANN001, ANN202
-    """Your signing key, which the registry must trust (else nobody could check the signature)."""
-    from governance.enforcement import signing
-    from governance.enforcement.deployment import DeploymentError
-
-    try:
-        key = signing.load_or_create_key()
-    except signing.SigningError as exc:
-        raise DeploymentError(str(exc)) from None
-    public = signing.public_hex(key)
-    if public not in store.trusted_signing_keys():
-        raise DeploymentError(f"your signing key {public[:16]}... is not registered: an admin runs "
-                              f"`saegov key register NAME --public-key {public}`")
-    return key
-
-
 def _check_checkpoint_signature(store, cp, path: Path, trusted_keys: Path | None) -> str | None:  # noqa: ANN001
     """A signed checkpoint's signature must verify and its key be trusted; an unsigned one is
     accepted with a note (its file is then only as safe as where it was kept)."""
@@ -104,11 +88,11 @@ def register(root: click.Group) -> None:
         from governance.formats.checkpoint import CheckpointSignature, write_checkpoint
 
         store = open_store()
-        key = _registered_key(store) if sign else None
+        from governance.enforcement import signing
+
+        key = signing.registered_own_key(store) if sign else None
         cp = store.audit_checkpoint()
         if key is not None:
-            from governance.enforcement import signing
-
             cp = cp.model_copy(update={"signature": CheckpointSignature(
                 public_key=signing.public_hex(key), value=signing.sign(key, cp.signed_message()))})
         write_checkpoint(out, cp)

@@ -24,13 +24,7 @@ def register(root: click.Group) -> None:
         """Print your public signing key (created in your config folder on first use)."""
         from governance.enforcement import signing
 
-        try:
-            key = signing.load_or_create_key()
-        except signing.SigningError as exc:
-            from governance.enforcement.deployment import DeploymentError
-
-            raise DeploymentError(str(exc)) from None
-        public = signing.public_hex(key)
+        public = signing.public_hex(signing.load_or_create_key())  # SigningError is one line
         if as_json:
             print_json({"public_key": public, "path": str(signing.key_path())})
         else:

@@ -93,7 +93,7 @@ def build_deployment(store: Any, blocklist: str, version: int | None, model: str
     if out.exists() and any(out.iterdir()):
         raise DeploymentError(f"output folder {out} exists and is not empty")
     store.check_actor(actor)
-    key = builder_key(store, actor)  # refused before minutes of work, not after
+    key = signing.registered_own_key(store, owner=actor)  # refused before minutes of work, not after
     bl = store.get_blocklist(blocklist, version)
     if bl.state != "published":
         raise DeploymentError(f"blocklist {bl.ref} is {bl.state}; only published versions can be deployed")
@@ -174,21 +174,6 @@ def build_deployment(store: Any, blocklist: str, version: int | None, model: str
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out, record
-
-
-def builder_key(store: Any, actor: str) -> Any:
-    """The builder's own signing key, which an admin must have registered to them: a
-    deployment signed by any other key would not verify anywhere."""
-    try:
-        key = signing.load_or_create_key()
-    except signing.SigningError as exc:
-        raise DeploymentError(str(exc)) from None
-    public = signing.public_hex(key)
-    record = store.trusted_signing_keys().get(public)
-    if record is None or record.actor != actor:
-        raise DeploymentError(f"your deployment-signing key {public[:16]}... is not registered to {actor}: an admin "
-                              f"runs `saegov key register {actor} --public-key {public}` (`saegov key show` prints it)")
-    return key
 
 
 def _with_justifications(store: Any, spec: BlocklistSpec) -> BlocklistSpec:

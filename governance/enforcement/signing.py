@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -75,3 +76,16 @@ def verify(public_key_hex: str, message: bytes, signature_hex: str) -> bool:
 
 def is_public_key(value: str) -> bool:
     return len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def registered_own_key(store: Any, owner: str | None = None) -> Ed25519PrivateKey:
+    """The caller's own key, which the registry must trust (registered to `owner` when given):
+    anything signed by a key the registry does not vouch for would verify nowhere."""
+    key = load_or_create_key()
+    public = public_hex(key)
+    record = store.trusted_signing_keys().get(public)
+    if record is None or (owner is not None and record.actor != owner):
+        raise SigningError(f"your signing key {public[:16]}... is not registered{f' to {owner}' if owner else ''}: "
+                           f"an admin runs `saegov key register {owner or 'NAME'} --public-key {public}` "
+                           "(`saegov key show` prints it)")
+    return key
