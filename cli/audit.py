@@ -1,5 +1,5 @@
-"""`saegov audit verify|checkpoint|log|explain`: the tamper-evident audit log, and what a
-generation suppressed."""
+"""`saegov audit verify|export|consistency|checkpoint|log|explain`: the tamper-evident audit log,
+and what a generation suppressed."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,6 +26,28 @@ def _check_checkpoint_signature(store, cp, path: Path, trusted_keys: Path | None
     return None
 
 
+def _anchors(trusted_keys: Path | None) -> frozenset[str] | None:
+    """The public keys an auditor's trust store names (None without one)."""
+    if trusted_keys is None:
+        return None
+    from governance.formats.trusted_keys import read_trusted_keys
+
+    return frozenset(read_trusted_keys(trusted_keys).public_keys())
+
+
+def _report(rep, checkpoints, notes, as_json: bool, what: str, tail: str) -> None:  # noqa: ANN001
+    cp = max(checkpoints, key=lambda c: c.size) if checkpoints else None
+    for note in filter(None, notes):
+        click.echo(f"note: {note}", err=True)
+    if as_json:
+        print_json({"ok": True, "size": rep.size, "head_hash": rep.head_hash, "signed": rep.signed,
+                    "checkpoint_size": cp.size if cp else None, "checked": tail})
+        return
+    suffix = f"; consistent with checkpoint of {cp.time} ({cp.size} events)" if cp else ""
+    click.echo(f"{what} OK: {rep.size} events ({rep.signed} signed by their actors' registered keys), head "
+               f"{rep.head_hash[:16]}{suffix}; {tail}")
+
+
 def register(root: click.Group) -> None:
     grp = subgroup(root, "audit", "The hash-chained audit log.")
 
@@ -34,18 +56,37 @@ def register(root: click.Group) -> None:
                   help="Also check against a checkpoint (repeatable; detects truncation and rewriting). A signed "
                        "one must be signed by a trusted key.")
     @click.option("--trusted-keys", type=click.Path(path_type=Path), default=None,
-                  help="Trust store for checkpoint signatures (default: SAEGOV_TRUSTED_KEYS and the registry's keys).")
+                  help="Trust store (`saegov key export`): the keys checkpoints may be signed by, and the only keys "
+                       "the key history may start from (default for checkpoints: SAEGOV_TRUSTED_KEYS and the "
+                       "registry's keys).")
     @click.option("--since", "since_file", type=click.Path(path_type=Path), default=None,
                   help="Verify only the events after this signed checkpoint (it must be signed by a trusted key).")
+    @click.option("--log", "log_file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+                  help="Verify an exported log (`saegov audit export`) instead of the registry: no registry needed.")
     @json_option
     def verify(checkpoint_files: tuple[Path, ...], trusted_keys: Path | None, since_file: Path | None,
-               as_json: bool) -> None:
-        """Recompute the chain and replay it against the state tables; exit non-zero naming the
-        first bad event or the first row the log does not support."""
+               log_file: Path | None, as_json: bool) -> None:
+        """Recompute the chain, check every actor's signature and the key history, and replay the
+        log against the state tables; exit non-zero naming the first bad event or the first row
+        the log does not support."""
         from governance.formats.checkpoint import read_checkpoint
 
         from registry.errors import AuditVerificationError
 
+        anchors = _anchors(trusted_keys)
+        if log_file is not None:
+            if since_file is not None:
+                raise click.UsageError("--since works on the registry, not with --log")
+            from registry.audit import verify_exported
+
+            checkpoints = [read_checkpoint(f) for f in checkpoint_files]
+            notes = [_check_checkpoint_signature(None, cp, f, trusted_keys)
+                     for cp, f in zip(checkpoints, checkpoint_files)]
+            rep = verify_exported(log_file, checkpoints, anchors)
+            _report(rep, checkpoints, notes, as_json, f"exported log {log_file}",
+                    "key history from the trusted keys" if anchors is not None else
+                    "key history not anchored (pass --trusted-keys)")
+            return
         store = open_store()
         if since_file is not None:
             since = read_checkpoint(since_file)
@@ -54,30 +95,82 @@ def register(root: click.Group) -> None:
             _check_checkpoint_signature(store, since, since_file, trusted_keys)
             rep = store.verify_audit_since(since)
             if as_json:
-                print_json({"ok": True, "size": rep.size, "head_hash": rep.head_hash, "since": since.size})
+                print_json({"ok": True, "size": rep.size, "head_hash": rep.head_hash, "since": since.size,
+                            "signed": rep.signed})
             else:
                 click.echo(f"audit chain OK after the checkpoint of {since.time}: events {since.size + 1}..{rep.size}, "
-                           f"head {rep.head_hash[:16]} (state tables not replayed: run without --since for that)")
+                           f"head {rep.head_hash[:16]}, {rep.signed} signed (state tables not replayed: run without "
+                           "--since for that)")
             return
         checkpoints = [read_checkpoint(f) for f in checkpoint_files]
         notes = [_check_checkpoint_signature(store, cp, f, trusted_keys) for cp, f in zip(checkpoints, checkpoint_files)]
-        # One pass per checkpoint: each proves the chain's first `size` events are the ones it saw.
-        reports = [store.verify_audit(c) for c in sorted(checkpoints, key=lambda c: c.size)] or [store.verify_audit()]
-        rep = reports[-1]
-        cp = max(checkpoints, key=lambda c: c.size) if checkpoints else None
-        for note in filter(None, notes):
-            click.echo(f"note: {note}", err=True)
+        rep = store.verify_audit(checkpoints, anchors=anchors)  # one pass, whatever the number of checkpoints
         wrong = store.verify_state()
         if wrong:
             raise AuditVerificationError(f"the chain verifies but the state does not agree with it: {wrong[0]}"
                                          + (f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""))
+        _report(rep, checkpoints, notes, as_json, "audit chain", "state tables agree with the log")
+
+    @grp.command("export")
+    @click.option("--out", "out", type=click.Path(path_type=Path, dir_okay=False), required=True,
+                  help="File to write (JSON lines, saegov.audit-log/v1).")
+    @json_option
+    def export(out: Path, as_json: bool) -> None:
+        """Verify the log, then write it with every signature: an auditor checks it with
+        `saegov audit verify --log FILE --trusted-keys KEYS`, without the registry."""
+        n = open_store().export_audit(out)
         if as_json:
-            print_json({"ok": True, "size": rep.size, "head_hash": rep.head_hash,
-                        "checkpoint_size": cp.size if cp else None, "state_agrees": True})
+            print_json({"path": str(out), "events": n})
         else:
-            suffix = f"; consistent with checkpoint of {cp.time} ({cp.size} events)" if cp else ""
-            click.echo(f"audit chain OK: {rep.size} events, head {rep.head_hash[:16]}{suffix}; "
-                       "state tables agree with the log")
+            click.echo(f"exported {n} audit events -> {out}")
+
+    @grp.command("consistency")
+    @click.argument("old_file", type=click.Path(path_type=Path, dir_okay=False))
+    @click.argument("new_file", type=click.Path(path_type=Path, dir_okay=False))
+    @click.option("--out", "out", type=click.Path(path_type=Path, dir_okay=False), default=None,
+                  help="Write the proof computed from the registry's log here.")
+    @click.option("--proof", "proof_file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+                  help="Check this proof instead (no registry needed).")
+    @click.option("--trusted-keys", type=click.Path(path_type=Path), default=None,
+                  help="Trust store for the checkpoints' signatures.")
+    @json_option
+    def consistency(old_file: Path, new_file: Path, out: Path | None, proof_file: Path | None,
+                    trusted_keys: Path | None, as_json: bool) -> None:
+        """RFC 6962 consistency proof: the log of checkpoint OLD is a prefix of the log of checkpoint NEW
+        (nothing in it was rewritten or cut before NEW was taken)."""
+        from governance.common.jsonio import pretty_json
+        from governance.formats.checkpoint import ConsistencyProof, read_checkpoint, read_consistency_proof
+
+        from registry.audit import consistency_holds
+        from registry.errors import AuditVerificationError
+
+        if (out is None) == (proof_file is None):
+            raise click.UsageError("give exactly one of --out (compute from the registry) or --proof (check a proof)")
+        old, new = read_checkpoint(old_file), read_checkpoint(new_file)
+        store = open_store() if out is not None else None
+        notes = [_check_checkpoint_signature(store, cp, f, trusted_keys) for cp, f in ((old, old_file), (new, new_file))]
+        if proof_file is not None:
+            proof = read_consistency_proof(proof_file)
+            if (proof.old_size, proof.new_size, proof.old_root, proof.new_root) != (
+                    old.size, new.size, old.merkle_root, new.merkle_root):
+                raise AuditVerificationError(f"{proof_file} is a proof between other checkpoints")
+        else:
+            assert store is not None
+            proof = ConsistencyProof(old_size=old.size, new_size=new.size, old_root=old.merkle_root,
+                                     new_root=new.merkle_root, hashes=store.consistency_proof(old, new))
+        if not consistency_holds(proof.old_size, proof.new_size, proof.old_root, proof.new_root, proof.hashes):
+            raise AuditVerificationError(f"the log of {old_file} ({old.size} events) is not a prefix of the log of "
+                                         f"{new_file} ({new.size} events): history was rewritten between them")
+        if out is not None:
+            out.write_text(pretty_json(proof.model_dump(mode="json")))
+        for note in filter(None, notes):
+            click.echo(f"note: {note}", err=True)
+        if as_json:
+            print_json({"ok": True, "old_size": old.size, "new_size": new.size, "hashes": len(proof.hashes),
+                        "proof": str(out or proof_file)})
+        else:
+            click.echo(f"consistent: the {old.size} events of {old_file} are the first {old.size} of {new_file} "
+                       f"({new.size}); proof of {len(proof.hashes)} hashes" + (f" -> {out}" if out else ""))
 
     @grp.command("checkpoint")
     @click.option("--out", "out", type=click.Path(path_type=Path), required=True)

@@ -36,9 +36,27 @@ def register(root: click.Group) -> None:
     root.add_command(demo)
 
 
+_people: Path | None = None  # the demo's people's config folders: one per person, never the workspace's own
+
+
+def _person(name: str) -> None:
+    """Sit at `name`'s desk: their config folder, so their key signs what they do."""
+    if _people is not None:
+        os.environ[ENV_CONFIG_DIR] = str(_people / name)
+
+
+def _public_key(name: str) -> str:
+    from governance.enforcement import signing
+
+    _person(name)
+    return signing.public_hex(signing.load_or_create_key())
+
+
 def _run(args: list[str]) -> None:
     from cli.main import saegov
 
+    # Whoever --actor names runs the step at their own desk; read-only steps run at erin's.
+    _person(args[args.index("--actor") + 1] if "--actor" in args else "erin")
     click.secho("$ saegov " + " ".join(shlex.quote(a) for a in args), fg="cyan", err=True)
     try:
         saegov.main(args=args, prog_name="saegov", standalone_mode=False)
@@ -87,9 +105,10 @@ def demo(workspace: Path, colour: str, style: str, colour_hookpoint: str, style_
     os.environ[ENV_HOME] = str(ws)
     for name in (ENV_DATABASE_URL, ENV_ACTOR, ENV_MLFLOW_URI, ENV_TRUSTED_KEYS):
         os.environ.pop(name, None)
-    # The demo plays three people on one machine; erin, who builds the deployment, keeps her
-    # signing key in her own config folder (a real one is ~/.config/saegov, never the workspace).
-    os.environ[ENV_CONFIG_DIR] = str(ws / "people" / "erin")
+    # The demo plays three people on one machine, each with a signing key in their own config
+    # folder (a real one is ~/.config/saegov, never the workspace).
+    global _people
+    _people = ws / "people"
     model = str(default_pipeline_path())
     steps, guidance = str(DEFAULT_STEPS), str(DEFAULT_GUIDANCE)
     prompts_dir = ws / "prompts"
@@ -107,15 +126,14 @@ def demo(workspace: Path, colour: str, style: str, colour_hookpoint: str, style_
     _run(["actor", "add", "alice", "--role", "admin"])
     _run(["actor", "add", "erin", "--role", "engineer", "--actor", "alice"])
     _run(["actor", "add", "rob", "--role", "reviewer", "--actor", "alice"])
-    from governance.enforcement import signing
-
-    _run(["key", "show"])  # erin's public key; the admin registers it so her deployments are trusted
-    _run(["key", "register", "erin", "--public-key", signing.public_hex(signing.load_or_create_key()),
-          "--actor", "alice"])
+    _run(["key", "show"])  # each person prints their public key; the admin registers them
+    for person in ("alice", "erin", "rob"):
+        _run(["key", "register", person, "--public-key", _public_key(person), "--actor", "alice"])
     # The policy team's floor for any approval: a mapping whose sweep removed nothing (UA 0) or
-    # wrecked the other concepts cannot be approved without an admin's recorded override.
+    # wrecked the other concepts cannot be approved without an admin's recorded override. From
+    # here on every action is signed by its actor's key: a name in SAEGOV_ACTOR is not enough.
     _run(["policy", "set", "--min-ua", DEMO_POLICY["UA"], "--min-ira", DEMO_POLICY["IRA"], "--min-cra",
-          DEMO_POLICY["CRA"], "--actor", "alice"])
+          DEMO_POLICY["CRA"], "--require-signatures", "--actor", "alice"])
     for kind, names in (("colour", COLOURS), ("style", STYLES)):
         for name in names:
             _run(["concept", "add", name, "--kind", kind, "--prompts", str(prompts_dir / f"{name}.txt"), "--actor", "erin"])

@@ -21,13 +21,17 @@ def register(root: click.Group) -> None:
     @click.option("--min-ua", type=float, default=None, help="Minimum UA (%) of the sweep's chosen point.")
     @click.option("--min-ira", type=float, default=None, help="Minimum IRA (%).")
     @click.option("--min-cra", type=float, default=None, help="Minimum CRA (%).")
+    @click.option("--require-signatures", is_flag=True, default=False,
+                  help="From now on every action must be signed by its actor's registered key (`saegov key "
+                       "register`): a name in SAEGOV_ACTOR or --actor is no longer enough to act as someone. "
+                       "The admin setting it must have a registered key.")
     @actor_option
     @json_option
-    def set_(min_ua: float | None, min_ira: float | None, min_cra: float | None, actor: str | None,
-             as_json: bool) -> None:
+    def set_(min_ua: float | None, min_ira: float | None, min_cra: float | None, require_signatures: bool,
+             actor: str | None, as_json: bool) -> None:
         """Set a new policy version (admins only; unset minimums are not constrained)."""
         policy = open_store().set_approval_policy(actor, _percent(min_ua, "--min-ua"), _percent(min_ira, "--min-ira"),
-                                                  _percent(min_cra, "--min-cra"))
+                                                  _percent(min_cra, "--min-cra"), require_signatures=require_signatures)
         if as_json:
             print_json(policy.payload())
         else:
@@ -49,4 +53,5 @@ def register(root: click.Group) -> None:
 
 def _describe(policy) -> str:  # noqa: ANN001
     mins = policy.minimums()
-    return ", ".join(f"{k} >= {100 * v:g} %" for k, v in mins.items()) or "no minimums (sanity rules only)"
+    text = ", ".join(f"{k} >= {100 * v:g} %" for k, v in mins.items()) or "no minimums (sanity rules only)"
+    return text + ("; every action signed by its actor's registered key" if policy.require_signatures else "")

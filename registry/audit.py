@@ -10,9 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 from contextlib import closing
+from pathlib import Path
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Connection, select, text
 from sqlalchemy.orm import Session
 
@@ -20,6 +22,7 @@ from governance.common.jsonio import canonical_json
 from governance.common.timeutil import iso_utc, utcnow
 from governance.formats.checkpoint import Checkpoint
 from registry.errors import AuditVerificationError
+from registry.signatures import SignatureCheck, sign_event
 from registry.models import GENESIS_HASH, AuditEvent, AuditHead
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode
@@ -41,14 +44,18 @@ def lock_head(session: Session) -> AuditHead:
 
 
 def append_event(session: Session, head: AuditHead, actor: str, action: str, subject: str,
-                 payload: dict[str, Any]) -> AuditEvent:
-    """Append one event in the caller's transaction; `head` must come from `lock_head`."""
+                 payload: dict[str, Any], signer: Ed25519PrivateKey | None = None) -> AuditEvent:
+    """Append one event in the caller's transaction; `head` must come from `lock_head`.
+    With `signer` (the actor's own key), the event carries their signature over its hash
+    (registry.signatures)."""
     seq = head.seq + 1
     created_at = iso_utc(utcnow())
     payload_text = canonical_json(payload)
     digest = event_hash(seq, head.hash, created_at, actor, action, subject, payload_text)
+    signer_key, signature = sign_event(signer, digest) if signer is not None else (None, None)
     event = AuditEvent(seq=seq, created_at=created_at, actor=actor, action=action,
-                       subject=subject, payload=payload_text, prev_hash=head.hash, hash=digest)
+                       subject=subject, payload=payload_text, prev_hash=head.hash, hash=digest,
+                       signer_key=signer_key, signature=signature)
     session.add(event)
     head.seq, head.hash = seq, digest
     session.flush()
@@ -77,14 +84,81 @@ def merkle_root(leaves: Iterable[bytes]) -> str:
     return level[0].hex()
 
 
+def _node(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+def _subtree_root(leaves: list[bytes], lo: int, hi: int) -> bytes:
+    return bytes.fromhex(merkle_root(leaves[lo:hi]))
+
+
+def consistency_proof(leaves: list[bytes], old_size: int) -> list[str]:
+    """RFC 6962 2.1.2 PROOF(m, D[n]) for m = `old_size`, n = len(leaves) (leaf *data*: the event
+    hashes): the hashes that show the tree of the first m events is a prefix of the tree of all n.
+    Cost: one pass over the n leaves."""
+    n = len(leaves)
+    if not 0 < old_size <= n:
+        raise ValueError(f"a consistency proof needs 0 < old size <= new size (got {old_size}, {n})")
+    proof: list[bytes] = []
+
+    def sub(m: int, lo: int, hi: int, whole: bool) -> None:
+        size = hi - lo
+        if m == size:
+            if not whole:
+                proof.append(_subtree_root(leaves, lo, hi))
+            return
+        k = 1 << ((size - 1).bit_length() - 1)  # the largest power of two below size
+        if m <= k:
+            sub(m, lo, lo + k, whole)
+            proof.append(_subtree_root(leaves, lo + k, hi))
+        else:
+            sub(m - k, lo + k, hi, False)
+            proof.append(_subtree_root(leaves, lo, lo + k))
+
+    sub(old_size, 0, n, True)
+    return [h.hex() for h in proof]
+
+
+def consistency_holds(old_size: int, new_size: int, old_root: str, new_root: str, proof: list[str]) -> bool:
+    """RFC 9162 2.1.4.2: does `proof` show that the tree (old_size, old_root) is a prefix of the
+    tree (new_size, new_root)? Needs nothing but the two tree heads and the proof."""
+    try:
+        first, second, path = bytes.fromhex(old_root), bytes.fromhex(new_root), [bytes.fromhex(h) for h in proof]
+    except ValueError:
+        return False
+    if not 0 < old_size <= new_size:
+        return False
+    if old_size == new_size:
+        return not path and first == second
+    if old_size & (old_size - 1) == 0:  # a power of two: the old root is itself a node of the path
+        path = [first, *path]
+    if not path:
+        return False
+    fn, sn = old_size - 1, new_size - 1
+    while fn & 1:
+        fn, sn = fn >> 1, sn >> 1
+    fr = sr = path[0]
+    for c in path[1:]:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            fr, sr = _node(c, fr), _node(c, sr)
+            while not fn & 1 and fn != 0:
+                fn, sn = fn >> 1, sn >> 1
+        else:
+            sr = _node(sr, c)
+        fn, sn = fn >> 1, sn >> 1
+    return fr == first and sr == second and sn == 0
+
+
 # --- verification -----------------------------------------------------------------------------
 
-_COLUMNS = "seq, created_at, actor, action, subject, payload, prev_hash, hash"
+_COLUMNS = "seq, created_at, actor, action, subject, payload, prev_hash, hash, signer_key, signature"
 
 
 def iter_event_rows(conn: Connection, batch: int = 20000, after: int = 0) -> Iterator[tuple]:
-    """Stream (seq, created_at, actor, action, subject, payload, prev_hash, hash) by seq, from
-    the event after `after`."""
+    """Stream (seq, created_at, actor, action, subject, payload, prev_hash, hash, signer_key,
+    signature) by seq, from the event after `after`."""
     after = int(after)
     if conn.dialect.name == "sqlite":
         cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
@@ -106,24 +180,30 @@ class VerifyReport:
     size: int
     head_hash: str
     merkle_root: str | None = None
+    signed: int = 0  # events whose actor signature was checked
 
 
 def verify_rows(rows: Iterable[tuple], head: tuple[int, str] | None = None,
-                checkpoint: Checkpoint | None = None, start: tuple[int, str] | None = None) -> VerifyReport:
+                checkpoint: Checkpoint | Sequence[Checkpoint] | None = None, start: tuple[int, str] | None = None,
+                signatures: SignatureCheck | None = None) -> VerifyReport:
     """Recompute the chain. Raises `AuditVerificationError` naming the first bad event.
 
     `head` is the (seq, hash) recorded in `audit_head`; a chain shorter than it was truncated.
-    With a checkpoint, the first `checkpoint.size` events must reproduce its head hash and
-    Merkle root (detects a chain rebuilt or cut back before the checkpoint). With `start`
+    With a checkpoint (or several, in the same single pass), the first `checkpoint.size` events
+    must reproduce its head hash and Merkle root (detects a chain rebuilt or cut back before it). With `start`
     (size, head hash of a trusted checkpoint), `rows` are the events after it, linked from that
-    head: the cost is the events after it (`audit verify --since`).
+    head: the cost is the events after it (`audit verify --since`). With `signatures`, every
+    event also passes its rules (registry.signatures); rows are then the 10 columns of
+    `iter_event_rows` (8 are enough without).
     """
     sha256 = hashlib.sha256
     q = _encode_str  # same bytes as the canonical JSON array of event_hash, built faster
     expected_seq, prev = (start[0] + 1, start[1]) if start else (1, GENESIS_HASH)
-    cp_size = checkpoint.size if checkpoint else 0
+    cps = sorted([checkpoint] if isinstance(checkpoint, Checkpoint) else (checkpoint or []), key=lambda c: c.size)
+    cp_size = cps[-1].size if cps else 0
     leaves: list[bytes] = []
-    for seq, created_at, actor, action, subject, payload, prev_hash, stored in rows:
+    for row in rows:
+        seq, created_at, actor, action, subject, payload, prev_hash, stored = row[:8]
         if seq != expected_seq:
             if seq > expected_seq:
                 raise AuditVerificationError(
@@ -137,6 +217,8 @@ def verify_rows(rows: Iterable[tuple], head: tuple[int, str] | None = None,
         header = f"[{seq},{q(prev_hash)},{q(created_at)},{q(actor)},{q(action)},{q(subject)}]\n"
         if sha256((header + payload).encode()).hexdigest() != stored:
             raise AuditVerificationError(f"audit event {seq}: hash mismatch (event altered)", seq)
+        if signatures is not None:
+            signatures.check(seq, actor, action, subject, payload, stored, row[8], row[9])
         if seq <= cp_size:
             leaves.append(bytes.fromhex(stored))
         prev = stored
@@ -152,18 +234,19 @@ def verify_rows(rows: Iterable[tuple], head: tuple[int, str] | None = None,
             raise AuditVerificationError(
                 f"audit head ({head_seq}) does not match the chain's last event ({size})", size)
     root = None
-    if checkpoint is not None:
-        if size < checkpoint.size:
+    for cp in cps:
+        if size < cp.size:
             raise AuditVerificationError(
                 f"audit event {size + 1} is missing: chain has {size} events, checkpoint of "
-                f"{checkpoint.time} recorded {checkpoint.size} (truncated)", size + 1)
-        root = merkle_root(leaves)
-        last = leaves[-1].hex() if leaves else GENESIS_HASH
-        if last != checkpoint.head_hash or root != checkpoint.merkle_root:
+                f"{cp.time} recorded {cp.size} (truncated)", size + 1)
+        root = merkle_root(leaves[:cp.size])
+        last = leaves[cp.size - 1].hex() if cp.size else GENESIS_HASH
+        if last != cp.head_hash or root != cp.merkle_root:
             raise AuditVerificationError(
-                f"audit events 1..{checkpoint.size} differ from the checkpoint of "
-                f"{checkpoint.time} (history rewritten)", None)
-    return VerifyReport(size=size, head_hash=prev, merkle_root=root)
+                f"audit events 1..{cp.size} differ from the checkpoint of "
+                f"{cp.time} (history rewritten)", None)
+    return VerifyReport(size=size, head_hash=prev, merkle_root=root,
+                        signed=signatures.signed if signatures is not None else 0)
 
 
 def read_head(conn: Connection) -> tuple[int, str]:
@@ -184,3 +267,16 @@ def make_checkpoint(conn: Connection) -> Checkpoint:
         report = verify_rows(tap(rows), head=read_head(conn))
     return Checkpoint(size=report.size, head_hash=report.head_hash,
                       merkle_root=merkle_root(leaves), time=iso_utc(utcnow()))
+
+
+def verify_exported(path: Path, checkpoints: Sequence[Checkpoint] = (),
+                    anchors: frozenset[str] | None = None) -> VerifyReport:
+    """Verify an exported log (governance.formats.audit_log) with no registry: the chain up to
+    its stated head, every signature and key rule of registry.signatures (roots of the key
+    history among `anchors` when given), and the checkpoints."""
+    from governance.formats.audit_log import read_audit_log
+
+    header, rows = read_audit_log(path)
+    with closing(rows):
+        return verify_rows(rows, head=(header.size, header.head_hash), checkpoint=list(checkpoints),
+                           signatures=SignatureCheck(anchors=anchors))

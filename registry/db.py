@@ -21,7 +21,23 @@ def database_url() -> str:
     url = os.environ.get(ENV_DATABASE_URL)
     if url:
         return url
-    return f"sqlite:///{(workspace_home() / 'registry.db').resolve()}"
+    path = (workspace_home() / 'registry.db').resolve()
+    if any(c in str(path) for c in "?#%"):
+        # In a URL these start a query or an escape: "/tmp/ws?x/registry.db" would open "/tmp/ws".
+        raise ConfigError(f"the workspace path {str(path.parent)!r} contains '?', '#' or '%'; choose another "
+                          "SAEGOV_HOME")
+    return f"sqlite:///{path}"
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL (None for other backends, memory or a bad URL)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database).expanduser()
 
 
 def _sqlite_setup(engine: Engine) -> None:

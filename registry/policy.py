@@ -10,7 +10,8 @@ The approval policy (versioned; set only by an admin, each version an audited `p
 event): minimum UA / IRA / CRA that the mapping's stored sweep evidence (`concept sweep`'s table,
 inside the hashed mapping spec) must show at its chosen point. With any minimum set, a mapping
 without sweep evidence falls short. A shortfall is refused unless an admin approves with an
-override justification, which the review and its audit event record.
+override justification, which the review and its audit event record. A policy can also require
+that every action be signed by its actor's registered key (registry.signatures).
 """
 from __future__ import annotations
 
@@ -31,12 +32,15 @@ class ApprovalPolicy(BaseModel):
     min_ua: float | None = Field(default=None, ge=0, le=1)
     min_ira: float | None = Field(default=None, ge=0, le=1)
     min_cra: float | None = Field(default=None, ge=0, le=1)
+    # Every action must be signed by its actor's registered key (registry.signatures).
+    require_signatures: bool = False
 
     def minimums(self) -> dict[str, float]:
         return {k: v for k, v in (("UA", self.min_ua), ("IRA", self.min_ira), ("CRA", self.min_cra)) if v is not None}
 
     def payload(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        # Left out when off, so that versions logged before the field existed read the same.
+        return self.model_dump(mode="json", exclude={"require_signatures"} if not self.require_signatures else None)
 
 
 def sanity_shortfalls(features: Iterable[tuple[int, int, float, float]]) -> list[str]:

@@ -79,7 +79,8 @@ def replay(events: Iterable[tuple[int, str, str, str, str]]) -> Replayed:
         elif action == "key.revoke":
             r.keys.setdefault(p["public_key"], {})["revoked"] = True
         elif action == "policy.set":
-            r.policies[int(p["version"])] = {k: p[k] for k in ("min_ua", "min_ira", "min_cra")}
+            r.policies[int(p["version"])] = {**{k: p[k] for k in ("min_ua", "min_ira", "min_cra")},
+                                             "require_signatures": bool(p.get("require_signatures", False))}
     return r
 
 
@@ -111,7 +112,8 @@ def disagreements(s: Session, expected: Replayed, limit: int = 20) -> list[str]:
                         for d in s.scalars(select(Deployment))}, expected.deployments)
     diff("signing key", {k.public_key: {"owner": k.actor.name, "revoked": k.revoked_at is not None}
                          for k in s.scalars(select(SigningKey))}, expected.keys)
-    diff("approval policy", {p.version: {"min_ua": p.min_ua, "min_ira": p.min_ira, "min_cra": p.min_cra}
+    diff("approval policy", {p.version: {"min_ua": p.min_ua, "min_ira": p.min_ira, "min_cra": p.min_cra,
+                                         "require_signatures": bool(p.require_signatures)}
                              for p in s.scalars(select(ApprovalPolicyRow))}, expected.policies)
     return out[:limit]
 

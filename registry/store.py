@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine, func, select
 from sqlalchemy import text as sa_text
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
@@ -30,10 +31,10 @@ from governance.common.timeutil import utcnow
 from governance.formats.checkpoint import Checkpoint
 from governance.formats.mapping import FeatureEntry, MappingSpec
 from governance.formats.validation import read_json_model
-from registry import audit, workflow
+from registry import audit, signatures, workflow
 from registry.artifacts import inspect_sae_folder
 from registry.policy import ApprovalPolicy, evidence_shortfalls, sanity_shortfalls
-from registry.db import check_schema, make_engine
+from registry.db import UPGRADE_HINT, check_schema, database_url, make_engine, sqlite_file
 from registry.errors import (
     AlreadyExists,
     AuditVerificationError,
@@ -41,6 +42,7 @@ from registry.errors import (
     InvalidTransition,
     NotFound,
     PermissionDenied,
+    SchemaOutOfDate,
     ValidationFailed,
 )
 from registry.models import (
@@ -90,14 +92,26 @@ _ACTOR_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,63}")
 _SHA256_RE = "0123456789abcdef"
 
 
+Keyring = Callable[[str], "Ed25519PrivateKey | None"]
+
+
+def personal_keyring(actor: str) -> Ed25519PrivateKey | None:
+    """The key in this person's config folder (`SAEGOV_CONFIG_DIR`), if they made one
+    (`saegov key show`): whoever runs the process signs with it, whatever name they claim."""
+    from governance.common.personal_key import load_key_if_present
+
+    return load_key_if_present()
+
+
 @dataclass
 class _Tx:
     session: Session
     head: AuditHead
     actor: Actor
+    signer: Ed25519PrivateKey | None = None
 
     def log(self, action: str, subject: str, payload: dict[str, Any]) -> None:
-        audit.append_event(self.session, self.head, self.actor.name, action, subject, payload)
+        audit.append_event(self.session, self.head, self.actor.name, action, subject, payload, signer=self.signer)
 
 
 def _row_id(value: Any, what: str) -> int:
@@ -120,16 +134,23 @@ def _check_sha256(value: str, what: str) -> str:
 
 
 class Store:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, keyring: Keyring | None = None) -> None:
+        """`keyring(actor)` gives the private key this process holds for an actor (default: the
+        personal key of `SAEGOV_CONFIG_DIR`); an actor with a registered key acts only through it."""
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self.keyring: Keyring = keyring or personal_keyring
 
     @classmethod
-    def open(cls, url: str | None = None, check: bool = True) -> Store:
+    def open(cls, url: str | None = None, check: bool = True, keyring: Keyring | None = None) -> Store:
+        url = url or database_url()
+        if check and (path := sqlite_file(url)) is not None and not path.exists():
+            # Checked before connecting: SQLite would create an empty file (and make_engine its folder).
+            raise SchemaOutOfDate(f"no registry at {path}; {UPGRADE_HINT}")
         engine = make_engine(url)
         if check:
             check_schema(engine)
-        return cls(engine)
+        return cls(engine, keyring=keyring)
 
     @classmethod
     def open_if_present(cls) -> Store | None:
@@ -166,7 +187,7 @@ class Store:
                 head = audit.lock_head(s)
                 row = self._actor_row(s, actor)
                 workflow.require_role(row.name, row.role, action)
-                yield _Tx(s, head, row)
+                yield _Tx(s, head, row, self._signer(s, row, action))
         except IntegrityError as exc:
             raise AlreadyExists(f"conflict: {first_line(exc)}") from None
         except OperationalError as exc:
@@ -182,6 +203,32 @@ class Store:
         if row.disabled_at is not None:
             raise PermissionDenied(f"actor {name!r} was disabled on {row.disabled_at:%Y-%m-%d}")
         return row
+
+    def _signer(self, s: Session, actor: Actor, action: str) -> Ed25519PrivateKey | None:
+        """The key that signs this action, decided from the state before it (so registering a
+        key cannot vouch for the action that registers it). An actor with a registered key acts
+        only through that key: a name in SAEGOV_ACTOR or --actor is not enough."""
+        table = set(s.scalars(select(SigningKey.public_key).where(SigningKey.actor_id == actor.id,
+                                                                  SigningKey.revoked_at.is_(None))))
+        logged = _logged_active_keys(s, actor.name)
+        key = self.keyring(actor.name)
+        public = signatures.public_hex(key) if key is not None else None
+        # Either record saying the actor has a key is enough to require it (a key row deleted by
+        # SQL does not turn them back into a bare name); the key used must be in both.
+        if table | logged:
+            if public not in table | logged:
+                held = "holds no key" if public is None else f"holds key {public[:16]}..., not theirs"
+                raise PermissionDenied(f"{actor.name!r} signs with a registered key and this config folder {held}: "
+                                       f"only {actor.name} can act as {actor.name}")
+            if public not in table & logged:
+                raise PermissionDenied(f"the key {str(public)[:16]}... of {actor.name!r} is registered in the key table "
+                                       "or in the audit log but not in both: refused (run `saegov audit verify`)")
+            return key
+        if _logged_signatures_required(s):
+            raise PermissionDenied(f"the approval policy requires signed actions and {actor.name!r} has no registered "
+                                   f"key: an admin runs `saegov key register {actor.name} --public-key KEY` "
+                                   "(KEY is what `saegov key show` prints for them)")
+        return None
 
     def check_actor(self, name: str | None) -> ActorRecord:
         """Resolve an identity (raises `PermissionDenied` for a missing or unknown one)."""
@@ -208,16 +255,18 @@ class Store:
                 first = s.scalar(select(func.count()).select_from(Actor)) == 0
                 if first:
                     creator, role = None, "admin"
+                    signer = None
                 else:
                     creator = self._actor_row(s, actor)
                     workflow.require_role(creator.name, creator.role, "actor.add")
+                    signer = self._signer(s, creator, "actor.add")
                 if s.scalar(select(Actor).where(Actor.name == name)):
                     raise AlreadyExists(f"actor {name!r} already exists")
                 row = Actor(name=name, role=role, created_by_id=creator.id if creator else None)
                 s.add(row)
                 s.flush()
                 audit.append_event(s, head, creator.name if creator else name, "actor.add",
-                                   f"actor:{name}", {"name": name, "role": role, "first": first})
+                                   f"actor:{name}", {"name": name, "role": role, "first": first}, signer=signer)
                 return _actor(row)
         except IntegrityError as exc:
             raise AlreadyExists(f"conflict: {first_line(exc)}") from None
@@ -647,7 +696,7 @@ class Store:
             if action == "approve":
                 proposer = next((r.actor.name for r in reversed(row.reviews) if r.action == "propose"), None)
                 workflow.check_four_eyes(row.id, tx.actor.name, row.created_by.name, proposer,
-                                         _account_lineage(s, tx.actor))
+                                         _account_lineage(s, tx.actor), _key_lineage(s, tx.signer))
                 _require_intact(s, row, "approve it")
                 policy = self._policy_in_force(s)
                 shortfalls = sanity_shortfalls((f.timestep, f.feature_id, f.scale, f.gate) for f in row.features)
@@ -698,17 +747,25 @@ class Store:
     # --- approval policy ---------------------------------------------------------------------
 
     def set_approval_policy(self, actor: str | None, min_ua: float | None = None, min_ira: float | None = None,
-                            min_cra: float | None = None) -> ApprovalPolicy:
-        """A new policy version (admins only, audited); None leaves a metric unconstrained."""
+                            min_cra: float | None = None, require_signatures: bool = False) -> ApprovalPolicy:
+        """A new policy version (admins only, audited); None leaves a metric unconstrained.
+        `require_signatures`: from now on every action must be signed by its actor's registered
+        key; the admin who turns it on must sign this one already. Once on it stays on (later
+        versions inherit it): turning it off would let one admin re-open acting under a name."""
         with self._write(actor, "policy.set") as tx:
             s = tx.session
+            require_signatures = require_signatures or _logged_signatures_required(s)
+            if require_signatures and tx.signer is None:
+                raise PermissionDenied(f"{tx.actor.name!r} has no registered key: register yours before requiring "
+                                       "signed actions (`saegov key register`), or nobody could act afterwards")
             current = s.scalar(select(func.max(ApprovalPolicyRow.version))) or 0
             try:
-                policy = ApprovalPolicy(version=current + 1, min_ua=min_ua, min_ira=min_ira, min_cra=min_cra)
+                policy = ApprovalPolicy(version=current + 1, min_ua=min_ua, min_ira=min_ira, min_cra=min_cra,
+                                        require_signatures=require_signatures)
             except ValueError as exc:
                 raise ValidationFailed(f"approval policy: minimums are fractions in [0, 1] ({first_line(exc)})") from None
             s.add(ApprovalPolicyRow(version=policy.version, min_ua=min_ua, min_ira=min_ira, min_cra=min_cra,
-                                    created_by_id=tx.actor.id))
+                                    require_signatures=require_signatures, created_by_id=tx.actor.id))
             s.flush()
             tx.log("policy.set", f"policy:{policy.version}", policy.payload())
             return policy
@@ -727,7 +784,8 @@ class Store:
         if row is None and last is None:
             return None
         policy = None if row is None else ApprovalPolicy(version=row.version, min_ua=row.min_ua, min_ira=row.min_ira,
-                                                         min_cra=row.min_cra)
+                                                         min_cra=row.min_cra,
+                                                         require_signatures=bool(row.require_signatures))
         try:
             logged = json.loads(last) if last is not None else None
         except ValueError:
@@ -998,11 +1056,15 @@ class Store:
                                      subject=e.subject, payload=json.loads(e.payload),
                                      prev_hash=e.prev_hash, hash=e.hash) for e in s.scalars(q)]
 
-    def verify_audit(self, checkpoint: Checkpoint | None = None) -> audit.VerifyReport:
-        """Recompute the whole chain (raises `AuditVerificationError` at the first bad event)."""
+    def verify_audit(self, checkpoint: Checkpoint | Sequence[Checkpoint] | None = None,
+                     anchors: frozenset[str] | None = None) -> audit.VerifyReport:
+        """Recompute the whole chain and check every signature and the rules of
+        registry.signatures (raises `AuditVerificationError` at the first bad event). With
+        `anchors`, every root of the key history must be one of those public keys."""
         try:
             with self.engine.connect() as conn, closing(audit.iter_event_rows(conn)) as rows:
-                return audit.verify_rows(rows, head=audit.read_head(conn), checkpoint=checkpoint)
+                return audit.verify_rows(rows, head=audit.read_head(conn), checkpoint=checkpoint,
+                                         signatures=signatures.SignatureCheck(anchors=anchors))
         except SQLAlchemyError as exc:
             raise DatabaseUnreachable(f"database error: {first_line(exc)}") from None
 
@@ -1019,9 +1081,17 @@ class Store:
                             f"audit event {checkpoint.size} is not the head of the checkpoint of {checkpoint.time} "
                             f"({'missing' if stored is None else 'different'}): the log was cut or rewritten",
                             checkpoint.size)
+                check = signatures.SignatureCheck()
+                before = conn.execute(select(AuditEvent.actor, AuditEvent.action, AuditEvent.subject,
+                                             AuditEvent.payload, AuditEvent.signer_key)
+                                      .where(AuditEvent.seq <= checkpoint.size,
+                                             AuditEvent.action.in_(signatures.TRACKED_ACTIONS))
+                                      .order_by(AuditEvent.seq))
+                for row in before:
+                    check.prime(*row)
                 with closing(audit.iter_event_rows(conn, after=checkpoint.size)) as rows:
                     return audit.verify_rows(rows, head=audit.read_head(conn),
-                                             start=(checkpoint.size, checkpoint.head_hash))
+                                             start=(checkpoint.size, checkpoint.head_hash), signatures=check)
         except SQLAlchemyError as exc:
             raise DatabaseUnreachable(f"database error: {first_line(exc)}") from None
 
@@ -1040,6 +1110,43 @@ class Store:
                 return found
         except (ValueError, KeyError, TypeError) as exc:
             raise AuditVerificationError(f"an audit event cannot be replayed: {exc!r}") from None
+
+    def export_audit(self, path: str | Path) -> int:
+        """Write the whole log, signatures included, as `saegov.audit-log/v1` (after verifying
+        it: an export is evidence, so a broken chain is refused rather than copied)."""
+        from governance.formats.audit_log import AuditLogHeader, write_audit_log
+
+        report = self.verify_audit()
+        try:
+            with self.engine.connect() as conn, closing(audit.iter_event_rows(conn)) as rows:
+                head = audit.read_head(conn)
+                if head[0] != report.size:
+                    raise AuditVerificationError("the log grew while it was exported; export again", None)
+                return write_audit_log(Path(path), AuditLogHeader(size=report.size, head_hash=report.head_hash),
+                                       (r for r in rows if r[0] <= report.size))
+        except SQLAlchemyError as exc:
+            raise DatabaseUnreachable(f"database error: {first_line(exc)}") from None
+
+    def consistency_proof(self, old: Checkpoint, new: Checkpoint) -> list[str]:
+        """The RFC 6962 proof that `old`'s tree is a prefix of `new`'s, after checking both
+        against the chain (in one pass)."""
+        if not 0 < old.size <= new.size:
+            raise ValidationFailed(f"the old checkpoint ({old.size} events) must be non-empty and no larger than "
+                                   f"the new one ({new.size})")
+        leaves: list[bytes] = []
+        try:
+            with self.engine.connect() as conn, closing(audit.iter_event_rows(conn)) as rows:
+                def tap() -> Iterator[tuple]:
+                    for row in rows:
+                        if row[0] <= new.size:
+                            leaves.append(bytes.fromhex(row[7]))
+                        yield row
+
+                audit.verify_rows(tap(), head=audit.read_head(conn), checkpoint=[old, new],
+                                  signatures=signatures.SignatureCheck())
+        except SQLAlchemyError as exc:
+            raise DatabaseUnreachable(f"database error: {first_line(exc)}") from None
+        return audit.consistency_proof(leaves, old.size)
 
     def audit_checkpoint(self) -> Checkpoint:
         try:
@@ -1152,6 +1259,17 @@ def _account_lineage(s: Session, actor: Actor) -> list[str]:
     return out
 
 
+def _key_lineage(s: Session, signer: Ed25519PrivateKey | None) -> list[str]:
+    """Who registered the signing key, and whose account made theirs: a key an admin registered
+    is as much that admin's as an account they created."""
+    if signer is None:
+        return []
+    row = s.scalar(select(SigningKey).where(SigningKey.public_key == signatures.public_hex(signer)))
+    if row is None:
+        return []
+    return [row.registered_by.name] + _account_lineage(s, row.registered_by)
+
+
 def _mapping_integrity(s: Session, row: FeatureMapping) -> str | None:
     """What makes a mapping's rows differ from what was created and logged, or None: its spec
     hash and evidence must be those of its `mapping.create` event, its stored spec must hash to
@@ -1183,6 +1301,34 @@ def _require_intact(s: Session, row: FeatureMapping, doing: str) -> None:
     problem = _mapping_integrity(s, row)
     if problem:
         raise AuditVerificationError(f"{problem}; refusing to {doing}")
+
+
+def _logged_signatures_required(s: Session) -> bool:
+    """Whether the last `policy.set` event requires signed actions. Read from the log, not the
+    policy table: a table edited by SQL cannot switch the requirement off."""
+    last = s.scalar(select(AuditEvent.payload).where(AuditEvent.action == "policy.set")
+                    .order_by(AuditEvent.seq.desc()).limit(1))
+    if last is None:
+        return False
+    try:
+        return bool(json.loads(last).get("require_signatures", False))
+    except (ValueError, AttributeError):
+        return True  # an unreadable policy event fails closed
+
+
+def _logged_active_keys(s: Session, owner: str) -> set[str]:
+    """The keys the audit log registered to `owner` and has not revoked."""
+    events = s.execute(select(AuditEvent.action, AuditEvent.payload)
+                       .where(AuditEvent.action.in_(("key.register", "key.revoke"))).order_by(AuditEvent.seq)).all()
+    owners: dict[str, str | None] = {}
+    for action, payload in events:
+        try:
+            p = json.loads(payload)
+            public = str(p["public_key"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        owners[public] = p.get("owner") if action == "key.register" else None
+    return {k for k, o in owners.items() if o == owner}
 
 
 def _logged_mapping_state(s: Session, mapping_id: int) -> str | None:

@@ -65,12 +65,15 @@ def next_state(mapping_id: int, state: str, review_action: str) -> str:
 
 
 def check_four_eyes(mapping_id: int, approver: str, creator: str, proposer: str | None,
-                    account_lineage: list[str] | tuple[str, ...] = ()) -> None:
+                    account_lineage: list[str] | tuple[str, ...] = (),
+                    key_lineage: list[str] | tuple[str, ...] = ()) -> None:
     """Nobody approves a mapping they created or proposed, nor through an account that the
     mapping's creator or proposer made, directly or through accounts they made
     (`account_lineage`: who created the approver's account, who created that one, ...): an
     admin's second account is still that admin. So the first admin, from whom every account
-    descends, cannot author work that anyone may approve."""
+    descends, cannot author work that anyone may approve. `key_lineage` (who registered the
+    approver's signing key, and that admin's account lineage) is held to the same rule: a key an
+    admin registered is as much that admin's as an account they created."""
     if approver == proposer:
         raise PermissionDenied(f"four-eyes rule: {approver} proposed mapping {mapping_id} and cannot approve it")
     if approver == creator:
@@ -80,6 +83,11 @@ def check_four_eyes(mapping_id: int, approver: str, creator: str, proposer: str 
             role = "created" if ancestor == creator else "proposed"
             raise PermissionDenied(f"four-eyes rule: {approver}'s account descends from {ancestor}'s, who {role} "
                                    f"mapping {mapping_id}")
+    for ancestor in key_lineage:
+        if ancestor in (creator, proposer):
+            role = "created" if ancestor == creator else "proposed"
+            raise PermissionDenied(f"four-eyes rule: {approver} signs with a key that comes from {ancestor}, who "
+                                   f"{role} mapping {mapping_id}")
 
 
 def require_justification(text: str | None) -> str:

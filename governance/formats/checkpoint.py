@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -41,3 +42,22 @@ def read_checkpoint(path: Path) -> Checkpoint:
 def write_checkpoint(path: Path, cp: Checkpoint) -> None:
     # An unsigned checkpoint is written exactly as before signatures existed.
     Path(path).write_text(json.dumps(cp.model_dump(exclude_none=True), indent=2) + "\n")
+
+
+class ConsistencyProof(BaseModel):
+    """RFC 6962 consistency proof (`saegov audit consistency --out`): the tree of the old
+    checkpoint's `old_size` events is a prefix of the new one's. Checked with nothing but the two
+    checkpoints and these hashes (registry.audit.consistency_holds)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["saegov.consistency-proof/v1"] = "saegov.consistency-proof/v1"
+    old_size: int = Field(ge=1)
+    new_size: int = Field(ge=1)
+    old_root: str = Field(pattern=r"^[0-9a-f]{64}$")
+    new_root: str = Field(pattern=r"^[0-9a-f]{64}$")
+    hashes: list[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = Field(max_length=128)
+
+
+def read_consistency_proof(path: Path) -> ConsistencyProof:
+    return read_json_model(ConsistencyProof, path)

@@ -81,7 +81,11 @@ BAD_INPUTS: dict[str, list[tuple[list[str], int, dict[str, str]]]] = {
     "key list": [([], EXIT_UNREACHABLE, {"SAEGOV_DATABASE_URL": UNREACHABLE_DB})],
     "key export": [(["--out", "{tmp}/no/such/dir/t.json"], EXIT_REFUSED, {})],
     "generate": [(["--deployment", "{tmp}/nodep", "a red circle", "--out", "{tmp}/x.png"], EXIT_REFUSED, {})],
-    "audit verify": [(["--checkpoint", "{tmp}/missing.json"], EXIT_USAGE, {})],
+    "audit verify": [(["--checkpoint", "{tmp}/missing.json"], EXIT_USAGE, {}),
+                     (["--log", "{empty}"], EXIT_USAGE, {})],
+    "audit export": [(["--out", "{tmp}/no/such/dir/log.jsonl"], EXIT_REFUSED, {})],
+    "audit consistency": [(["{tmp}/missing.json", "{tmp}/missing2.json", "--proof", "{file}"], EXIT_USAGE, {}),
+                          (["{file}", "{file}"], EXIT_USAGE, {})],
     "audit checkpoint": [(["--out", "{tmp}/no/such/dir/cp.json"], EXIT_REFUSED, {})],
     "audit log": [(["--limit", "abc"], EXIT_USAGE, {}), (["--limit", "-1"], EXIT_USAGE, {}),
                   (["--since", "-5"], EXIT_USAGE, {})],
@@ -152,3 +156,17 @@ def test_bad_input_is_one_line_with_its_exit_code(workspace: dict, path: str, ca
     assert len(err.splitlines()) == 1 and err.startswith("error: "), err
     assert res.exception is None or isinstance(res.exception, SystemExit)
     assert _dump(db) == before
+
+
+def test_workspace_paths_that_would_open_another_database(tmp_path: Path) -> None:
+    """A `?` in SAEGOV_HOME would make the SQLite URL open another file; a read command on a
+    workspace that does not exist must not create an empty registry there."""
+    runner = CliRunner()
+    env = {"SAEGOV_DATABASE_URL": None, "SAEGOV_ACTOR": None}
+    (tmp_path / "ws").write_text("not a database")  # what "ws?x/registry.db" would have opened
+    res = runner.invoke(saegov, ["actor", "list"], env={**env, "SAEGOV_HOME": str(tmp_path / "ws?x")})
+    assert res.exit_code == EXIT_USAGE and "contains '?'" in res.stderr, res.output
+    res = runner.invoke(saegov, ["actor", "list"], env={**env, "SAEGOV_HOME": str(tmp_path / "none")})
+    assert res.exit_code == 3 and "no registry at" in res.stderr, res.output
+    assert not (tmp_path / "none").exists()
+    assert (tmp_path / "ws").read_text() == "not a database"

@@ -97,7 +97,7 @@ def test_signed_checkpoints_are_checked_by_key_and_several_are_accepted(populate
     assert r.exit_code == 1 and "not registered" in r.stderr, r.output  # nobody registered this person's key
     populated.register_signing_key("alice", signing.public_hex(signing.load_or_create_key()), "alice")
     assert run(saegov, ["audit", "checkpoint", "--out", str(tmp_path / "a.json"), "--sign"]).exit_code == 0
-    populated.add_concept("late", "colour", "erin")
+    populated.add_concept("late", "colour", "alice")
     assert run(saegov, ["audit", "checkpoint", "--out", str(tmp_path / "b.json")]).exit_code == 0
     r = run(saegov, ["audit", "verify", "--checkpoint", str(tmp_path / "a.json"), "--checkpoint", str(tmp_path / "b.json")])
     assert r.exit_code == 0 and "b.json is unsigned" in r.stderr, r.output
@@ -151,8 +151,8 @@ def test_verify_since_a_signed_checkpoint_reads_only_what_came_after(populated: 
     r = run(saegov, ["audit", "verify", "--since", str(tmp_path / "u.json")])
     assert r.exit_code == 5 and "unsigned" in r.stderr
     size = len(populated.audit_events())
-    populated.add_concept("after1", "colour", "erin")
-    populated.add_concept("after2", "colour", "erin")
+    populated.add_concept("after1", "colour", "alice")
+    populated.add_concept("after2", "colour", "alice")
     r = run(saegov, ["audit", "verify", "--since", str(tmp_path / "s.json"), "--json"])
     assert r.exit_code == 0, r.output
     import json
@@ -171,3 +171,54 @@ def test_verify_since_a_signed_checkpoint_reads_only_what_came_after(populated: 
         conn.execute(text(f"UPDATE audit_events SET hash = '{'e' * 64}' WHERE seq = {size}"))
     r = run(saegov, ["audit", "verify", "--since", str(tmp_path / "s.json")])
     assert r.exit_code == 5 and "the log was cut or rewritten" in r.stderr, r.output
+
+
+def test_cli_export_verify_log_and_consistency(populated: Store, tmp_path: Path, monkeypatch) -> None:
+    """An auditor's round trip: export, verify the file with the trust store only (no registry),
+    and an RFC 6962 proof between two signed checkpoints, computed by the registry and checked
+    offline."""
+    import json
+
+    from cli.main import saegov
+    from governance.enforcement import signing
+
+    monkeypatch.setenv("SAEGOV_DATABASE_URL", str(populated.engine.url.render_as_string(hide_password=False)))
+    run = CliRunner().invoke
+    populated.register_signing_key("alice", signing.public_hex(signing.load_or_create_key()), "alice")
+    r = run(saegov, ["policy", "set", "--min-ua", "50", "--require-signatures", "--actor", "alice"])
+    assert r.exit_code == 0 and "every action signed" in r.stdout, r.output
+    assert run(saegov, ["audit", "checkpoint", "--out", str(tmp_path / "old.json"), "--sign"]).exit_code == 0
+    populated.add_concept("late", "colour", "alice")
+    assert run(saegov, ["audit", "checkpoint", "--out", str(tmp_path / "new.json"), "--sign"]).exit_code == 0
+    assert run(saegov, ["key", "export", "--out", str(tmp_path / "trusted.json")]).exit_code == 0
+    r = run(saegov, ["audit", "export", "--out", str(tmp_path / "log.jsonl")])
+    assert r.exit_code == 0, r.output
+    r = run(saegov, ["audit", "consistency", str(tmp_path / "old.json"), str(tmp_path / "new.json"),
+                     "--out", str(tmp_path / "proof.json")])
+    assert r.exit_code == 0 and "consistent" in r.stdout, r.output
+
+    monkeypatch.setenv("SAEGOV_DATABASE_URL", "postgresql+psycopg://u@127.0.0.1:1/unreachable")  # no registry
+    trusted = ["--trusted-keys", str(tmp_path / "trusted.json")]
+    r = run(saegov, ["audit", "verify", "--log", str(tmp_path / "log.jsonl"), "--checkpoint",
+                     str(tmp_path / "new.json"), *trusted, "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["size"] == json.loads((tmp_path / "new.json").read_text())["size"] and out["signed"] == 2
+    r = run(saegov, ["audit", "consistency", str(tmp_path / "old.json"), str(tmp_path / "new.json"),
+                     "--proof", str(tmp_path / "proof.json"), *trusted])
+    assert r.exit_code == 0, r.output
+    proof = json.loads((tmp_path / "proof.json").read_text())
+    proof["hashes"][0] = "ab" * 32
+    (tmp_path / "bad-proof.json").write_text(json.dumps(proof))
+    r = run(saegov, ["audit", "consistency", str(tmp_path / "old.json"), str(tmp_path / "new.json"),
+                     "--proof", str(tmp_path / "bad-proof.json"), *trusted])
+    assert r.exit_code == 5 and "not a prefix" in r.stderr, r.output
+    # An exported log with one event's payload edited.
+    lines = (tmp_path / "log.jsonl").read_text().splitlines()
+    i = next(i for i, line in enumerate(lines[1:], start=1) if '\\"red\\"' in line)
+    event = json.loads(lines[i])
+    event["payload"] = event["payload"].replace('"red"', '"blue"')
+    lines[i] = json.dumps(event)
+    (tmp_path / "edited.jsonl").write_text("\n".join(lines) + "\n")
+    r = run(saegov, ["audit", "verify", "--log", str(tmp_path / "edited.jsonl"), *trusted])
+    assert r.exit_code == 5 and f"audit event {event['seq']}: hash mismatch" in r.stderr, r.output

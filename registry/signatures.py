@@ -1,0 +1,184 @@
+"""Actors sign what they do (issue 15): every audit event can carry its actor's Ed25519
+signature over the event hash, and the log says which keys were valid for whom, and when.
+
+Signed message: b"saegov.audit-event/v1\\n" + the event's hash (hex). The hash already commits
+to the sequence number, the previous hash, the time, the actor, the action, the subject and the
+payload, so a signature cannot be moved to another event or another place in the chain.
+
+Keys come from the log itself: `key.register` (owner, by whom) and `key.revoke` events, with
+`actor.disable`. Replaying them in chain order, `SignatureCheck` enforces, for every event:
+
+- a signature verifies, with a key registered to the event's actor and not revoked before it;
+- an actor who holds a registered key signs everything they do (an unsigned event by them is
+  someone else using their name);
+- once an approval policy with `require_signatures` is in force, every event is signed (and the
+  event that turns it on is itself signed);
+- a disabled actor does nothing more;
+- the key that approves a mapping is neither the key that created it nor the one that proposed it;
+- the approver is not the mapping's creator or proposer, nor an account that descends from them
+  (created by them, or by an account they created, ...), nor signs with a key that one of them
+  or their descendants registered: the store's four-eyes rule (registry.workflow), checked
+  from the log alone.
+
+A key registered by an unsigned event, or by its own signature, is a root of trust. With trust
+anchors (an auditor's `--trusted-keys` file) every root must be an anchor: the whole key history
+then derives from keys the auditor chose to trust, so an exported log plus those public keys is
+enough to check four-eyes without the registry.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from registry.errors import AuditVerificationError
+
+EVENT_DOMAIN = b"saegov.audit-event/v1\n"
+# Actions whose payload changes what SignatureCheck tracks.
+TRACKED_ACTIONS = ("actor.add", "key.register", "key.revoke", "actor.disable", "policy.set", "mapping.create",
+                   "mapping.propose", "mapping.approve")
+
+
+def event_message(event_hash: str) -> bytes:
+    return EVENT_DOMAIN + event_hash.encode()
+
+
+def public_hex(key: Ed25519PrivateKey) -> str:
+    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
+
+
+def sign_event(key: Ed25519PrivateKey, event_hash: str) -> tuple[str, str]:
+    """(signer public key, signature), both hex."""
+    return public_hex(key), key.sign(event_message(event_hash)).hex()
+
+
+def signature_valid(public_key: str, event_hash: str, signature: str) -> bool:
+    try:
+        Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_key)).verify(
+            bytes.fromhex(signature), event_message(event_hash))
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True
+
+
+@dataclass
+class _Key:
+    owner: str
+    root: bool
+    registrar: str
+    revoked: bool = False
+
+
+@dataclass
+class SignatureCheck:
+    """Feed events in chain order (`check`); raises `AuditVerificationError` at the first event
+    that breaks a rule of the module docstring. `prime` replays the state of events already
+    verified (those before a trusted checkpoint) without checking them again."""
+
+    anchors: frozenset[str] | None = None
+    keys: dict[str, _Key] = field(default_factory=dict)
+    disabled: set[str] = field(default_factory=set)
+    required: bool = False
+    mapping_keys: dict[int, set[str]] = field(default_factory=dict)
+    mapping_people: dict[int, set[str]] = field(default_factory=dict)
+    creators: dict[str, str] = field(default_factory=dict)  # account -> the account that created it
+    signed: int = 0
+
+    def lineage(self, actor: str) -> list[str]:
+        """Who created `actor`'s account, who created theirs, ..."""
+        out: list[str] = []
+        while (parent := self.creators.get(actor)) is not None and parent not in out and parent != actor:
+            out.append(parent)
+            actor = parent
+        return out
+
+    def active_keys(self, actor: str) -> list[str]:
+        return [k for k, v in self.keys.items() if v.owner == actor and not v.revoked]
+
+    def check(self, seq: int, actor: str, action: str, subject: str, payload: str, event_hash: str,
+              signer_key: str | None, signature: str | None) -> None:
+        if actor in self.disabled:
+            raise AuditVerificationError(f"audit event {seq}: {action} by {actor!r}, whose account was disabled "
+                                         "before it", seq)
+        if signer_key or signature:
+            key = self.keys.get(signer_key or "")
+            if key is None or key.owner != actor or key.revoked:
+                why = ("not registered" if key is None else f"registered to {key.owner!r}" if key.owner != actor
+                       else "revoked")
+                raise AuditVerificationError(f"audit event {seq}: {action} by {actor!r} is signed with key "
+                                             f"{(signer_key or '?')[:16]}..., which is {why} at that point", seq)
+            if not signature or not signature_valid(str(signer_key), event_hash, signature):
+                raise AuditVerificationError(f"audit event {seq}: {action} by {actor!r} has a signature that does "
+                                             "not verify (forged or altered)", seq)
+            self.signed += 1
+        elif self.required:
+            raise AuditVerificationError(f"audit event {seq}: {action} by {actor!r} is unsigned, but the approval "
+                                         "policy in force requires signed actions", seq)
+        elif self.active_keys(actor):
+            raise AuditVerificationError(f"audit event {seq}: {action} by {actor!r} is unsigned although {actor!r} "
+                                         "has a registered key (someone else acted in their name)", seq)
+        if action in TRACKED_ACTIONS:
+            self._apply(seq, actor, action, subject, payload, signer_key or None, check=True)
+
+    def prime(self, actor: str, action: str, subject: str, payload: str, signer_key: str | None) -> None:
+        if action in TRACKED_ACTIONS:
+            self._apply(0, actor, action, subject, payload, signer_key or None, check=False)
+
+    def _apply(self, seq: int, actor: str, action: str, subject: str, payload: str, signer: str | None,
+               check: bool) -> None:
+        p: dict[str, Any] = json.loads(payload)
+        if action == "actor.add":
+            if not p.get("first"):
+                self.creators[str(p.get("name"))] = actor
+        elif action == "key.register":
+            public = str(p.get("public_key"))
+            root = signer is None or signer == public
+            if check and root and self.anchors is not None and public not in self.anchors:
+                raise AuditVerificationError(f"audit event {seq}: key {public[:16]}... of {p.get('owner')!r} is a root "
+                                             "of trust (registered by an unsigned or self-signed event) but not one "
+                                             "of the trusted keys", seq)
+            self.keys[public] = _Key(owner=str(p.get("owner")), root=root, registrar=actor)
+        elif action == "key.revoke":
+            if (k := self.keys.get(str(p.get("public_key")))) is not None:
+                k.revoked = True
+        elif action == "actor.disable":
+            self.disabled.add(str(p.get("name")))
+        elif action == "policy.set":
+            wanted = bool(p.get("require_signatures", False))
+            if check and wanted and signer is None:
+                raise AuditVerificationError(f"audit event {seq}: signed actions were required by an unsigned "
+                                             "policy.set", seq)
+            if check and self.required and not wanted:
+                raise AuditVerificationError(f"audit event {seq}: policy.set turned signed actions off, which no "
+                                             "policy may do once they are required", seq)
+            self.required = wanted
+        elif action in ("mapping.create", "mapping.propose", "mapping.approve"):
+            mapping = int(p["id"] if action == "mapping.create" else p["mapping_id"])
+            keys = self.mapping_keys.setdefault(mapping, set())
+            people = self.mapping_people.setdefault(mapping, set())
+            if action == "mapping.approve":
+                if check and signer is not None and signer in keys:
+                    raise AuditVerificationError(f"audit event {seq}: mapping {mapping} was approved with the key "
+                                                 f"{signer[:16]}... that created or proposed it (four-eyes)", seq)
+                if check:
+                    self._check_four_eyes(seq, mapping, actor, signer, people)
+            else:
+                people.add(actor)
+                if signer is not None:
+                    keys.add(signer)
+
+    def _check_four_eyes(self, seq: int, mapping: int, approver: str, signer: str | None, people: set[str]) -> None:
+        behind = [approver, *self.lineage(approver)]
+        key = self.keys.get(signer or "")
+        if key is not None:
+            behind += [key.registrar, *self.lineage(key.registrar)]
+        for who in behind:
+            if who in people:
+                how = ("is" if who == approver else
+                       "descends from" if who in self.lineage(approver) else "signs with a key registered by")
+                raise AuditVerificationError(f"audit event {seq}: mapping {mapping} approved by {approver!r}, who "
+                                             f"{how} {who!r}, its creator or proposer (four-eyes)", seq)

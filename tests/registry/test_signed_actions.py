@@ -1,0 +1,199 @@
+"""Actors sign what they do (issue 15): a name is not an identity once a key is registered, the
+log carries every signature, and an auditor checks four-eyes from an exported log and the public
+keys alone. Each test plays the attack first and asserts it is refused."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from governance.formats.checkpoint import Checkpoint
+from registry import audit, signatures
+from registry.errors import AuditVerificationError, PermissionDenied
+from registry.store import Store
+from tests.registry.test_store import approved_mapping, setup_mapping
+
+PEOPLE = ("alice", "erin", "emil", "rob", "rita", "aud")
+
+
+@pytest.fixture
+def keys() -> dict[str, Ed25519PrivateKey]:
+    return {name: Ed25519PrivateKey.generate() for name in PEOPLE}
+
+
+def as_person(store: Store, key: Ed25519PrivateKey | None) -> Store:
+    """The same registry opened on one person's machine: whatever name is claimed, the process
+    holds only that person's key."""
+    return Store(store.engine, keyring=lambda _name: key)
+
+
+def everyone(store: Store, keys: dict[str, Ed25519PrivateKey]) -> Store:
+    """A store on which each actor holds their own key (the people of a team, each at their desk)."""
+    return Store(store.engine, keyring=keys.get)
+
+
+def register_all(store: Store, keys: dict[str, Ed25519PrivateKey], who: tuple[str, ...] = PEOPLE) -> Store:
+    team = everyone(store, keys)
+    for name in who:
+        team.register_signing_key(name, signatures.public_hex(keys[name]), "alice")
+    return team
+
+
+def forge_event(store: Store, actor: str, action: str, subject: str, payload: dict,
+                signer: Ed25519PrivateKey | None = None) -> None:
+    """An insider with write access to the database appends a well-chained event directly."""
+    from sqlalchemy.orm import Session
+
+    with Session(store.engine) as s, s.begin():
+        head = audit.lock_head(s)
+        audit.append_event(s, head, actor, action, subject, payload, signer=signer)
+
+
+def test_a_registered_key_makes_a_name_insufficient(store: Store, keys, tmp_path: Path) -> None:
+    team = register_all(store, keys, ("alice", "erin", "rob"))
+    erins_desk = as_person(store, keys["erin"])
+    erins_desk.add_concept("green", "colour", "erin")  # erin as herself: signed
+    mid = setup_mapping(team, tmp_path)
+    erins_desk.propose(mid, "erin", "scored")
+    with pytest.raises(PermissionDenied, match="only rob can act as rob"):
+        erins_desk.approve(mid, "rob", "looks fine")  # SAEGOV_ACTOR=rob on erin's machine
+    with pytest.raises(PermissionDenied, match="holds no key"):
+        as_person(store, None).add_concept("blue", "colour", "erin")
+    team.approve(mid, "rob", "checked")
+    rep = store.verify_audit()
+    signed = [e for e in store.audit_events() if e.actor in ("erin", "rob") and e.seq > 9]
+    assert signed and rep.signed >= len(signed)
+    with store.engine.connect() as conn:
+        rows = list(audit.iter_event_rows(conn))
+    assert all(r[8] == signatures.public_hex(keys[r[2]]) for r in rows if r[2] in ("erin", "rob") and r[0] > 9)
+
+
+def test_required_signatures_refuse_keyless_actors_and_stay_on(store: Store, keys) -> None:
+    team = register_all(store, keys, ("alice", "erin"))
+    as_person(store, keys["erin"]).add_concept("c1", "colour", "emil")  # emil has no key yet: allowed
+    policy = team.set_approval_policy("alice", min_ua=0.5, require_signatures=True)
+    assert policy.require_signatures
+    with pytest.raises(PermissionDenied, match="requires signed actions and 'emil' has no registered key"):
+        as_person(store, keys["erin"]).add_concept("c2", "colour", "emil")
+    later = team.set_approval_policy("alice", min_ua=0.6)  # inherits: cannot be switched off
+    assert later.require_signatures and store.approval_policy().require_signatures
+    store.verify_audit()
+    # An insider appends an unsigned event for a keyless actor: verify names it.
+    forge_event(store, "emil", "concept.add", "concept:c3", {"name": "c3", "kind": "colour"})
+    with pytest.raises(AuditVerificationError, match="unsigned, but the approval policy in force requires"):
+        store.verify_audit()
+
+
+def test_turning_on_requires_the_admin_to_sign(store: Store) -> None:
+    with pytest.raises(PermissionDenied, match="register yours before requiring signed actions"):
+        Store(store.engine, keyring=lambda _n: None).set_approval_policy("alice", require_signatures=True)
+    assert store.approval_policy() is None
+
+
+@pytest.mark.parametrize("attack", ["unsigned", "someone_elses_key", "bad_signature", "revoked_key"])
+def test_forged_events_are_named_by_verify(store: Store, keys, attack: str) -> None:
+    team = register_all(store, keys, ("alice", "erin", "rob"))
+    store.verify_audit()
+    if attack == "unsigned":
+        forge_event(store, "rob", "concept.add", "concept:x", {"name": "x"})
+        match = "unsigned although 'rob' has a registered key"
+    elif attack == "someone_elses_key":
+        forge_event(store, "rob", "concept.add", "concept:x", {"name": "x"}, signer=keys["erin"])
+        match = "registered to 'erin'"
+    elif attack == "bad_signature":
+        forge_event(store, "rob", "concept.add", "concept:x", {"name": "x"}, signer=keys["rob"])
+        from sqlalchemy import text
+
+        from tests.helpers.registry import drop_audit_triggers
+
+        drop_audit_triggers(store.engine)
+        with store.engine.begin() as conn:
+            seq = conn.execute(text("SELECT max(seq) FROM audit_events")).scalar()
+            sig = keys["rob"].sign(b"something else").hex()
+            conn.execute(text("UPDATE audit_events SET signature = :s WHERE seq = :q"), {"s": sig, "q": seq})
+        match = "does not verify"
+    else:
+        team.revoke_signing_key(signatures.public_hex(keys["rob"]), "alice", "laptop lost")
+        forge_event(store, "rob", "concept.add", "concept:x", {"name": "x"}, signer=keys["rob"])
+        match = "which is revoked"
+    with pytest.raises(AuditVerificationError, match=match):
+        store.verify_audit()
+
+
+def test_a_key_registered_by_the_author_cannot_approve(store: Store, keys, tmp_path: Path) -> None:
+    """adam (an admin) registers rob's key, then authors a mapping: rob's approval is refused by
+    the store and, for a log where it happened anyway, by verify."""
+    store.add_actor("adam", "admin", "alice")
+    keys["adam"] = Ed25519PrivateKey.generate()
+    team = everyone(store, keys)
+    team.register_signing_key("rob", signatures.public_hex(keys["rob"]), "adam")
+    store.add_concept("red", "colour", "adam", prompts=["a red square"])
+    mid = setup_mapping(store, tmp_path)
+    store.propose(mid, "adam", "mine")
+    with pytest.raises(PermissionDenied, match="rob signs with a key that comes from adam, who proposed"):
+        team.approve(mid, "rob", "looks fine")
+    forge_event(store, "rob", "mapping.approve", f"mapping:{mid}", {"mapping_id": mid}, signer=keys["rob"])
+    with pytest.raises(AuditVerificationError, match="signs with a key registered by 'adam'"):
+        store.verify_audit()
+
+
+def test_export_is_verified_from_public_keys_alone(store: Store, keys, tmp_path: Path) -> None:
+    team = register_all(store, keys, ("alice", "erin", "rob"))
+    approved_mapping(team, tmp_path)
+    out = tmp_path / "log.jsonl"
+    n = store.export_audit(out)
+    cp = store.audit_checkpoint()
+    alice = frozenset({signatures.public_hex(keys["alice"])})
+    rep = audit.verify_exported(out, [cp], anchors=alice)
+    assert rep.size == n == cp.size and rep.signed > 0
+    with pytest.raises(AuditVerificationError, match="root of trust .* but not one of the trusted keys"):
+        audit.verify_exported(out, anchors=frozenset({signatures.public_hex(keys["erin"])}))
+    lines = out.read_text().splitlines()
+    for i, line in enumerate(lines[1:], start=1):  # rob's approval, re-signed by erin: four-eyes by key
+        e = json.loads(line)
+        if e["action"] == "mapping.approve":
+            e["signer_key"], e["signature"] = signatures.sign_event(keys["erin"], e["hash"])
+            lines[i] = json.dumps(e)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(lines) + "\n")
+    with pytest.raises(AuditVerificationError, match="registered to 'erin'"):
+        audit.verify_exported(bad, anchors=alice)
+    cut = tmp_path / "cut.jsonl"
+    cut.write_text("\n".join(out.read_text().splitlines()[:-1]) + "\n")
+    with pytest.raises(AuditVerificationError, match="does not match the chain's last event|missing"):
+        audit.verify_exported(cut, [cp], anchors=alice)
+
+
+def _naive_proof_check(leaves: list[bytes], m: int, proof: list[str]) -> bool:
+    n = len(leaves)
+    return audit.consistency_holds(m, n, audit.merkle_root(leaves[:m]), audit.merkle_root(leaves), proof)
+
+
+def test_consistency_proofs_hold_for_prefixes_and_fail_for_rewrites() -> None:
+    import hashlib
+
+    leaves = [hashlib.sha256(str(i).encode()).digest() for i in range(70)]
+    for n in range(1, 70):
+        for m in range(1, n + 1):
+            proof = audit.consistency_proof(leaves[:n], m)
+            assert _naive_proof_check(leaves[:n], m, proof), (m, n)
+            if m < n:
+                forged = leaves[:n].copy()
+                forged[m - 1] = b"\0" * 32  # the old tree's last event rewritten
+                assert not audit.consistency_holds(m, n, audit.merkle_root(leaves[:m]),
+                                                   audit.merkle_root(forged), audit.consistency_proof(forged, m))
+                assert not audit.consistency_holds(m, n, audit.merkle_root(leaves[:m]), audit.merkle_root(leaves[:n]),
+                                                   proof[:-1] or ["00" * 32])
+
+
+def test_consistency_between_registry_checkpoints(store: Store, tmp_path: Path) -> None:
+    old = store.audit_checkpoint()
+    store.add_concept("later", "colour", "erin")
+    new = store.audit_checkpoint()
+    proof = store.consistency_proof(old, new)
+    assert audit.consistency_holds(old.size, new.size, old.merkle_root, new.merkle_root, proof)
+    fake_old = Checkpoint(size=old.size, head_hash=old.head_hash, merkle_root="0" * 64, time=old.time)
+    with pytest.raises(AuditVerificationError, match="history rewritten"):
+        store.consistency_proof(fake_old, new)
