@@ -1,7 +1,10 @@
 """Audit-log benchmark: append rate (events/s, one transaction per event, through the store's
-own code path) and verify rate for chains of 100,000 and 1,000,000 events, on SQLite.
+own code path), generation records (row + signed event) one per transaction and in batches
+(Store.record_generations), and verify rate for chains of 100,000 and 1,000,000 events; SQLite by
+default, PostgreSQL with --url.
 
-    .venv/bin/python benchmarks/audit.py [--sizes 100000 1000000] [--appends 2000] [--url URL]
+    .venv/bin/python benchmarks/audit.py [--sizes 100000 1000000] [--appends 2000] [--batches 1 100 1000]
+                                         [--url URL]
 
 Large chains are built directly (hashes computed with registry.audit.event_hash, rows bulk
 inserted) so that building them does not dominate; verification is `Store.verify_audit()`,
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -22,7 +26,12 @@ from sqlalchemy import text  # noqa: E402
 
 from registry import audit  # noqa: E402
 from registry.db import make_engine, upgrade  # noqa: E402
-from registry.store import Store  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
+
+from registry import signatures  # noqa: E402
+from registry.store import NewGeneration, Store  # noqa: E402
+
+KEYS = {name: Ed25519PrivateKey.generate() for name in ("alice", "erin", "rob")}
 
 
 def fresh_store(url: str | None, workdir: Path, name: str) -> Store:
@@ -40,6 +49,45 @@ def bench_append(store: Store, n: int) -> float:
     for i in range(n):
         with store._write("bench", "concept.add") as tx:  # noqa: SLF001 (the store's own path)
             tx.log("bench.append", f"bench:{i}", {"i": i, "note": "append benchmark", "ids": [i, i + 1]})
+    return n / (time.perf_counter() - t0)
+
+
+def deployment_for_generations(store: Store, work: Path) -> int:
+    """A real deployment record to attach generations to (a tiny SAE, one approved mapping),
+    built through the store's API by three people, each signing with their own key."""
+    from governance.formats.mapping import MappingSpec
+    from governance.formats.sae_config import SaeConfig
+    from governance.sae.model import TopKSAE
+
+    TopKSAE(SaeConfig(d_in=8, expansion_factor=4, k=2)).save(work / "sae")
+    store.add_actor("alice", "admin", None)
+    store.add_actor("erin", "engineer", "alice")
+    store.add_actor("rob", "reviewer", "alice")
+    for name in ("alice", "erin", "rob"):
+        store.register_signing_key(name, signatures.public_hex(KEYS[name]), "alice")
+    store.add_concept("red", "colour", "erin")
+    sae = store.import_sae_folder(work / "sae", "erin", hook_point="up_blocks.1.attentions.1")
+    spec = MappingSpec.model_validate({
+        "format": "saegov.mapping/v1", "concept": "red", "selection": {"rule": "tau", "tau": 99.99},
+        "gamma": -1.0, "scheduler": "DDIMScheduler", "num_steps": 50,
+        "timesteps": {"981": [{"feature": 1, "score": 0.5, "scale": -0.3, "gate": 0.1}]}, "evidence": []})
+    mid = store.create_mapping(sae.id, "red", spec, "erin").id
+    store.propose(mid, "erin", "bench")
+    store.approve(mid, "rob", "bench")
+    store.create_blocklist("bench", [mid], "erin")
+    store.publish_blocklist("bench", "erin")
+    return store.record_deployment(blocklist="bench", version=1, path=str(work / "dep"), manifest_sha256="a" * 64,
+                                   base_model_hash="b" * 64, actor="erin").id
+
+
+def bench_generations(store: Store, deployment: int, n: int, batch: int) -> float:
+    """`n` generation records (a row + a signed `generation.record` event each), `batch` per
+    transaction (Store.record_generations; batch 1 is what `record_generation` does)."""
+    trace = {"format": "saegov.trace/v1", "unet_calls": [{"t": t, "suppressed": [1, 5]} for t in range(25)]}
+    items = [NewGeneration(deployment, "c" * 64, i, trace) for i in range(n)]
+    t0 = time.perf_counter()
+    for i in range(0, n, batch):
+        store.record_generations(items[i:i + batch], "erin")
     return n / (time.perf_counter() - t0)
 
 
@@ -72,33 +120,49 @@ def build_chain(store: Store, n: int, batch: int = 50_000) -> None:
         raw.close()
 
 
+def reset(url: str | None) -> None:
+    """PostgreSQL: start from an empty schema (SQLite runs use a new file each time)."""
+    if url:
+        eng = make_engine(url)
+        with eng.begin() as conn:
+            conn.execute(text("DROP SCHEMA public CASCADE"))
+            conn.execute(text("CREATE SCHEMA public"))
+        eng.dispose()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--appends", type=int, default=2000)
     ap.add_argument("--url", help="database URL (default: temporary SQLite files)")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 100, 1000],
+                    help="generation records per transaction")
+    ap.add_argument("--generations", type=int, default=20_000, help="generation records per batched run")
+    ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     print(f"cpus={os.cpu_count()} loadavg={os.getloadavg()[0]:.2f} python={sys.version.split()[0]}")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        if args.url:
-            eng = make_engine(args.url)
-            with eng.begin() as conn:
-                conn.execute(text("DROP SCHEMA public CASCADE"))
-                conn.execute(text("CREATE SCHEMA public"))
-            eng.dispose()
+        reset(args.url)
         store = fresh_store(args.url, work, "append.db")
         rate = bench_append(store, args.appends)
         print(f"append: {args.appends} events, one transaction each: {rate:,.0f} events/s")
         store.verify_audit()
         store.close()
+        reset(args.url)
+        store = fresh_store(args.url, work, "generations.db")
+        store = Store(store.engine, keyring=KEYS.get)  # each person signs with their own key
+        dep = deployment_for_generations(store, work)
+        for batch in args.batches:
+            rates = [bench_generations(store, dep, args.generations if batch > 1 else args.appends, batch)
+                     for _ in range(args.repeats)]
+            med = statistics.median(rates)
+            print(f"generation records, signed, {batch:>4} per transaction: median {med:,.0f} events/s "
+                  f"(min {min(rates):,.0f}, max {max(rates):,.0f}, {args.repeats} runs)")
+        assert store.verify_audit().signed > 0 and store.verify_state() == []
+        store.close()
         for n in args.sizes:
-            if args.url:  # PostgreSQL: start from an empty schema each time
-                eng = make_engine(args.url)
-                with eng.begin() as conn:
-                    conn.execute(text("DROP SCHEMA public CASCADE"))
-                    conn.execute(text("CREATE SCHEMA public"))
-                eng.dispose()
+            reset(args.url)
             store = fresh_store(args.url, work, f"chain{n}.db")
             t0 = time.perf_counter()
             build_chain(store, n)

@@ -113,6 +113,19 @@ class _Tx:
     def log(self, action: str, subject: str, payload: dict[str, Any]) -> None:
         audit.append_event(self.session, self.head, self.actor.name, action, subject, payload, signer=self.signer)
 
+    def log_many(self, events: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
+        audit.append_events(self.session, self.head, self.actor.name, events, signer=self.signer)
+
+
+@dataclass(frozen=True)
+class NewGeneration:
+    """One image to record (Store.record_generations)."""
+
+    deployment_id: int
+    prompt_sha256: str
+    seed: int
+    trace: dict[str, Any]
+
 
 def _row_id(value: Any, what: str) -> int:
     """A row id from user input; not an integer, or outside what the database can hold, is a
@@ -1001,25 +1014,46 @@ class Store:
     def record_generation(self, *, deployment_id: int, prompt_sha256: str, seed: int,
                           trace: dict[str, Any], actor: str | None) -> GenerationRecord:
         """Record one generation's trace (stored as canonical JSON with its sha256)."""
-        prompt_sha256 = _check_sha256(prompt_sha256, "prompt sha256")
-        try:
-            trace_text = canonical_json(trace)
-        except (TypeError, ValueError) as exc:
-            raise ValidationFailed(f"trace is not JSON-serialisable: {exc}") from None
-        digest = sha256_text(trace_text)
+        return self.record_generations([NewGeneration(deployment_id, prompt_sha256, seed, trace)], actor)[0]
+
+    def record_generations(self, items: Sequence[NewGeneration], actor: str | None) -> list[GenerationRecord]:
+        """Record many generations in one transaction: one multi-row INSERT of the rows and one
+        of their `generation.record` events (each event as `record_generation` writes it, so the
+        chain means the same; only the cost per image falls). All or nothing."""
+        from sqlalchemy import insert
+
+        if not items:
+            return []
+        prepared = []
+        for item in items:
+            prompt_sha256 = _check_sha256(item.prompt_sha256, "prompt sha256")
+            try:
+                trace_text = canonical_json(item.trace)
+            except (TypeError, ValueError) as exc:
+                raise ValidationFailed(f"trace is not JSON-serialisable: {exc}") from None
+            seed = int(item.seed)
+            if not 0 <= seed < 2**63:
+                raise ValidationFailed(f"seed {seed} is out of range [0, 2**63)")
+            prepared.append((_row_id(item.deployment_id, "deployment"), prompt_sha256, seed, trace_text,
+                             sha256_text(trace_text)))
         with self._write(actor, "generation.record") as tx:
             s = tx.session
-            if s.get(Deployment, _row_id(deployment_id, "deployment")) is None:
-                raise NotFound(f"unknown deployment {deployment_id}")
-            row = Generation(deployment_id=int(deployment_id), prompt_sha256=prompt_sha256,
-                             seed=int(seed), trace=trace_text, trace_sha256=digest,
-                             created_by_id=tx.actor.id)
-            s.add(row)
-            s.flush()
-            tx.log("generation.record", f"generation:{row.id}",
-                   {"deployment_id": int(deployment_id), "prompt_sha256": prompt_sha256,
-                    "seed": int(seed), "trace_sha256": digest})
-            return _generation(row, tx.actor.name)
+            wanted = {p[0] for p in prepared}
+            known = set(s.scalars(select(Deployment.id).where(Deployment.id.in_(wanted))))
+            if missing := sorted(wanted - known):
+                raise NotFound(f"unknown deployment {missing[0]}")
+            now = utcnow()
+            rows = [{"deployment_id": d, "prompt_sha256": ph, "seed": seed, "trace": text, "trace_sha256": digest,
+                     "created_by_id": tx.actor.id, "created_at": now} for d, ph, seed, text, digest in prepared]
+            ids = list(s.scalars(insert(Generation).returning(Generation.id, sort_by_parameter_order=True), rows))
+            tx.log_many([("generation.record", f"generation:{gid}",
+                          {"deployment_id": d, "prompt_sha256": ph, "seed": seed, "trace_sha256": digest})
+                         for gid, (d, ph, seed, _text, digest) in zip(ids, prepared)])
+            # The caller's trace as given (its canonical text is what was stored and hashed):
+            # parsing the stored text back costs more than the whole insert.
+            return [GenerationRecord(id=gid, deployment_id=d, prompt_sha256=ph, seed=seed, trace=item.trace,
+                                     trace_sha256=digest, created_by=tx.actor.name, created_at=now)
+                    for gid, item, (d, ph, seed, _text, digest) in zip(ids, items, prepared)]
 
     def get_generation(self, generation_id: int) -> GenerationRecord:
         with self._read() as s:

@@ -201,6 +201,22 @@ def test_deployments_and_generations(store: Store, tmp_path: Path) -> None:
     assert g.trace_sha256 == hashlib.sha256(b'{"calls":[{"suppressed":[1],"t":981}]}').hexdigest()
     with pytest.raises(NotFound):
         store.record_generation(deployment_id=99, prompt_sha256=SHA, seed=1, trace={}, actor="erin")
+    # Many images in one transaction: the same rows and events as one by one, all or nothing.
+    from registry.store import NewGeneration
+
+    before = len(store.audit_events())
+    batch = [NewGeneration(d.id, SHA, seed, {"calls": [{"t": 981, "suppressed": [seed]}]}) for seed in range(5)]
+    with pytest.raises(NotFound):
+        store.record_generations(batch + [NewGeneration(99, SHA, 1, {})], "erin")
+    with pytest.raises(ValidationFailed, match="seed"):
+        store.record_generations([NewGeneration(d.id, SHA, 2**64, {})], "erin")
+    assert len(store.audit_events()) == before and len(store.list_generations(d.id)) == 1
+    recs = store.record_generations(batch, "erin")
+    assert [r.seed for r in recs] == list(range(5)) and [r.id for r in recs] == list(range(g.id + 1, g.id + 6))
+    events = store.audit_events()[before:]
+    assert [e.subject for e in events] == [f"generation:{r.id}" for r in recs]
+    assert [e.payload["trace_sha256"] for e in events] == [store.get_generation(r.id).trace_sha256 for r in recs]
+    assert store.verify_audit().size == before + 5 and store.verify_state() == []
     store.revoke(m1, "rob", "bad")
     with pytest.raises(ValidationFailed, match="revoked"):
         store.record_deployment(blocklist="bl", version=1, path="/x", manifest_sha256=SHA,
