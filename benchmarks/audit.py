@@ -104,10 +104,15 @@ def build_chain(store: Store, n: int, batch: int = 50_000) -> None:
                " VALUES (%s)" % ", ".join(["?"] * 8 if store.engine.dialect.name == "sqlite" else ["%s"] * 8))
         rows = []
         for seq in range(1, n + 1):
-            payload = audit.canonical_json({"mapping_id": seq % 997, "review_id": seq, "from": "proposed",
-                                            "to": "approved", "justification": "checked the image grid"})
-            h = audit.event_hash(seq, prev, created, "rob", "mapping.approve", f"mapping:{seq % 997}", payload)
-            rows.append((seq, created, "rob", "mapping.approve", f"mapping:{seq % 997}", payload, prev, h))
+            if seq == 1:  # the log's first actor adds themselves (verify replays roles from it)
+                action, subject = "actor.add", "actor:rob"
+                payload = audit.canonical_json({"name": "rob", "role": "admin", "first": True})
+            else:  # mapping.reject: allowed to rob's role, not one of the events verify replays
+                action, subject = "mapping.reject", f"mapping:{seq % 997}"
+                payload = audit.canonical_json({"mapping_id": seq % 997, "review_id": seq, "from": "proposed",
+                                                "to": "rejected", "justification": "checked the image grid"})
+            h = audit.event_hash(seq, prev, created, "rob", action, subject, payload)
+            rows.append((seq, created, "rob", action, subject, payload, prev, h))
             prev = h
             if len(rows) == batch:
                 cur.executemany(sql, rows)

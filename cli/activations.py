@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from cli.common import default_device, print_json, subgroup
+from cli.common import GUIDANCE, SEED, STEPS, default_device, print_json, subgroup
 from governance.common.errors import UsageError
 
 
@@ -24,9 +24,9 @@ def register(group: click.Group) -> None:
               help="Dotted module path relative to the UNet.")
 @click.option("--prompts", "prompts_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               required=True, help="Text file (one prompt a line) or JSON list.")
-@click.option("--steps", type=int, default=50, show_default=True)
-@click.option("--guidance", type=float, default=9.0, show_default=True, help="CFG scale; <= 1 turns guidance off.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Prompt i uses seed + i.")
+@click.option("--steps", type=STEPS, default=50, show_default=True)
+@click.option("--guidance", type=GUIDANCE, default=9.0, show_default=True, help="CFG scale; <= 1 turns guidance off.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Prompt i uses seed + i.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--prompts-per-shard", type=int, default=16, show_default=True)
 @click.option("--batch-size", type=int, default=8, show_default=True)

@@ -9,20 +9,47 @@ import click
 from cli.common import emit, json_option, open_store, print_json, subgroup
 
 
-def _check_checkpoint_signature(store, cp, path: Path, trusted_keys: Path | None) -> str | None:  # noqa: ANN001
-    """A signed checkpoint's signature must verify and its key be trusted; an unsigned one is
-    accepted with a note (its file is then only as safe as where it was kept)."""
-    from governance.enforcement import signing
+# Who may sign a tree head: an auditor's word about the log, not an engineer's.
+CHECKPOINT_ROLES = ("admin", "auditor")
+
+
+def _checkpoint_signers(store, trusted_keys: Path | None) -> dict[str, str]:  # noqa: ANN001
+    """Keys whose checkpoint signatures are trusted: the trust store's (`--trusted-keys`, else
+    SAEGOV_TRUSTED_KEYS), and the registry's registered keys of admins and auditors."""
     from governance.enforcement.deployment import resolve_trust
+
+    keys = resolve_trust(None, trusted_keys_file=trusted_keys)
+    if store is not None:
+        roles = {a.name: a.role for a in store.list_actors() if a.disabled_at is None}
+        keys.update({k: f"registry key of {r.actor}" for k, r in store.trusted_signing_keys().items()
+                     if roles.get(r.actor) in CHECKPOINT_ROLES})
+    return keys
+
+
+def _check_checkpoint_signature(store, cp, path: Path, trusted_keys: Path | None) -> str | None:  # noqa: ANN001
+    """A signed checkpoint's signature must verify, its key be trusted for checkpoints, and its
+    time not lie in the future; an unsigned one is accepted with a note (its file is then only as
+    safe as where it was kept)."""
+    import datetime as dt
+
+    from governance.enforcement import signing
     from registry.errors import AuditVerificationError
 
     if cp.signature is None:
         return f"checkpoint {path} is unsigned (audit checkpoint --sign makes a signed one)"
     if not signing.verify(cp.signature.public_key, cp.signed_message(), cp.signature.value):
         raise AuditVerificationError(f"checkpoint {path}: signature does not match its contents")
-    if cp.signature.public_key not in resolve_trust(store, trusted_keys_file=trusted_keys):
+    if cp.signature.public_key not in _checkpoint_signers(store, trusted_keys):
         raise AuditVerificationError(f"checkpoint {path}: signed by key {cp.signature.public_key[:16]}..., which is "
-                                     "not a trusted key")
+                                     "not a trusted key of an admin or auditor")
+    try:
+        when = dt.datetime.fromisoformat(cp.time.replace("Z", "+00:00"))
+        if when.tzinfo is None:
+            raise ValueError("no time zone")
+    except ValueError:
+        raise AuditVerificationError(f"checkpoint {path}: unreadable time {cp.time!r}") from None
+    if when > dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=5):
+        raise AuditVerificationError(f"checkpoint {path}: dated {cp.time}, in the future")
     return None
 
 
@@ -98,7 +125,8 @@ def register(root: click.Group) -> None:
                 print_json({"ok": True, "size": rep.size, "head_hash": rep.head_hash, "since": since.size,
                             "signed": rep.signed})
             else:
-                click.echo(f"audit chain OK after the checkpoint of {since.time}: events {since.size + 1}..{rep.size}, "
+                after = f"events {since.size + 1}..{rep.size}" if rep.size > since.size else "no events since"
+                click.echo(f"audit chain OK after the checkpoint of {since.time}: {after}, "
                            f"head {rep.head_hash[:16]}, {rep.signed} signed (state tables not replayed: run without "
                            "--since for that)")
             return
@@ -184,6 +212,13 @@ def register(root: click.Group) -> None:
         from governance.enforcement import signing
 
         key = signing.registered_own_key(store) if sign else None
+        if key is not None:
+            owner = store.trusted_signing_keys()[signing.public_hex(key)].actor
+            role = next((a.role for a in store.list_actors() if a.name == owner), None)
+            if role not in CHECKPOINT_ROLES:
+                from registry.errors import PermissionDenied
+
+                raise PermissionDenied(f"{owner} ({role}) may not sign checkpoints; needs role admin or auditor")
         cp = store.audit_checkpoint()
         if key is not None:
             cp = cp.model_copy(update={"signature": CheckpointSignature(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -114,14 +115,27 @@ def resolve_actor(actor: str | None) -> str | None:
     return actor or os.environ.get(ENV_ACTOR) or None
 
 
+# Seeds become torch generator seeds and BigInteger columns (prompt i of a run uses seed + i, so
+# leave room); step counts divide the scheduler's 1000 training timesteps; guidance is a finite scale.
+MAX_SEED = 2**62
+SEED = click.IntRange(0, MAX_SEED)
+STEPS = click.IntRange(1, 1000)
+GUIDANCE = click.FloatRange(-100.0, 100.0)
+
+
 def number_list(value: str | None, name: str, cast: Callable[[str], Any] = float) -> list[Any]:
-    """`1,2,4` -> [1, 2, 4]; a bad item is a usage error naming the option."""
+    """`1,2,4` -> [1, 2, 4]; a bad item is a usage error naming the option (integers are seeds:
+    in [0, 2**62]; floats must be finite)."""
     if not value:
         return []
     try:
-        return [cast(v) for v in value.split(",") if v.strip()]
+        out = [cast(v) for v in value.split(",") if v.strip()]
     except ValueError:
         raise click.BadParameter(f"expected comma-separated numbers, got {value!r}", param_hint=name) from None
+    for v in out:
+        if (cast is int and not 0 <= v <= MAX_SEED) or (isinstance(v, float) and not math.isfinite(v)):
+            raise click.BadParameter(f"{v} is out of range", param_hint=name)
+    return out
 
 
 def parse_ref(ref: str, what: str = "blocklist") -> tuple[str, int | None]:

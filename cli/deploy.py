@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from cli.common import actor_option, json_option, open_store, parse_ref, print_json, resolve_actor, subgroup
+from cli.common import GUIDANCE, actor_option, json_option, open_store, parse_ref, print_json, resolve_actor, subgroup
 
 
 def register(root: click.Group) -> None:
@@ -15,7 +15,7 @@ def register(root: click.Group) -> None:
     @click.option("--blocklist", "blocklist_ref", required=True, metavar="NAME@VERSION")
     @click.option("--model", required=True, help="Base pipeline: a local diffusers folder or hub id.")
     @click.option("--out", type=click.Path(path_type=Path), required=True)
-    @click.option("--guidance", type=float, default=None, help="Default CFG scale (default: as scored).")
+    @click.option("--guidance", type=GUIDANCE, default=None, help="Default CFG scale (default: as scored).")
     @click.option("--reference-error-sign", is_flag=True,
                   help="Compatibility: the reference code's x_hat' + (x_hat - x) instead of x + (z' - z) W_dec.")
     @click.option("--no-mlflow", is_flag=True, help="Log no MLflow run and register no MLflow model version.")

@@ -5,19 +5,19 @@ from pathlib import Path
 
 import click
 
-from cli.common import actor_option, json_option, print_json, resolve_actor
+from cli.common import GUIDANCE, SEED, STEPS, actor_option, json_option, print_json, resolve_actor
 
 
 def register(root: click.Group) -> None:
     @root.command("generate")
     @click.option("--deployment", "deployment", type=click.Path(path_type=Path), required=True)
     @click.argument("prompt")
-    @click.option("--seed", type=int, default=0, show_default=True)
+    @click.option("--seed", type=SEED, default=0, show_default=True)
     @click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="PNG to write.")
     @click.option("--trace", "trace_file", type=click.Path(path_type=Path), default=None, help="Also write the trace JSON.")
     @click.option("--record", is_flag=True, help="Store the trace in the registry.")
-    @click.option("--steps", type=int, default=None, help="Default: the deployment's approved step count.")
-    @click.option("--guidance", type=float, default=None, help="Default: the deployment's approved guidance.")
+    @click.option("--steps", type=STEPS, default=None, help="Default: the deployment's approved step count.")
+    @click.option("--guidance", type=GUIDANCE, default=None, help="Default: the deployment's approved guidance.")
     @actor_option
     @json_option
     def generate(deployment: Path, prompt: str, seed: int, out: Path, trace_file: Path | None, record: bool,

@@ -6,7 +6,7 @@ from typing import Any, TypeVar
 
 import click
 
-from cli.common import actor_option, default_device, json_option, number_list, open_store, print_json, subgroup
+from cli.common import GUIDANCE, SEED, STEPS, actor_option, default_device, json_option, number_list, open_store, print_json, subgroup
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -20,9 +20,9 @@ def register(root: click.Group) -> None:
 def statistics_options(batch_size: int) -> Callable[[F], F]:
     """The options of a statistics run, shared by `concept score` and `concept sweep`."""
     options = [
-        click.option("--steps", type=int, default=50, show_default=True),
-        click.option("--guidance", type=float, default=9.0, show_default=True),
-        click.option("--seed", type=int, default=0, show_default=True,
+        click.option("--steps", type=STEPS, default=50, show_default=True),
+        click.option("--guidance", type=GUIDANCE, default=9.0, show_default=True),
+        click.option("--seed", type=SEED, default=0, show_default=True,
                      help="Statistics: prompt j of every concept uses seed + j."),
         click.option("--model", default=None, help="Base pipeline (default: the SAE's base model, else the toy world)."),
         click.option("--batch-size", type=int, default=batch_size, show_default=True),

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from cli.common import GUIDANCE, SEED, STEPS
+
 
 def register(group: click.Group) -> None:
     group.add_command(toyworld)
@@ -33,7 +35,7 @@ def prompts_cmd(as_json: bool) -> None:
 @toyworld.command("train")
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--minutes", type=float, default=40.0, show_default=True, help="UNet training budget.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--vae-steps", type=int, default=500, show_default=True)
 @click.option("--max-steps", type=int, default=None, help="Fixed UNet step count instead of --minutes.")
 def train_cmd(out: Path, minutes: float, seed: int, vae_steps: int, max_steps: int | None) -> None:
@@ -61,8 +63,8 @@ def path_cmd() -> None:
 @toyworld.command("eval")
 @click.option("--model", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Pipeline folder (default: the committed toy world).")
-@click.option("--steps", type=int, default=None, help="DDIM steps (default: the documented default).")
-@click.option("--guidance", type=float, default=None, help="CFG scale (default: the documented default).")
+@click.option("--steps", type=STEPS, default=None, help="DDIM steps (default: the documented default).")
+@click.option("--guidance", type=GUIDANCE, default=None, help="CFG scale (default: the documented default).")
 @click.option("--seeds", type=str, default="0,1,2", show_default=True, help="Comma-separated seeds.")
 @click.option("--partial", is_flag=True,
               help="Also the prompts that leave out the colour or the shape (their neutral values are scored).")

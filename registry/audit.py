@@ -249,6 +249,8 @@ def verify_rows(rows: Iterable[tuple], head: tuple[int, str] | None = None,
         prev = stored
         expected_seq += 1
     size = expected_seq - 1
+    if signatures is not None:
+        signatures.finish()
     if head is not None:
         head_seq, head_hash = head
         if head_seq > size:
@@ -280,7 +282,8 @@ def read_head(conn: Connection) -> tuple[int, str]:
 
 
 def make_checkpoint(conn: Connection) -> Checkpoint:
-    """Verify the whole chain, then describe it: size, head hash, Merkle root, time."""
+    """Verify the whole chain and every signature rule, then describe it: size, head hash, Merkle
+    root, time, and the digest of the signature rules' state at its head (for `--since`)."""
     leaves: list[bytes] = []
 
     def tap(rows: Iterable[tuple]) -> Iterator[tuple]:
@@ -288,10 +291,11 @@ def make_checkpoint(conn: Connection) -> Checkpoint:
             leaves.append(bytes.fromhex(row[7]))
             yield row
 
+    check = SignatureCheck()
     with closing(iter_event_rows(conn)) as rows:
-        report = verify_rows(tap(rows), head=read_head(conn))
-    return Checkpoint(size=report.size, head_hash=report.head_hash,
-                      merkle_root=merkle_root(leaves), time=iso_utc(utcnow()))
+        report = verify_rows(tap(rows), head=read_head(conn), signatures=check)
+    return Checkpoint(size=report.size, head_hash=report.head_hash, merkle_root=merkle_root(leaves),
+                      time=iso_utc(utcnow()), state_sha256=check.state_digest())
 
 
 def verify_exported(path: Path, checkpoints: Sequence[Checkpoint] = (),

@@ -13,7 +13,10 @@ Keys come from the log itself: `key.register` (owner, by whom) and `key.revoke` 
   someone else using their name);
 - once an approval policy with `require_signatures` is in force, every event is signed (and the
   event that turns it on is itself signed);
-- a disabled actor does nothing more;
+- a disabled actor does nothing more, and an actor the log never added does nothing at all;
+- every action is one its actor's role allowed at that point (roles replayed from `actor.add`
+  and `actor.role`, against registry.workflow.PERMISSIONS): a role raised by SQL for one
+  action and set back leaves an event that names it;
 - the key that approves a mapping is neither the key that created it nor the one that proposed it;
 - the approver is not the mapping's creator or proposer, nor an account that descends from them
   (created by them, or by an account they created, ...), nor signs with a key that one of them
@@ -21,9 +24,14 @@ Keys come from the log itself: `key.register` (owner, by whom) and `key.revoke` 
   from the log alone.
 
 A key registered by an unsigned event, or by its own signature, is a root of trust. With trust
-anchors (an auditor's `--trusted-keys` file) every root must be an anchor: the whole key history
-then derives from keys the auditor chose to trust, so an exported log plus those public keys is
-enough to check four-eyes without the registry.
+anchors (an auditor's `--trusted-keys` file) every root must be an anchor, and every anchor must
+be registered in the log (a log stripped of its key registrations and re-chained unsigned fails):
+the whole key history then derives from keys the auditor chose to trust, so an exported log plus
+those public keys is enough to check four-eyes without the registry.
+
+`state_digest()` summarises everything the rules depend on; a signed checkpoint records it, so
+`audit verify --since` can start from the state the checkpoint vouches for instead of trusting
+rows before it that it does not re-hash.
 """
 from __future__ import annotations
 
@@ -31,16 +39,24 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import hashlib
+
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from governance.common.jsonio import canonical_json
 from registry.errors import AuditVerificationError
+from registry.workflow import PERMISSIONS
 
 EVENT_DOMAIN = b"saegov.audit-event/v1\n"
 # Actions whose payload changes what SignatureCheck tracks.
-TRACKED_ACTIONS = ("actor.add", "key.register", "key.revoke", "actor.disable", "policy.set", "mapping.create",
+TRACKED_ACTIONS = ("actor.add", "actor.role", "key.register", "key.revoke", "actor.disable", "policy.set", "mapping.create",
                    "mapping.propose", "mapping.approve")
+
+
+# Logged action -> the permission the store checked for it (the same name unless listed).
+_PERMISSION_OF = {"sae.update": "sae.register"}
 
 
 def event_message(event_hash: str) -> bytes:
@@ -86,7 +102,10 @@ class SignatureCheck:
     mapping_keys: dict[int, set[str]] = field(default_factory=dict)
     mapping_people: dict[int, set[str]] = field(default_factory=dict)
     creators: dict[str, str] = field(default_factory=dict)  # account -> the account that created it
+    roles: dict[str, str] = field(default_factory=dict)  # account -> its role at this point of the log
     signed: int = 0
+    # Owners holding an unrevoked key: checked on every event, so a set refreshed on key events.
+    _keyed_owners: set[str] = field(default_factory=set)
 
     def lineage(self, actor: str) -> list[str]:
         """Who created `actor`'s account, who created theirs, ..."""
@@ -99,11 +118,20 @@ class SignatureCheck:
     def active_keys(self, actor: str) -> list[str]:
         return [k for k, v in self.keys.items() if v.owner == actor and not v.revoked]
 
+
     def check(self, seq: int, actor: str, action: str, subject: str, payload: str, event_hash: str,
               signer_key: str | None, signature: str | None) -> None:
         if actor in self.disabled:
             raise AuditVerificationError(f"audit event {seq}: {action} by {actor!r}, whose account was disabled "
                                          "before it", seq)
+        role = self.roles.get(actor)
+        if role is None:
+            if not (action == "actor.add" and not self.roles):  # only the very first actor adds themselves
+                raise AuditVerificationError(f"audit event {seq}: {action} by {actor!r}, whom no earlier actor.add "
+                                             "event created", seq)
+        elif (allowed := PERMISSIONS.get(_PERMISSION_OF.get(action, action))) is not None and role not in allowed:
+            raise AuditVerificationError(f"audit event {seq}: {action} by {actor!r}, whose role at that point was "
+                                         f"{role} (needs {' or '.join(sorted(allowed))})", seq)
         if signer_key or signature:
             key = self.keys.get(signer_key or "")
             if key is None or key.owner != actor or key.revoked:
@@ -118,7 +146,7 @@ class SignatureCheck:
         elif self.required:
             raise AuditVerificationError(f"audit event {seq}: {action} by {actor!r} is unsigned, but the approval "
                                          "policy in force requires signed actions", seq)
-        elif self.active_keys(actor):
+        elif actor in self._keyed_owners:
             raise AuditVerificationError(f"audit event {seq}: {action} by {actor!r} is unsigned although {actor!r} "
                                          "has a registered key (someone else acted in their name)", seq)
         if action in TRACKED_ACTIONS:
@@ -128,12 +156,46 @@ class SignatureCheck:
         if action in TRACKED_ACTIONS:
             self._apply(0, actor, action, subject, payload, signer_key or None, check=False)
 
+    def finish(self) -> None:
+        """After the last event: every trust anchor must have been registered in the log."""
+        if self.anchors is not None and (missing := sorted(self.anchors - set(self.keys))):
+            raise AuditVerificationError(f"trusted key {missing[0][:16]}... is registered nowhere in this log (its "
+                                         "registration was removed, or the log is not the one the keys belong to)"
+                                         + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""), None)
+
+    def state_digest(self) -> str:
+        """sha256 of everything the rules depend on (keys, roles, lineage, four-eyes sets)."""
+        state = {
+            "keys": {k: [v.owner, v.root, v.registrar, v.revoked] for k, v in self.keys.items()},
+            "disabled": sorted(self.disabled), "required": self.required, "roles": self.roles,
+            "creators": self.creators,
+            "mapping_keys": {str(m): sorted(v) for m, v in self.mapping_keys.items()},
+            "mapping_people": {str(m): sorted(v) for m, v in self.mapping_people.items()},
+        }
+        return hashlib.sha256(canonical_json(state).encode()).hexdigest()
+
     def _apply(self, seq: int, actor: str, action: str, subject: str, payload: str, signer: str | None,
                check: bool) -> None:
-        p: dict[str, Any] = json.loads(payload)
+        try:
+            p = json.loads(payload)
+            if not isinstance(p, dict):
+                raise TypeError("not an object")
+            self._apply_payload(seq, actor, action, p, signer, check)
+        except AuditVerificationError:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+            raise AuditVerificationError(f"audit event {seq}: the payload of this {action} cannot be read "
+                                         f"({type(exc).__name__})", seq or None) from None
+
+    def _apply_payload(self, seq: int, actor: str, action: str, p: dict[str, Any], signer: str | None,
+                       check: bool) -> None:
         if action == "actor.add":
+            name = str(p["name"])
+            self.roles[name] = "admin" if p.get("first") else str(p["role"])
             if not p.get("first"):
-                self.creators[str(p.get("name"))] = actor
+                self.creators[name] = actor
+        elif action == "actor.role":
+            self.roles[str(p["name"])] = str(p["role"])
         elif action == "key.register":
             public = str(p.get("public_key"))
             root = signer is None or signer == public
@@ -142,9 +204,11 @@ class SignatureCheck:
                                              "of trust (registered by an unsigned or self-signed event) but not one "
                                              "of the trusted keys", seq)
             self.keys[public] = _Key(owner=str(p.get("owner")), root=root, registrar=actor)
+            self._keyed_owners = {v.owner for v in self.keys.values() if not v.revoked}
         elif action == "key.revoke":
             if (k := self.keys.get(str(p.get("public_key")))) is not None:
                 k.revoked = True
+            self._keyed_owners = {v.owner for v in self.keys.values() if not v.revoked}
         elif action == "actor.disable":
             self.disabled.add(str(p.get("name")))
         elif action == "policy.set":

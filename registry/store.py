@@ -1123,6 +1123,16 @@ class Store:
                                       .order_by(AuditEvent.seq))
                 for row in before:
                     check.prime(*row)
+                # The rows before the checkpoint are not re-hashed here; the state they give must be
+                # the one the (signed) checkpoint recorded, or an edit among them would go unseen.
+                if checkpoint.state_sha256 is None:
+                    raise AuditVerificationError(
+                        f"the checkpoint of {checkpoint.time} records no state digest (made by an older saegov): "
+                        "take a new one with `saegov audit checkpoint --sign`, or run a full `audit verify`", None)
+                if check.state_digest() != checkpoint.state_sha256:
+                    raise AuditVerificationError(
+                        f"audit events 1..{checkpoint.size} no longer give the keys, roles and approvals the checkpoint "
+                        f"of {checkpoint.time} recorded (edited before it): run a full `audit verify`", None)
                 with closing(audit.iter_event_rows(conn, after=checkpoint.size)) as rows:
                     return audit.verify_rows(rows, head=audit.read_head(conn),
                                              start=(checkpoint.size, checkpoint.head_hash), signatures=check)

@@ -2,10 +2,12 @@
 JSON file and (with `record`) in the registry."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from governance.common.errors import UsageError
 from governance.common.hashing import sha256_text
 from governance.formats.trace import Trace, write_trace_json, write_trace_png
 
@@ -33,6 +35,9 @@ def generate_image(deployment: Path, prompt: str, *, seed: int, out: Path, trace
 
     from governance.enforcement.pipeline import EnforcedStableDiffusionPipeline
 
+    for path in (out, trace_file):  # refused before the model loads and before anything is recorded
+        if path is not None:
+            _check_writable(path)
     store = None
     if record:
         from registry.store import Store
@@ -53,3 +58,15 @@ def generate_image(deployment: Path, prompt: str, *, seed: int, out: Path, trace
     if trace_file is not None:
         write_trace_json(trace_file, trace)
     return Generated(image=out, trace_file=trace_file, trace=trace)
+
+
+def _check_writable(path: Path) -> None:
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder; give a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create {path.parent}: {exc.strerror or exc}") from None
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"cannot write {path}: permission denied")

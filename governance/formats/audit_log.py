@@ -53,6 +53,9 @@ def write_audit_log(path: Path, header: AuditLogHeader, rows: Iterable[tuple]) -
     temporary file renamed at the end (nothing half-written stays); returns the event count."""
     tmp = Path(path).with_name(Path(path).name + ".partial")
     n = 0
+    if Path(path).is_dir() or not Path(path).parent.is_dir():
+        raise FormatError(f"cannot write {path}: " + ("it is a folder" if Path(path).is_dir() else
+                                                      f"no folder {Path(path).parent}"))
     try:
         with tmp.open("w", encoding="utf-8") as fh:
             fh.write(json.dumps(header.model_dump(mode="json"), sort_keys=True) + "\n")
@@ -68,21 +71,29 @@ def write_audit_log(path: Path, header: AuditLogHeader, rows: Iterable[tuple]) -
 def read_audit_log(path: Path) -> tuple[AuditLogHeader, Iterator[tuple]]:
     """The header, and the events as rows (streamed, each validated; a bad line is a one-line
     FormatError naming it)."""
-    fh = Path(path).open("r", encoding="utf-8")
+    try:
+        fh = Path(path).open("r", encoding="utf-8")
+    except OSError as exc:
+        raise FormatError(f"{path}: cannot read ({exc.strerror or exc})") from None
     try:
         header = AuditLogHeader.model_validate_json(fh.readline(_MAX_LINE))
-    except ValidationError as exc:
+    except (ValidationError, UnicodeDecodeError) as exc:
         fh.close()
-        raise FormatError(f"{path}: not a saegov audit log ({exc.errors()[0]['msg']})") from None
+        why = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else "not UTF-8"
+        raise FormatError(f"{path}: not a saegov audit log ({why})") from None
 
     def rows() -> Iterator[tuple]:
         with fh:
-            for number, line in enumerate(fh, start=2):
-                if len(line) >= _MAX_LINE:
-                    raise FormatError(f"{path}:{number}: line too long for an audit event")
-                try:
-                    yield ExportedEvent.model_validate_json(line).row()
-                except ValidationError as exc:
-                    raise FormatError(f"{path}:{number}: not an audit event ({exc.errors()[0]['msg']})") from None
+            number = 1
+            try:
+                for number, line in enumerate(fh, start=2):
+                    if len(line) >= _MAX_LINE:
+                        raise FormatError(f"{path}:{number}: line too long for an audit event")
+                    try:
+                        yield ExportedEvent.model_validate_json(line).row()
+                    except ValidationError as exc:
+                        raise FormatError(f"{path}:{number}: not an audit event ({exc.errors()[0]['msg']})") from None
+            except UnicodeDecodeError:
+                raise FormatError(f"{path}:{number + 1}: not UTF-8") from None
 
     return header, rows()

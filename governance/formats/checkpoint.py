@@ -1,6 +1,7 @@
 """An audit checkpoint file (`saegov audit checkpoint --out`): size, head hash, RFC 6962 root,
-time, and (with `--sign`) an Ed25519 signature of those four by a registered key: a signed tree
-head, which whoever holds the log cannot forge when they cut or rewrite it."""
+time, the digest of the signature rules' state, and (with `--sign`) an Ed25519 signature of those
+by an admin's or auditor's registered key: a signed tree head, which whoever holds the log cannot
+forge when they cut or rewrite it."""
 from __future__ import annotations
 
 import json
@@ -28,11 +29,15 @@ class Checkpoint(BaseModel):
     head_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
     merkle_root: str = Field(pattern=r"^[0-9a-f]{64}$")
     time: str
+    # sha256 of the signature rules' state after event `size` (registry.signatures.state_digest):
+    # what `audit verify --since` starts from. Absent in checkpoints made before it existed.
+    state_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     signature: CheckpointSignature | None = None
 
     def signed_message(self) -> bytes:
-        """What a signature covers: the tree head without the signature."""
-        return canonical_json(self.model_dump(exclude={"signature"})).encode()
+        """What a signature covers: the tree head without the signature (absent fields left out,
+        so checkpoints signed before `state_sha256` existed still verify)."""
+        return canonical_json(self.model_dump(exclude={"signature"}, exclude_none=True)).encode()
 
 
 def read_checkpoint(path: Path) -> Checkpoint:

@@ -157,20 +157,36 @@ class TopKSAE(nn.Module):
 
 
 def batch_topk_indices(flat: Tensor, m: int) -> Tensor:
-    """Flat indices of the m largest entries of `flat` (ties broken by topk).
+    """Flat indices of the m largest entries of `flat`, in increasing order (ties at the m-th
+    value go to the lowest indices).
 
     A full topk over N*n entries is slow on CPU (~0.2 s for 4096 x 1024). Exact shortcut: a
     lower bound for the m-th value from a random sample's quantile (with a safety margin)
-    leaves a small candidate set that still contains all m winners; fall back to the full topk
+    leaves a small candidate set (in index order) that still contains all m winners; the m-th
+    largest candidate (a linear-time selection, not a sort) is the threshold, and the winners
+    are read off in index order, so a CSR code needs no sort. Falls back to the whole tensor
     when the bound turns out too high."""
-    if flat.numel() > (1 << 16):
-        sample = flat[torch.randint(flat.numel(), (1 << 14,), device=flat.device)]
-        q = max(0.0, 1.0 - 4.0 * m / flat.numel())  # keep ~4x the needed entries
+    n = flat.numel()
+    if m >= n:
+        return torch.arange(n, device=flat.device)
+    cand = None
+    if n > (1 << 16):
+        sample = flat[torch.randint(n, (1 << 14,), device=flat.device)]
+        # ~2x the needed entries: the sample quantile's error is ~16x smaller than that margin at
+        # k/n_latents = 1/32 (the rare miss falls back to the whole tensor, still exact).
+        q = max(0.0, 1.0 - 2.0 * m / n)
         lo = torch.quantile(sample.float(), q).to(flat.dtype)
         cand = (flat >= lo).nonzero().squeeze(1)
-        if cand.numel() >= m:
-            return cand[flat[cand].topk(m, sorted=False).indices]
-    return flat.topk(m, sorted=False).indices
+        if cand.numel() < m:
+            cand = None
+    values = flat if cand is None else flat[cand]
+    threshold = torch.kthvalue(values.float(), values.numel() - m + 1).values.to(flat.dtype)
+    keep = values > threshold
+    missing = m - int(keep.sum())
+    if missing > 0:  # entries equal to the threshold fill the rest, lowest index first
+        keep[(values == threshold).nonzero().squeeze(1)[:missing]] = True
+    pos = keep.nonzero().squeeze(1)
+    return pos if cand is None else cand[pos]
 
 
 def batch_topk(pre_acts: Tensor, k: int) -> Tensor:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -119,23 +120,76 @@ def explained_variance(x: Tensor, x_hat: Tensor) -> Tensor:
     return 1 - (x - x_hat).var(0).sum() / x.var(0).sum().clamp_min(1e-12)
 
 
+def _csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
+    # Built from indices we just computed (sorted, in range): the invariant check would only cost.
+    # The CSR layout is "beta" in torch; the products used here are tested against the dense
+    # definition (tests/governance/sae/test_trainer.py), so its notice is only noise.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+        return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+
+
+def _crow(sorted_rows: Tensor, n_rows: int) -> Tensor:
+    counts = torch.bincount(sorted_rows, minlength=n_rows)
+    return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+
+
+class _BatchTopKCode(torch.autograd.Function):
+    """x_hat - b_dec = S W_dec, S = the Batch-TopK code (k*N selected entries of
+    ReLU(x_c W_enc^T + b_enc)) as a CSR matrix.
+
+    After the one dense product (the encoder's forward), everything touches only the selected
+    entries: the decode and all four gradients are sparse-dense products (CSR by rows, and by
+    latents for the weight gradients), and the code's gradient is the sampled product
+    (G W_dec^T) at the selected entries. Exactly the gradients of the dense definition (tested),
+    without the [N, n] gather / index_add traffic that dominated a step before."""
+
+    @staticmethod
+    def forward(ctx, x_c: Tensor, w_enc: Tensor, b_enc: Tensor, w_dec: Tensor, m: int):  # type: ignore[override]
+        n_tok, n = x_c.shape[0], w_enc.shape[0]
+        pre = torch.addmm(b_enc, x_c, w_enc.t())
+        flat = pre.view(-1)
+        idx = batch_topk_indices(flat, m)  # in increasing order: CSR rows without a sort
+        vals = flat[idx].clamp_min(0)
+        rows, cols = idx // n, idx % n
+        crow = _crow(rows, n_tok)
+        x_hat = _csr(crow, cols, vals, (n_tok, n)) @ w_dec
+        ctx.save_for_backward(x_c, w_enc, w_dec, rows, cols, vals, crow)
+        ctx.mark_non_differentiable(vals, cols)
+        return x_hat, vals, cols
+
+    @staticmethod
+    def backward(ctx, g: Tensor, _gv: Tensor, _gc: Tensor):  # type: ignore[override]
+        x_c, w_enc, w_dec, rows, cols, vals, crow = ctx.saved_tensors
+        n_tok, n = x_c.shape[0], w_enc.shape[0]
+        g = g.contiguous()
+        by_latent = torch.argsort(cols, stable=True)
+        ccol = _crow(cols[by_latent], n)
+        rows_t = rows[by_latent]
+        grad_w_dec = _csr(ccol, rows_t, vals[by_latent], (n, n_tok)) @ g
+        pattern = _csr(crow, cols, vals, (n_tok, n))
+        gv = torch.sparse.sampled_addmm(pattern, g, w_dec.t(), beta=0.0).values()
+        gpre = gv * (vals > 0)
+        grad_x_c = _csr(crow, cols, gpre, (n_tok, n)) @ w_enc
+        grad_w_enc = _csr(ccol, rows_t, gpre[by_latent], (n, n_tok)) @ x_c
+        grad_b_enc = torch.zeros(n, dtype=gpre.dtype, device=gpre.device).index_add_(0, cols, gpre)
+        return grad_x_c, grad_w_enc, grad_b_enc, grad_w_dec, None
+
+
 def sae_losses(sae: TopKSAE, x: Tensor, dead_mask: Tensor | None, k_aux: int
                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(fvu, auxk, active latent ids (one per non-zero activation), x_hat) on one batch with
     the Batch-TopK rule.
 
-    Sparse in both directions: the top k*N entries are selected on the pre-ReLU encoder output
-    (ReLU is monotone, so the selection is the same) and decoded by gathering their decoder
-    rows; no dense [N, n] code enters autograd, only the selected entries get gradients."""
+    Sparse in both directions (_BatchTopKCode): the top k*N entries are selected on the pre-ReLU
+    encoder output (ReLU is monotone, so the selection is the same) and decoded, and
+    differentiated, as a sparse matrix; no dense [N, n] tensor enters autograd. AuxK computes
+    the dead latents' pre-activations alone (cost proportional to how many are dead)."""
     n_tok, n = x.shape[0], sae.n_latents
-    enc = sae.encoder(x.to(sae.W_dec.dtype) - sae.b_dec)
-    flat = enc.flatten()
-    m = min(sae.k * n_tok, flat.numel())
-    with torch.no_grad():
-        idx = batch_topk_indices(flat.detach(), m)
-    vals = torch.relu(flat[idx])
-    rows, cols = idx // n, idx % n
-    x_hat = torch.zeros_like(x).index_add(0, rows, vals[:, None] * sae.W_dec[cols]) + sae.b_dec
+    x_c = x.to(sae.W_dec.dtype) - sae.b_dec
+    m = min(sae.k * n_tok, n_tok * n)
+    x_hat_c, vals, cols = _BatchTopKCode.apply(x_c, sae.encoder.weight, sae.encoder.bias, sae.W_dec, m)
+    x_hat = x_hat_c + sae.b_dec
     total_var = (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
     loss_fvu = (x_hat - x).pow(2).sum() / total_var
     auxk = x.new_zeros(())
@@ -143,14 +197,16 @@ def sae_losses(sae: TopKSAE, x: Tensor, dead_mask: Tensor | None, k_aux: int
         # Dead latents' top pre-activations (per token) try to explain what the live ones missed;
         # the residual is a target, not a path for gradients into the live latents.
         ka = min(k_aux, n_dead)
-        pre = torch.relu(enc)
-        dvals, didx = torch.where(dead_mask[None], pre, float("-inf")).topk(ka, dim=-1, sorted=False)
-        dvals = torch.nan_to_num(dvals, neginf=0.0).clamp_min(0)
-        e_hat = torch.einsum("nk,nkd->nd", dvals, sae.W_dec[didx])
+        dead = dead_mask.nonzero().squeeze(1)
+        pre = torch.relu(torch.addmm(sae.encoder.bias[dead], x_c, sae.encoder.weight[dead].t()))
+        dvals, dpos = pre.topk(ka, dim=-1, sorted=False)
+        # A weighted sum of ka decoder rows per token: embedding_bag's backward accumulates the
+        # rows' gradients without the [N, ka, d] gather an einsum would differentiate through.
+        e_hat = torch.nn.functional.embedding_bag(dpos, sae.W_dec[dead], per_sample_weights=dvals, mode="sum")
         residual = (x - x_hat).detach()
         scale = min(n_dead / k_aux, 1.0)  # fewer dead latents than k_aux: a weaker signal
         auxk = scale * (e_hat - residual).pow(2).sum() / total_var
-    return loss_fvu, auxk, cols[vals.detach() > 0], x_hat
+    return loss_fvu, auxk, cols[vals > 0], x_hat
 
 
 # --- distributed ----------------------------------------------------------------------------------

@@ -249,7 +249,7 @@ def test_audit_commands(populated: CLI, tmp_path: Path) -> None:
     cp = tmp_path / "cp.json"
     c("audit", "checkpoint", "--out", cp)
     body = json.loads(cp.read_text())
-    assert set(body) == {"size", "head_hash", "merkle_root", "time"}
+    assert set(body) == {"size", "head_hash", "merkle_root", "time", "state_sha256"}
     again = c.json("audit", "checkpoint", "--out", tmp_path / "cp2.json")
     assert again["path"] == str(tmp_path / "cp2.json")
     assert {k: again[k] for k in ("size", "head_hash", "merkle_root")} == {

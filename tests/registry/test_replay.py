@@ -222,3 +222,33 @@ def test_cli_export_verify_log_and_consistency(populated: Store, tmp_path: Path,
     (tmp_path / "edited.jsonl").write_text("\n".join(lines) + "\n")
     r = run(saegov, ["audit", "verify", "--log", str(tmp_path / "edited.jsonl"), *trusted])
     assert r.exit_code == 5 and f"audit event {event['seq']}: hash mismatch" in r.stderr, r.output
+
+
+def test_checkpoints_are_signed_by_admins_or_auditors_and_not_postdated(populated: Store, tmp_path: Path,
+                                                                        monkeypatch) -> None:
+    import json
+
+    from cli.main import saegov
+    from governance.enforcement import signing
+    from governance.formats.checkpoint import Checkpoint, CheckpointSignature
+
+    monkeypatch.setenv("SAEGOV_DATABASE_URL", str(populated.engine.url.render_as_string(hide_password=False)))
+    run = CliRunner().invoke
+    mine = signing.load_or_create_key()
+    populated.register_signing_key("emil", signing.public_hex(mine), "alice")  # an engineer's registered key
+    r = run(saegov, ["audit", "checkpoint", "--out", str(tmp_path / "e.json"), "--sign"])
+    assert r.exit_code == 4 and "may not sign checkpoints" in r.stderr, r.output
+    cp = populated.audit_checkpoint()
+    for name, time in (("engineer.json", cp.time), ("future.json", "2099-01-01T00:00:00.000000Z")):
+        body = cp.model_copy(update={"time": time})
+        signed = body.model_copy(update={"signature": CheckpointSignature(
+            public_key=signing.public_hex(mine), value=signing.sign(mine, body.signed_message()))})
+        (tmp_path / name).write_text(json.dumps(signed.model_dump(exclude_none=True)))
+    r = run(saegov, ["audit", "verify", "--checkpoint", str(tmp_path / "engineer.json")])
+    assert r.exit_code == 5 and "not a trusted key of an admin or auditor" in r.stderr, r.output
+    populated.set_actor_role("emil", "auditor", "alice", "now audits")
+    r = run(saegov, ["audit", "verify", "--checkpoint", str(tmp_path / "engineer.json")])
+    assert r.exit_code == 0, r.output
+    r = run(saegov, ["audit", "verify", "--checkpoint", str(tmp_path / "future.json")])
+    assert r.exit_code == 5 and "in the future" in r.stderr, r.output
+    assert Checkpoint.model_validate(json.loads((tmp_path / "future.json").read_text())).state_sha256

@@ -97,13 +97,13 @@ def test_forged_events_are_named_by_verify(store: Store, keys, attack: str) -> N
     team = register_all(store, keys, ("alice", "erin", "rob"))
     store.verify_audit()
     if attack == "unsigned":
-        forge_event(store, "rob", "concept.add", "concept:x", {"name": "x"})
+        forge_event(store, "rob", "mapping.reject", "mapping:1", {"mapping_id": 1})
         match = "unsigned although 'rob' has a registered key"
     elif attack == "someone_elses_key":
-        forge_event(store, "rob", "concept.add", "concept:x", {"name": "x"}, signer=keys["erin"])
+        forge_event(store, "rob", "mapping.reject", "mapping:1", {"mapping_id": 1}, signer=keys["erin"])
         match = "registered to 'erin'"
     elif attack == "bad_signature":
-        forge_event(store, "rob", "concept.add", "concept:x", {"name": "x"}, signer=keys["rob"])
+        forge_event(store, "rob", "mapping.reject", "mapping:1", {"mapping_id": 1}, signer=keys["rob"])
         from sqlalchemy import text
 
         from tests.helpers.registry import drop_audit_triggers
@@ -116,7 +116,7 @@ def test_forged_events_are_named_by_verify(store: Store, keys, attack: str) -> N
         match = "does not verify"
     else:
         team.revoke_signing_key(signatures.public_hex(keys["rob"]), "alice", "laptop lost")
-        forge_event(store, "rob", "concept.add", "concept:x", {"name": "x"}, signer=keys["rob"])
+        forge_event(store, "rob", "mapping.reject", "mapping:1", {"mapping_id": 1}, signer=keys["rob"])
         match = "which is revoked"
     with pytest.raises(AuditVerificationError, match=match):
         store.verify_audit()
@@ -197,3 +197,97 @@ def test_consistency_between_registry_checkpoints(store: Store, tmp_path: Path) 
     fake_old = Checkpoint(size=old.size, head_hash=old.head_hash, merkle_root="0" * 64, time=old.time)
     with pytest.raises(AuditVerificationError, match="history rewritten"):
         store.consistency_proof(fake_old, new)
+
+
+def test_a_role_raised_by_sql_for_one_action_is_named(store: Store, tmp_path: Path) -> None:
+    """erin (engineer) is made reviewer by SQL, approves emil's mapping and is set back: the
+    tables agree with the log again, but the approval by a non-reviewer is in the log."""
+    from sqlalchemy import text
+
+    store.add_concept("red", "colour", "emil", prompts=["a red square"])
+    mid = setup_mapping(store, tmp_path)
+    with store.engine.begin() as conn:
+        conn.execute(text("UPDATE feature_mappings SET created_by_id = (SELECT id FROM actors WHERE name = 'emil')"))
+    store.propose(mid, "emil", "mine")
+    with store.engine.begin() as conn:
+        conn.execute(text("UPDATE actors SET role = 'reviewer' WHERE name = 'erin'"))
+    store.approve(mid, "erin", "looks fine")
+    with store.engine.begin() as conn:
+        conn.execute(text("UPDATE actors SET role = 'engineer' WHERE name = 'erin'"))
+    with pytest.raises(AuditVerificationError, match="mapping.approve by 'erin', whose role at that point was "
+                                                      "engineer"):
+        store.verify_audit()
+
+
+def test_an_actor_the_log_never_added_is_named(store: Store) -> None:
+    forge_event(store, "mallory", "concept.add", "concept:x", {"name": "x"})
+    with pytest.raises(AuditVerificationError, match="by 'mallory', whom no earlier actor.add"):
+        store.verify_audit()
+
+
+def test_a_log_stripped_of_its_key_registrations_fails_against_the_trust_store(store: Store, keys,
+                                                                               tmp_path: Path) -> None:
+    register_all(store, keys, ("alice", "erin"))
+    out = tmp_path / "log.jsonl"
+    store.export_audit(out)
+    lines = out.read_text().splitlines()
+    header, events = json.loads(lines[0]), [json.loads(x) for x in lines[1:]]
+    kept, prev = [], audit.GENESIS_HASH  # the attacker drops the key events and re-chains the rest, unsigned
+    for e in events:
+        if e["action"] == "key.register":
+            continue
+        seq = len(kept) + 1
+        h = audit.event_hash(seq, prev, e["created_at"], e["actor"], e["action"], e["subject"], e["payload"])
+        kept.append({**e, "seq": seq, "prev_hash": prev, "hash": h, "signer_key": None, "signature": None})
+        prev = h
+    header.update(size=len(kept), head_hash=prev)
+    stripped = tmp_path / "stripped.jsonl"
+    stripped.write_text("\n".join(json.dumps(x) for x in [header, *kept]) + "\n")
+    assert audit.verify_exported(stripped).size == len(kept)  # without anchors, a bare chain verifies
+    trusted = frozenset(signatures.public_hex(keys[n]) for n in ("alice", "erin"))
+    with pytest.raises(AuditVerificationError, match="is registered nowhere in this log"):
+        audit.verify_exported(stripped, anchors=trusted)
+    assert audit.verify_exported(out, anchors=trusted).signed > 0
+
+
+def test_verify_since_refuses_state_edited_before_the_checkpoint(store: Store, keys, tmp_path: Path) -> None:
+    """An insider edits a key registration before a signed checkpoint (erin's key made rob's):
+    `--since` does not re-hash those rows, but their state must be the one the checkpoint signed."""
+    from sqlalchemy import text
+
+    from tests.helpers.registry import drop_audit_triggers
+
+    team = register_all(store, keys, ("alice", "erin", "rob"))
+    cp = store.audit_checkpoint()
+    assert cp.state_sha256 is not None
+    team.add_concept("late", "colour", "erin")
+    assert store.verify_audit_since(cp).size == cp.size + 1
+    drop_audit_triggers(store.engine)
+    erin = signatures.public_hex(keys["erin"])
+    with store.engine.begin() as conn:
+        conn.execute(text("UPDATE audit_events SET payload = replace(payload, '\"owner\":\"erin\"', '\"owner\":\"rob\"') "
+                          "WHERE action = 'key.register' AND subject = :s"), {"s": f"key:{erin}"})
+    with pytest.raises(AuditVerificationError, match="no longer give the keys, roles and approvals"):
+        store.verify_audit_since(cp)
+    with pytest.raises(AuditVerificationError, match="hash mismatch"):
+        store.verify_audit()
+    old = cp.model_copy(update={"state_sha256": None})
+    with pytest.raises(AuditVerificationError, match="records no state digest"):
+        store.verify_audit_since(old)
+
+
+@pytest.mark.parametrize("payload", ["[]", "not json", '{"name": "x"}', '{"mapping_id": "abc"}', "[" * 5000])
+def test_unreadable_payloads_of_tracked_events_are_one_line_refusals(store: Store, payload: str) -> None:
+    from sqlalchemy.orm import Session
+
+    action = "mapping.create" if "name" in payload else "mapping.propose"
+    with Session(store.engine) as s, s.begin():  # a well-chained event whose payload text is not ours
+        head = audit.lock_head(s)
+        seq = head.seq + 1
+        created = "2026-01-01T00:00:00.000000Z"
+        h = audit.event_hash(seq, head.hash, created, "erin", action, "mapping:1", payload)
+        s.add(audit.AuditEvent(seq=seq, created_at=created, actor="erin", action=action, subject="mapping:1",
+                               payload=payload, prev_hash=head.hash, hash=h))
+        head.seq, head.hash = seq, h
+    with pytest.raises(AuditVerificationError, match=f"audit event {seq}: the payload of this {action} cannot be read"):
+        store.verify_audit()

@@ -100,6 +100,43 @@ def test_auxk_trains_only_dead_latents() -> None:
     assert float(auxk0) == 0.0
 
 
+@pytest.mark.parametrize("dead_count", [0, 7])
+def test_sparse_training_step_has_the_dense_definitions_gradients(dead_count: int) -> None:
+    """The CSR forward/backward of sae_losses equals autograd through the dense Batch-TopK
+    definition: same losses and the same gradient for every parameter."""
+    from governance.formats.sae_config import SaeConfig
+    from governance.sae.model import batch_topk
+
+    torch.manual_seed(1)
+    sae = TopKSAE(SaeConfig(d_in=12, expansion_factor=4, k=3))
+    with torch.no_grad():
+        sae.encoder.bias.normal_(0, 0.1)
+        sae.b_dec.normal_(0, 0.1)
+    x = torch.randn(40, 12)
+    dead = torch.zeros(48, dtype=torch.bool)
+    dead[torch.randperm(48)[:dead_count]] = True
+    fvu, auxk, active, x_hat = sae_losses(sae, x, dead, k_aux=4)
+    (fvu + auxk / 32).backward()
+    sparse_grads = [p.grad.clone() for p in sae.parameters()]
+    sae.zero_grad()
+    pre = sae.pre_acts(x)
+    z = batch_topk(pre, 3)
+    ref_hat = sae.decode(z)
+    total_var = (x - x.mean(0)).pow(2).sum()
+    ref_fvu = (ref_hat - x).pow(2).sum() / total_var
+    ref_aux = torch.zeros(())
+    if dead_count:
+        dvals, didx = torch.where(dead[None], pre, float("-inf")).topk(4, dim=-1)
+        e_hat = torch.einsum("nk,nkd->nd", dvals.clamp_min(0), sae.W_dec[didx])
+        ref_aux = min(dead_count / 4, 1.0) * (e_hat - (x - ref_hat).detach()).pow(2).sum() / total_var
+    (ref_fvu + ref_aux / 32).backward()
+    assert torch.allclose(x_hat, ref_hat, atol=1e-5) and torch.allclose(fvu, ref_fvu, atol=1e-6)
+    assert torch.allclose(auxk, ref_aux, atol=1e-6) and (float(auxk.detach()) > 0) == bool(dead_count)
+    assert sorted(active.tolist()) == sorted(z.nonzero()[:, 1].tolist())
+    for (name, _), got, p in zip(sae.named_parameters(), sparse_grads, sae.parameters()):
+        assert torch.allclose(got, p.grad, atol=1e-5), name
+
+
 def test_training_reaches_quality_and_follows_schedule(toy_ds: Path) -> None:
     ds = open_dataset(toy_ds)
     cfg = TrainConfig(expansion_factor=4, k=6, epochs=8, batch_tokens=256, seed=0)
