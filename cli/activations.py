@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from cli.common import GUIDANCE, SEED, STEPS, default_device, print_json, subgroup
+from cli.common import GUIDANCE, SEED, STEPS, check_device, default_device, print_json, subgroup
 from governance.common.errors import UsageError
 
 
@@ -32,7 +32,7 @@ def register(group: click.Group) -> None:
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--height", type=int, default=None, help="Pixels (default: the model's native size).")
 @click.option("--width", type=int, default=None)
-@click.option("--device", default=None, help="cpu / cuda (default: cuda if available).")
+@click.option("--device", default=None, callback=check_device, help="cpu / cuda (default: cuda if available).")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest summary as JSON.")
 def collect_cmd(model: str | None, hook_point: str, prompts_file: Path, steps: int, guidance: float, seed: int,

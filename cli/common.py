@@ -158,6 +158,26 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def check_device(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A `--device` callback: the device must exist here (refused before any work starts)."""
+    if value is None:
+        return None
+    import torch
+
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError):
+        raise click.BadParameter(f"unknown device {value!r} (cpu, cuda, cuda:N)", param=param) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise click.BadParameter(f"{value}: no CUDA device here (torch {torch.__version__})", param=param)
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise click.BadParameter(f"{value}: only {torch.cuda.device_count()} CUDA device(s)", param=param)
+    elif device.type != "cpu":
+        raise click.BadParameter(f"unsupported device {value!r} (cpu, cuda, cuda:N)", param=param)
+    return value
+
+
 def open_store(check: bool = True) -> Any:
     """The store for SAEGOV_DATABASE_URL / SAEGOV_HOME; refuses a stale schema."""
     from registry.store import Store

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from cli.common import SEED, actor_option, json_option, one_line_errors, print_json, subgroup
+from cli.common import SEED, actor_option, check_device, json_option, one_line_errors, print_json, subgroup
 from governance.common.errors import UsageError
 
 
@@ -25,7 +25,7 @@ from governance.common.errors import UsageError
 @click.option("--dead-tokens", type=int, default=None,
               help="A latent silent this long is dead (AuxK); default min(10M, run tokens / 20).")
 @click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("--device", default=None, help="cpu / cuda (default: cuda if available).")
+@click.option("--device", default=None, callback=check_device, help="cpu / cuda (default: cuda if available).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="SAE folder to write (default: $SAEGOV_HOME/saes/NAME-TIMESTAMP).")
 @click.option("--name", default=None, help="Registry name (default: sae-HOOKPOINT).")

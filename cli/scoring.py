@@ -6,7 +6,7 @@ from typing import Any, TypeVar
 
 import click
 
-from cli.common import GUIDANCE, SEED, STEPS, actor_option, default_device, json_option, number_list, open_store, print_json, subgroup
+from cli.common import GUIDANCE, SEED, STEPS, actor_option, check_device, default_device, json_option, number_list, open_store, print_json, subgroup
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -26,7 +26,7 @@ def statistics_options(batch_size: int) -> Callable[[F], F]:
                      help="Statistics: prompt j of every concept uses seed + j."),
         click.option("--model", default=None, help="Base pipeline (default: the SAE's base model, else the toy world)."),
         click.option("--batch-size", type=int, default=batch_size, show_default=True),
-        click.option("--device", default=None, help="cpu / cuda (default: cuda if available)."),
+        click.option("--device", default=None, callback=check_device, help="cpu / cuda (default: cuda if available)."),
         click.option("--no-mlflow", is_flag=True, help="Do not record an MLflow run."),
     ]
 

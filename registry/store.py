@@ -24,13 +24,13 @@ from sqlalchemy import text as sa_text
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from governance.common.errors import first_line
+from governance.common.errors import FormatError, first_line
 from governance.common.hashing import sha256_text
 from governance.common.jsonio import canonical_json
 from governance.common.timeutil import utcnow
 from governance.formats.checkpoint import Checkpoint
 from governance.formats.mapping import FeatureEntry, MappingSpec
-from governance.formats.validation import read_json_model
+from governance.formats.validation import MAX_DESCRIPTION, check_name, read_json_model
 from registry import audit, signatures, workflow
 from registry.artifacts import inspect_sae_folder
 from registry.policy import ApprovalPolicy, evidence_shortfalls, sanity_shortfalls
@@ -125,6 +125,13 @@ class NewGeneration:
     prompt_sha256: str
     seed: int
     trace: dict[str, Any]
+
+
+def _valid_name(name: str, what: str) -> str:
+    try:
+        return check_name(name, what)
+    except FormatError as exc:
+        raise ValidationFailed(str(exc)) from None
 
 
 def _row_id(value: Any, what: str) -> int:
@@ -439,8 +446,7 @@ class Store:
         version: int | None = None,
     ) -> SAERecord:
         weights_sha256 = _check_sha256(weights_sha256, "weights sha256")
-        if not name or "@" in name:
-            raise ValidationFailed(f"invalid SAE name {name!r} (non-empty, no '@')")
+        _valid_name(name, "SAE")
         if min(d_in, n_latents, k) <= 0 or k > n_latents:
             raise ValidationFailed("d_in, n_latents and k must be positive, k <= n_latents")
         if not hook_point:
@@ -574,9 +580,9 @@ class Store:
 
     def add_concept(self, name: str, kind: str, actor: str | None, description: str = "",
                     prompts: Sequence[str] = ()) -> ConceptRecord:
-        name = name.strip()
-        if not name:
-            raise ValidationFailed("concept name must not be empty")
+        name = _valid_name(name.strip(), "concept")
+        if len(description) > MAX_DESCRIPTION:
+            raise ValidationFailed(f"concept description is {len(description)} characters; at most {MAX_DESCRIPTION}")
         if kind not in CONCEPT_KINDS:
             raise ValidationFailed(f"unknown concept kind {kind!r}; one of {', '.join(CONCEPT_KINDS)}")
         prompts = [p for p in prompts]
@@ -824,9 +830,7 @@ class Store:
 
     def create_blocklist(self, name: str, mapping_ids: Sequence[int], actor: str | None) -> BlocklistRecord:
         """A new named blocklist whose draft holds `mapping_ids` (publish freezes versions)."""
-        name = name.strip()
-        if not name or "@" in name:
-            raise ValidationFailed(f"invalid blocklist name {name!r} (non-empty, no '@')")
+        name = _valid_name(name.strip(), "blocklist")
         with self._write(actor, "blocklist.create") as tx:
             s = tx.session
             if s.scalar(select(BlocklistRow).where(BlocklistRow.name == name)):

@@ -3,6 +3,7 @@ form of any pydantic ValidationError."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,7 +39,25 @@ def parse_json_model(model: type[M], raw: str | bytes, what: str) -> M:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise FormatError(f"{what}: malformed JSON ({exc})") from None
+    except RecursionError:
+        raise FormatError(f"{what}: JSON nested too deeply") from None
     return validate_model(model, data, what)
+
+
+# Names of registered things (concepts, SAEs, blocklists): they appear in MLflow model names,
+# folder names, subjects of audit events and terminal tables, so plain ASCII with no separators.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+MAX_DESCRIPTION = 4000
+
+
+def check_name(name: str, what: str) -> str:
+    """`name` if it is 1-128 ASCII letters, digits, '.', '_' or '-' (starting with a letter or
+    digit); else a one-line FormatError."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        shown = repr(name[:40] + ("..." if len(name) > 40 else "")) if isinstance(name, str) else repr(name)
+        raise FormatError(f"invalid {what} name {shown}: 1-128 ASCII letters, digits, '.', '_' or '-', starting "
+                          "with a letter or digit")
+    return name
 
 
 def read_json_model(model: type[M], path: Path, what: str | None = None) -> M:

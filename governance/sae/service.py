@@ -16,6 +16,7 @@ from governance.common.jsonio import pretty_json
 from governance.common.timeutil import stamp
 from governance.common.workspace import workspace_home
 from governance.formats.sae_config import CFG_NAME
+from governance.formats.validation import check_name
 from governance.sae.data import open_dataset
 from governance.sae.trainer import (
     TrainConfig, TrainRefused, TrainResult, dist_info, init_distributed_from_env, train_sae,
@@ -94,7 +95,7 @@ def _train_and_record(activations: str | Path, cfg: TrainConfig, out: str | Path
                       on_step: Callable[[int, int, dict[str, float]], None] | None) -> TrainOutcome:
     rank, _world = dist_info()
     ds = open_dataset(activations)  # every rank verifies what it is about to read
-    name = name or default_name(ds.hookpoint)
+    name = check_name(name or default_name(ds.hookpoint), "SAE")  # refused before training, not after
     lead = rank == 0
     out_path = Path(out) if out else default_out(name)
     if lead:

@@ -32,14 +32,21 @@ BAD_INPUTS: dict[str, list[tuple[list[str], int, dict[str, str]]]] = {
     "toyworld train": [(["--out", "{file}"], EXIT_USAGE, {})],
     "toyworld path": [(["extra"], EXIT_USAGE, {})],
     "toyworld eval": [(["--seeds", "a,b"], EXIT_USAGE, {})],
-    "activations collect": [(["--prompts", "{empty}", "--out", "{tmp}/acts"], EXIT_USAGE, {})],
+    "activations collect": [(["--prompts", "{empty}", "--out", "{tmp}/acts"], EXIT_USAGE, {}),
+                            (["--prompts", "{file}", "--out", "{tmp}/acts", "--device", "cuda:7"], EXIT_USAGE, {}),
+                            (["--prompts", "{file}", "--out", "{tmp}/acts", "--seed", str(2**64)], EXIT_USAGE, {}),
+                            (["--prompts", "{file}", "--out", "{tmp}/acts", "--steps", "0"], EXIT_USAGE, {})],
     "activations show": [(["{tmp}"], EXIT_USAGE, {})],
     "sae import": [(["{tmp}/missing", "--actor", "erin"], EXIT_REFUSED, {})],
     "sae list": [([], EXIT_UNREACHABLE, {"SAEGOV_DATABASE_URL": UNREACHABLE_DB})],
     "sae show": [(["nope@3"], EXIT_REFUSED, {}), (["1" + "0" * 30], EXIT_REFUSED, {})],
     "sae train": [(["--activations", "{tmp}/missing"], EXIT_USAGE, {}),
-                  (["--activations", "{tmp}", "--k", "0"], EXIT_USAGE, {})],
+                  (["--activations", "{tmp}", "--k", "0"], EXIT_USAGE, {}),
+                  (["--activations", "{tmp}", "--seed", "-1"], EXIT_USAGE, {})],
     "concept add": [(["x", "--kind", "weird", "--actor", "erin"], EXIT_REFUSED, {}),
+                    (["x" * 5000, "--kind", "colour", "--actor", "erin"], EXIT_REFUSED, {}),
+                    (["red\x1b[2J", "--kind", "colour", "--actor", "erin"], EXIT_REFUSED, {}),
+                    (["y", "--kind", "colour", "--description", "d" * 5000, "--actor", "erin"], EXIT_REFUSED, {}),
                     (["x", "--kind", "colour", "--prompts", "{empty}", "--actor", "erin"], EXIT_USAGE, {})],
     "concept list": [([], EXIT_USAGE, {"SAEGOV_DATABASE_URL": BAD_URL}), (["--kind", "bogus"], EXIT_REFUSED, {})],
     "concept score": [(["red", "--sae", "1", "--tau", "5", "--top-n", "3", "--actor", "erin"], EXIT_USAGE, {}),
@@ -48,6 +55,7 @@ BAD_INPUTS: dict[str, list[tuple[list[str], int, dict[str, str]]]] = {
                        EXIT_USAGE, {}),
                       (["purple", "--sae", "1", "--top-ns", "1", "--actor", "erin"], EXIT_REFUSED, {})],
     "mapping import": [(["{tmp}/missing.json", "--sae", "1", "--actor", "erin"], EXIT_USAGE, {}),
+                       (["{deep}", "--sae", "1", "--actor", "erin"], EXIT_USAGE, {}),
                        (["{mapping}", "--sae", "9", "--actor", "erin"], EXIT_REFUSED, {})],
     "mapping list": [([], EXIT_UNREACHABLE, {"SAEGOV_DATABASE_URL": UNREACHABLE_DB}),
                      (["--state", "bogus"], EXIT_REFUSED, {})],
@@ -62,6 +70,7 @@ BAD_INPUTS: dict[str, list[tuple[list[str], int, dict[str, str]]]] = {
     "review reject": [(["99", "-j", "x", "--actor", "rob"], EXIT_REFUSED, {})],
     "review revoke": [(["1", "-j", "x", "--actor", "rob"], EXIT_REFUSED, {})],
     "blocklist create": [(["b", "--mapping", "99", "--actor", "erin"], EXIT_REFUSED, {}),
+                         (["../b", "--mapping", "1", "--actor", "erin"], EXIT_REFUSED, {}),
                          (["b", "--mapping", "9" * 25, "--actor", "erin"], EXIT_REFUSED, {})],
     "blocklist add": [(["nope", "--mapping", "1", "--actor", "erin"], EXIT_REFUSED, {})],
     "blocklist remove": [(["nope", "--mapping", "1", "--actor", "erin"], EXIT_REFUSED, {})],
@@ -80,7 +89,10 @@ BAD_INPUTS: dict[str, list[tuple[list[str], int, dict[str, str]]]] = {
     "key revoke": [(["ab" * 32, "--actor", "alice"], EXIT_REFUSED, {})],
     "key list": [([], EXIT_UNREACHABLE, {"SAEGOV_DATABASE_URL": UNREACHABLE_DB})],
     "key export": [(["--out", "{tmp}/no/such/dir/t.json"], EXIT_REFUSED, {})],
-    "generate": [(["--deployment", "{tmp}/nodep", "a red circle", "--out", "{tmp}/x.png"], EXIT_REFUSED, {})],
+    "generate": [(["--deployment", "{tmp}/nodep", "a red circle", "--out", "{tmp}/x.png"], EXIT_REFUSED, {}),
+                 (["--deployment", "{tmp}", "a red circle", "--out", "{tmp}/x.png", "--seed", str(2**64)], EXIT_USAGE, {}),
+                 (["--deployment", "{tmp}", "a red circle", "--out", "{tmp}/x.png", "--steps", "0"], EXIT_USAGE, {}),
+                 (["--deployment", "{tmp}", "a red circle", "--out", "/proc/no/x.png"], EXIT_USAGE, {})],
     "audit verify": [(["--checkpoint", "{tmp}/missing.json"], EXIT_USAGE, {}),
                      (["--log", "{empty}"], EXIT_USAGE, {}), (["--log", "{badpng}"], EXIT_USAGE, {})],
     "audit export": [(["--out", "{tmp}/no/such/dir/log.jsonl"], EXIT_USAGE, {})],
@@ -128,6 +140,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         assert res.exit_code == 0, (argv, res.output)
     (tmp / "empty.txt").write_text("\n# nothing\n")
     (tmp / "afile").write_text("x")
+    (tmp / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
     (tmp / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
     return {"tmp": tmp, "home": home, "env": env}  # type: ignore[dict-item]
 
@@ -145,7 +158,7 @@ def test_bad_input_is_one_line_with_its_exit_code(workspace: dict, path: str, ca
     argv, code, extra_env = BAD_INPUTS[path][case]
     tmp = workspace["tmp"]
     subst = {"{tmp}": str(tmp), "{file}": str(tmp / "afile"), "{empty}": str(tmp / "empty.txt"),
-             "{mapping}": str(tmp / "m.json"), "{badpng}": str(tmp / "bad.png")}
+             "{mapping}": str(tmp / "m.json"), "{deep}": str(tmp / "deep.json"), "{badpng}": str(tmp / "bad.png")}
     args = path.split() + [next((v + a[len(k):] for k, v in subst.items() if a.startswith(k)), a) for a in argv]
     db = workspace["home"] / "registry.db"
     before = _dump(db)
