@@ -250,10 +250,16 @@ class Store:
                                    "(KEY is what `saegov key show` prints for them)")
         return None
 
-    def check_actor(self, name: str | None) -> ActorRecord:
-        """Resolve an identity (raises `PermissionDenied` for a missing or unknown one)."""
+    def check_actor(self, name: str | None, action: str | None = None) -> ActorRecord:
+        """Resolve an identity (raises `PermissionDenied` for a missing or unknown one). With
+        `action`, also everything `_write` would refuse before it: the role, and the key this
+        process must hold to act as them (so long work is refused before it starts)."""
         with self._read() as s:
-            return _actor(self._actor_row(s, name))
+            row = self._actor_row(s, name)
+            if action is not None:
+                workflow.require_role(row.name, row.role, action)
+                self._signer(s, row, action)
+            return _actor(row)
 
     # --- actors ------------------------------------------------------------------------------
 

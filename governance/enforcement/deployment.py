@@ -92,8 +92,8 @@ def build_deployment(store: Any, blocklist: str, version: int | None, model: str
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise DeploymentError(f"output folder {out} exists and is not empty")
-    store.check_actor(actor)
-    key = signing.registered_own_key(store, owner=actor)  # refused before minutes of work, not after
+    store.check_actor(actor, "deployment.record")  # role and key: refused before minutes of work, not after
+    key = signing.registered_own_key(store, owner=actor)
     bl = store.get_blocklist(blocklist, version)
     if bl.state != "published":
         raise DeploymentError(f"blocklist {bl.ref} is {bl.state}; only published versions can be deployed")

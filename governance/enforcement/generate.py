@@ -43,7 +43,7 @@ def generate_image(deployment: Path, prompt: str, *, seed: int, out: Path, trace
         from registry.store import Store
 
         store = Store.open()
-        store.check_actor(actor)  # refuse before the model loads, not after
+        store.check_actor(actor, "generation.record")  # refuse before the model loads, not after
     pipe = EnforcedStableDiffusionPipeline.from_pretrained(deployment, store=store)
     result = pipe(prompt, num_inference_steps=steps, guidance_scale=guidance,
                   generator=torch.Generator().manual_seed(seed), seeds=[seed])

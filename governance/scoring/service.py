@@ -128,7 +128,7 @@ def score_concept(store: Any, req: ScoreRequest, actor: str | None,
     from governance.basemodel.loading import load_pipeline, model_folder_hash
     from governance.sae.model import TopKSAE
 
-    store.check_actor(actor)  # refuse before minutes of sampling, not after
+    store.check_actor(actor, "mapping.create")  # role and key: refused before minutes of sampling, not after
     target, concepts, skipped = plan(store, req)
     sae_rec = store.get_sae(req.sae)
     sae = TopKSAE.load(uri_to_path(sae_rec.weights_uri), expected_sha256=sae_rec.weights_sha256,
