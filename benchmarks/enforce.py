@@ -1,37 +1,99 @@
-"""Enforced / plain pipeline latency on the toy world, and the hook's time against the dense
-encoder matmul alone (its lower bound). Run `make demo` first (it builds the deployment).
+"""Enforced / plain pipeline latency, and the enforcement hook's time against the dense encoder
+matmul alone (its lower bound), side by side, repeated, median and spread.
 
-    .venv/bin/python benchmarks/enforce.py [--deployment .saegov/demo/deployments/demo]
+    .venv/bin/python benchmarks/enforce.py [--deployment .saegov/demo/deployments/demo]   # toy world
+    .venv/bin/python benchmarks/enforce.py --sd15 [--steps 2 --repeats 3]                  # SD 1.5 shape
+
+Toy world: the demo's deployment (run `make demo` first), plain = the same weights without hooks.
+`--sd15`: the SD 1.5 UNet architecture with random weights at 512 px, batch 2 with CFG (4 UNet
+rows), a reference-size SAE (1280 x 20,480, k 32) at `up_blocks.1.attentions.1` whose blocklist
+selects 8 features per timestep (gates 0: they fire wherever they are in the TopK). Runs alternate
+plain / enforced so that load changes hit both alike.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
+import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-def best_of(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+SD15_HOOK = "up_blocks.1.attentions.1"
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def side_by_side(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
+    """Each function once as a warm-up, then `repeats` interleaved rounds."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    out: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            out[name].append(timed(fn))
+    return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--deployment", default=".saegov/demo/deployments/demo")
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+def spread(xs: list[float], unit: float = 1.0, fmt: str = ".3f") -> str:
+    return (f"median {statistics.median(xs) * unit:{fmt}} (min {min(xs) * unit:{fmt}}, "
+            f"max {max(xs) * unit:{fmt}}, n={len(xs)})")
 
+
+def ratios(a: list[float], b: list[float]) -> list[float]:
+    """Per-round ratios a/b (rounds are interleaved, so each ratio compares like with like)."""
+    return [x / y for x, y in zip(a, b)]
+
+
+def hook_vs_matmul(enf: Any, site: Any, x: torch.Tensor, t: int, repeats: int, inner: int) -> dict[str, Any]:
+    """The hook on one UNet call's block output against the dense encoder product of the same
+    tokens (the part of the hook no implementation can skip)."""
+    enf.reader.current = torch.full((x.shape[0],), t)
+    w = site.sae.encoder.weight.detach()
+    tokens = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]).to(w.dtype).contiguous()
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    times = side_by_side({
+        "hook": lambda: ([enf._hook(None, (), (x,), site=site) for _ in range(inner)], sync()),  # noqa: SLF001
+        "matmul": lambda: ([tokens @ w.T for _ in range(inner)], sync()),
+    }, repeats)
+    r = ratios(times["hook"], times["matmul"])
+    print(f"hook at {site.hook_point} on {tokens.shape[0]} tokens x {w.shape[1]} -> {w.shape[0]} latents "
+          f"(k {site.sae.k}): hook ms {spread([v / inner for v in times['hook']], 1e3, '.2f')}, "
+          f"dense encoder matmul ms {spread([v / inner for v in times['matmul']], 1e3, '.2f')}; "
+          f"hook/matmul {spread(r, 1, '.2f')}")
+    return {"tokens": tokens.shape[0], "hook_seconds": [v / inner for v in times["hook"]],
+            "matmul_seconds": [v / inner for v in times["matmul"]], "hook_over_matmul": r}
+
+
+def capture_block_output(pipe: Any, block: torch.nn.Module, run: Callable[[], Any]) -> torch.Tensor:
+    from governance.basemodel.hooks import block_output_map
+
+    captured: dict[str, torch.Tensor] = {}
+
+    def grab(module: Any, inputs: Any, output: Any) -> None:
+        captured.setdefault("x", block_output_map(output).detach().clone())
+
+    h = block.register_forward_hook(grab)
+    try:
+        run()
+    finally:
+        h.remove()
+    return captured["x"]
+
+
+def toy(args: argparse.Namespace) -> None:
     from governance.enforcement import EnforcedStableDiffusionPipeline
     from governance.enforcement.intervention import enforcer_of
-    from governance.basemodel.hooks import block_output_map
     from governance.toyworld.loading import load_pipeline
 
     enforced = EnforcedStableDiffusionPipeline.from_pretrained(args.deployment, check_registry=False)
@@ -39,40 +101,86 @@ def main() -> None:
     d = enforced.saegov.manifest.payload.defaults
     prompts = ["a red circle in dotted style", "a blue square in plain style"] * (args.batch // 2)
 
-    def run(pipe):
-        def go():
+    def run(pipe: Any) -> Callable[[], Any]:
+        def go() -> None:
             gens = [torch.Generator().manual_seed(i) for i in range(len(prompts))]
             pipe(prompts, num_inference_steps=d.num_inference_steps, guidance_scale=d.guidance_scale,
                  generator=gens, output_type="np")
         return go
 
-    run(plain)()  # warm-up
-    t_plain = best_of(run(plain), args.repeats)
-    t_enf = best_of(run(enforced), args.repeats)
-    print(f"pipeline ({len(prompts)} images, {d.num_inference_steps} steps): plain {t_plain:.3f} s, "
-          f"enforced {t_enf:.3f} s, ratio enforced/plain = {t_enf / t_plain:.3f}")
-
+    times = side_by_side({"plain": run(plain), "enforced": run(enforced)}, args.repeats)
+    print(f"toy world, {len(prompts)} images x {d.num_inference_steps} steps: plain s {spread(times['plain'])}, "
+          f"enforced s {spread(times['enforced'])}; enforced/plain {spread(ratios(times['enforced'], times['plain']))}")
     enf = enforcer_of(enforced)
-    site = next(iter(enf.sites.values()))  # the hook's cost is per site: time the first hook point's
-    captured = {}
-    def grab(module, inputs, output) -> None:
-        captured.setdefault("x", block_output_map(output).clone())
-
-    h = site.block.register_forward_hook(grab)
-    try:
-        enforced(prompts, num_inference_steps=2, guidance_scale=d.guidance_scale)
-    finally:
-        h.remove()
-    x = captured["x"]
+    site = next(iter(enf.sites.values()))
+    x = capture_block_output(enforced, site.block,
+                             lambda: enforced(prompts, num_inference_steps=2, guidance_scale=d.guidance_scale))
     t = int(next(iter(site.tables))) if site.tables else 981
-    enf.reader.current = torch.full((x.shape[0],), t)
-    tokens = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
-    w = site.sae.encoder.weight
-    n = 200
-    t_hook = best_of(lambda: [enf._hook(None, (), (x,), site=site) for _ in range(n)], args.repeats) / n
-    t_mm = best_of(lambda: [tokens @ w.T for _ in range(n)], args.repeats) / n
-    print(f"hook at {site.hook_point} on {tokens.shape[0]} tokens x {w.shape[1]} -> {w.shape[0]} latents: {t_hook * 1e6:.1f} us, "
-          f"dense encoder matmul {t_mm * 1e6:.1f} us, ratio hook/matmul = {t_hook / t_mm:.2f}")
+    hook_vs_matmul(enf, site, x, t, args.repeats, inner=50)
+
+
+def sd15(args: argparse.Namespace) -> dict[str, Any]:
+    from governance.basemodel.sd15 import build_sd15_shaped_pipeline
+    from governance.enforcement.intervention import EnforcedBlocklist, apply_blocklist, enforcer_of, remove_blocklist
+    from governance.formats.blocklist import Approval, BlockedConcept, BlocklistSpec, SaeRef
+    from governance.formats.mapping import FeatureEntry
+    from governance.formats.sae_config import SaeConfig
+    from governance.sae.model import TopKSAE
+
+    device, dtype = getattr(args, "device", "cpu"), getattr(args, "dtype", torch.float32)
+    pipe = build_sd15_shaped_pipeline().to(device, dtype)
+    pipe.set_progress_bar_config(disable=True)
+    torch.manual_seed(0)
+    sae = TopKSAE(SaeConfig(d_in=1280, expansion_factor=16, k=32), device=device)
+    pipe.scheduler.set_timesteps(args.steps)
+    timesteps = [int(t) for t in pipe.scheduler.timesteps]
+    features = list(range(0, 20480, 2560))  # 8 features per timestep
+    spec = BlocklistSpec(name="bench", version=1, saes=[SaeRef(hook_point=SD15_HOOK)], entries=[BlockedConcept(
+        concept="bench", kind="colour", mapping_id=1, gamma=-1.0, hook_point=SD15_HOOK, scheduler="DDIMScheduler",
+        num_steps=args.steps, approval=Approval(review_id=1, by="bench", justification="benchmark"),
+        timesteps={t: [FeatureEntry(feature=f, score=0.1, scale=-0.5, gate=0.0) for f in features]
+                   for t in timesteps})])
+    blocklist = EnforcedBlocklist(spec=spec, saes=sae)
+    prompts = ["a red circle", "a blue square"]
+
+    def run(enforce: bool) -> Callable[[], Any]:
+        def go() -> None:
+            if enforce:
+                apply_blocklist(pipe, blocklist)
+            else:
+                remove_blocklist(pipe)
+            pipe(prompts, height=512, width=512, num_inference_steps=args.steps, guidance_scale=7.5,
+                 generator=[torch.Generator(device).manual_seed(i) for i in range(len(prompts))], output_type="latent")
+            if device != "cpu":
+                torch.cuda.synchronize()
+        return go
+
+    times = side_by_side({"plain": run(False), "enforced": run(True)}, args.repeats)
+    print(f"SD 1.5 shape (random weights), 512 px, batch 2 + CFG, {args.steps} steps, one hooked block: "
+          f"plain s {spread(times['plain'])}, enforced s {spread(times['enforced'])}; "
+          f"enforced/plain {spread(ratios(times['enforced'], times['plain']))}")
+    remove_blocklist(pipe)
+    x = capture_block_output(pipe, pipe.unet.get_submodule(SD15_HOOK), lambda: pipe(
+        prompts, height=512, width=512, num_inference_steps=1, guidance_scale=7.5, output_type="latent"))
+    enf = apply_blocklist(pipe, blocklist)
+    assert enforcer_of(pipe) is enf
+    hook = hook_vs_matmul(enf, next(iter(enf.sites.values())), x, timesteps[0], args.repeats, inner=3)
+    return {"device": str(device), "dtype": str(dtype), "steps": args.steps, "seconds": times,
+            "enforced_over_plain": ratios(times["enforced"], times["plain"]), **hook}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--deployment", default=".saegov/demo/deployments/demo")
+    ap.add_argument("--sd15", action="store_true", help="the SD 1.5 architecture at 512 px instead of the toy world")
+    ap.add_argument("--batch", type=int, default=8, help="toy world: images per call")
+    ap.add_argument("--steps", type=int, default=2, help="--sd15: denoising steps per run")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"threads={args.threads} loadavg={os.getloadavg()[0]:.2f}")
+    sd15(args) if args.sd15 else toy(args)
 
 
 if __name__ == "__main__":

@@ -119,7 +119,8 @@ def toy_width(args: argparse.Namespace) -> dict[str, Any]:
             "ratio_fvu": ours.final["fvu"] / max(sp_eval["fvu"], 1e-12)}
 
 
-def step_times(d_in: int, expansion: int, k: int, batch: int, steps: int, seed: int = 0) -> dict[str, Any]:
+def step_times(d_in: int, expansion: int, k: int, batch: int, steps: int, seed: int = 0,
+               device: str = "cpu") -> dict[str, Any]:
     """Seconds per optimisation step on synthetic activations (the same batches for all three):
     our step (sae_losses, backward, decoder-gradient surgery, clip, Adam, renorm), sparsify's
     (SparseCoder forward, backward, Adam), and the dense encoder's forward + backward matmuls
@@ -129,13 +130,14 @@ def step_times(d_in: int, expansion: int, k: int, batch: int, steps: int, seed: 
 
     SparseCoder, SparseCoderConfig = import_sparse_coder()
     torch.manual_seed(seed)
-    xs = [torch.randn(batch, d_in) for _ in range(2)]
-    ours = TopKSAE(SaeConfig(d_in=d_in, expansion_factor=expansion, k=k))
+    xs = [torch.randn(batch, d_in, device=device) for _ in range(2)]
+    ours = TopKSAE(SaeConfig(d_in=d_in, expansion_factor=expansion, k=k), device=device)
     opt = torch.optim.Adam(ours.parameters(), lr=1e-4)
     params = list(ours.parameters())
-    sc = SparseCoder(d_in, SparseCoderConfig(expansion_factor=expansion, k=k), device="cpu", dtype=torch.float32)
+    sc = SparseCoder(d_in, SparseCoderConfig(expansion_factor=expansion, k=k), device=device, dtype=torch.float32)
     sp_opt = torch.optim.Adam(sc.parameters(), lr=1e-4)
-    w = torch.randn(d_in * expansion, d_in, requires_grad=True)
+    w = torch.randn(d_in * expansion, d_in, device=device, requires_grad=True)
+    sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
 
     def ours_step(x: torch.Tensor) -> None:
         fvu, auxk, _, _ = sae_losses(ours, x, None, d_in // 2)
@@ -154,7 +156,7 @@ def step_times(d_in: int, expansion: int, k: int, batch: int, steps: int, seed: 
         sp_opt.zero_grad()
 
     def dense_bound(x: torch.Tensor) -> None:
-        (x @ w.t()).backward(torch.ones(x.shape[0], w.shape[0]))
+        (x @ w.t()).backward(torch.ones(x.shape[0], w.shape[0], device=x.device))
         w.grad = None
 
     out: dict[str, list[float]] = {"saegov": [], "sparsify": [], "dense_encoder_matmuls": []}
@@ -162,11 +164,14 @@ def step_times(d_in: int, expansion: int, k: int, batch: int, steps: int, seed: 
         fn(xs[0])  # warm-up
     for i in range(steps):  # interleaved, so that load changes hit all three alike
         for name, fn in (("saegov", ours_step), ("sparsify", sparsify_step), ("dense_encoder_matmuls", dense_bound)):
+            sync()
             t0 = time.perf_counter()
             fn(xs[i % 2])
+            sync()
             out[name].append(time.perf_counter() - t0)
     med = {name: statistics.median(v) for name, v in out.items()}
-    return {"d_in": d_in, "n_latents": d_in * expansion, "k": k, "batch": batch, "seconds_per_step": out,
+    return {"device": device, "d_in": d_in, "n_latents": d_in * expansion, "k": k, "batch": batch,
+            "seconds_per_step": out,
             "tokens_per_s": {name: batch / v for name, v in med.items()},
             "ratio_vs_sparsify": med["sparsify"] / med["saegov"],
             "step_over_dense_bound": med["saegov"] / med["dense_encoder_matmuls"]}

@@ -181,21 +181,24 @@ def append_events(session: Session, head: AuditHead, actor: str, events: Sequenc
 _COLUMNS = "seq, created_at, actor, action, subject, payload, prev_hash, hash, signer_key, signature"
 
 
-def iter_event_rows(conn: Connection, batch: int = 20000, after: int = 0) -> Iterator[tuple]:
+def iter_event_rows(conn: Connection, batch: int = 20000, after: int = 0,
+                    until: int | None = None) -> Iterator[tuple]:
     """Stream (seq, created_at, actor, action, subject, payload, prev_hash, hash, signer_key,
-    signature) by seq, from the event after `after`."""
+    signature) by seq, from the event after `after` (up to `until` when given)."""
     after = int(after)
+    upper = 2**63 - 1 if until is None else int(until)
     if conn.dialect.name == "sqlite":
         cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
-            cur.execute(f"SELECT {_COLUMNS} FROM audit_events WHERE seq > ? ORDER BY seq", (after,))
+            cur.execute(f"SELECT {_COLUMNS} FROM audit_events WHERE seq > ? AND seq <= ? ORDER BY seq", (after, upper))
             while rows := cur.fetchmany(batch):
                 yield from rows
         finally:
             cur.close()
         return
     result = conn.execution_options(stream_results=True, yield_per=batch).execute(
-        text(f"SELECT {_COLUMNS} FROM audit_events WHERE seq > :after ORDER BY seq"), {"after": after})
+        text(f"SELECT {_COLUMNS} FROM audit_events WHERE seq > :after AND seq <= :upper ORDER BY seq"),
+        {"after": after, "upper": upper})
     for part in result.partitions():
         yield from part
 
@@ -260,8 +263,16 @@ def verify_rows(rows: Iterable[tuple], head: tuple[int, str] | None = None,
         if head_seq < size or head_hash != prev:
             raise AuditVerificationError(
                 f"audit head ({head_seq}) does not match the chain's last event ({size})", size)
+    root = check_checkpoints(size, leaves, cps)
+    return VerifyReport(size=size, head_hash=prev, merkle_root=root,
+                        signed=signatures.signed if signatures is not None else 0)
+
+
+def check_checkpoints(size: int, leaves: list[bytes], cps: Sequence[Checkpoint]) -> str | None:
+    """Each checkpoint's first `size` events (their hashes: `leaves`, from event 1) must give its
+    head hash and Merkle root; returns the last root computed."""
     root = None
-    for cp in cps:
+    for cp in sorted(cps, key=lambda c: c.size):
         if size < cp.size:
             raise AuditVerificationError(
                 f"audit event {size + 1} is missing: chain has {size} events, checkpoint of "
@@ -272,8 +283,7 @@ def verify_rows(rows: Iterable[tuple], head: tuple[int, str] | None = None,
             raise AuditVerificationError(
                 f"audit events 1..{cp.size} differ from the checkpoint of "
                 f"{cp.time} (history rewritten)", None)
-    return VerifyReport(size=size, head_hash=prev, merkle_root=root,
-                        signed=signatures.signed if signatures is not None else 0)
+    return root
 
 
 def read_head(conn: Connection) -> tuple[int, str]:

@@ -1,8 +1,13 @@
-"""GPU check: SD 1.5 shapes on CUDA in fp16 (random weights, no download).
+"""GPU check: SD 1.5 shapes on CUDA in fp16 (random weights, no download), one JSON report.
 
-Builds the SD 1.5 UNet architecture, runs activation collection at 512 px for both SAeUron hook
-points with CFG, and encodes the collected tokens with a reference-size SAE (d_in 1280, x16,
-k 32) on the GPU. Prints shapes, timings and peak memory; exits non-zero on any mismatch.
+1. Activation collection at 512 px for both SAeUron hook points with CFG (shapes, seconds, peak
+   memory), and the collected tokens encoded by a reference-size SAE (d_in 1280, x16, k 32).
+2. Enforced / plain generation at the SD 1.5 shape in fp16 (benchmarks/enforce.py --sd15 on
+   CUDA), side by side, and the hook against the dense encoder matmul.
+3. SAE training step at SD width (1280 -> 20,480, k 32, batch 4096) against eai-sparsify on the
+   same GPU and the dense encoder matmuls (benchmarks/sae_train.py), when sparsify is installed.
+
+Sized to finish in well under 8 minutes on one H100. Exits non-zero on any failed shape check.
 
     python scripts/gpu_check.py [--prompts 4] [--steps 10] [--out /tmp/gpu_check]
 """
@@ -31,6 +36,8 @@ def main() -> int:
     ap.add_argument("--prompts", type=int, default=4)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--repeats", type=int, default=5, help="enforced / plain rounds")
+    ap.add_argument("--train-steps", type=int, default=20, help="timed training steps per trainer")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("no CUDA device", file=sys.stderr)
@@ -74,9 +81,51 @@ def main() -> int:
         report[hook] = {"seconds": round(secs, 2), "rows": m.total_rows, "d_in": m.d_in,
                         "spatial": list(m.spatial_shape), "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
                         "checks": checks}
+    report["enforce_sd15_fp16"] = _enforce(args.repeats)
+    report["sae_training_sd_width"] = _training(args.train_steps)
     print(json.dumps(report, indent=2))
     print("OK" if ok else "FAILED")
     return 0 if ok else 1
+
+
+def _bench(name: str):  # noqa: ANN202
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"saegov_bench_{name}", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _median(xs: list[float]) -> float:
+    import statistics
+
+    return round(statistics.median(xs), 4)
+
+
+def _enforce(repeats: int) -> dict[str, object]:
+    import argparse
+
+    import torch
+
+    r = _bench("enforce").sd15(argparse.Namespace(steps=10, repeats=repeats, device="cuda", dtype=torch.float16))
+    return {"steps": r["steps"], "plain_s_median": _median(r["seconds"]["plain"]),
+            "enforced_s_median": _median(r["seconds"]["enforced"]),
+            "enforced_over_plain_median": _median(r["enforced_over_plain"]),
+            "enforced_over_plain_all": [round(v, 4) for v in r["enforced_over_plain"]],
+            "hook_over_matmul_median": _median(r["hook_over_matmul"]), "tokens": r["tokens"]}
+
+
+def _training(steps: int) -> dict[str, object]:
+    try:
+        r = _bench("sae_train").step_times(1280, 16, 32, 4096, steps, device="cuda")
+    except SystemExit as exc:  # sparsify not installed
+        return {"skipped": str(exc)}
+    return {"tokens_per_s": {k: round(v) for k, v in r["tokens_per_s"].items()},
+            "saegov_over_sparsify": round(r["ratio_vs_sparsify"], 3),
+            "step_over_dense_encoder_matmuls": round(r["step_over_dense_bound"], 3)}
 
 
 if __name__ == "__main__":

@@ -1,0 +1,133 @@
+"""Verifying a long audit log on several cores (`Store.verify_audit` above PARALLEL_MIN_EVENTS).
+
+Every event's hash depends only on its own columns and its stored previous hash, so the chain
+splits into contiguous ranges that worker processes verify independently (reading their rows
+from the database themselves, which is half the cost), each starting from the stored hash just
+before its range. The joins are then checked here: range i must end exactly where range i+1
+starts, on the hash range i verified. The signature rules (registry.signatures) need the state of
+the log before a range: it is replayed from the tracked events before it (a few rows: keys, roles,
+policies, mappings), which the earlier ranges verify; an error is reported for the earliest range
+that has one, so a later range never speaks for a state an earlier one refuted.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Sequence
+from contextlib import closing
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, select
+
+from governance.formats.checkpoint import Checkpoint
+from registry import audit
+from registry.errors import AuditVerificationError
+from registry.models import GENESIS_HASH, AuditEvent
+from registry.signatures import TRACKED_ACTIONS, SignatureCheck
+
+PARALLEL_MIN_EVENTS = 200_000
+
+
+@dataclass(frozen=True)
+class _Range:
+    lo: int  # first seq
+    hi: int | None  # last seq (None: to the end)
+    start_hash: str  # stored hash of event lo - 1
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    size: int
+    last_hash: str
+    signed: int
+    leaves: bytes  # hashes (32 bytes each) of the range's events up to the largest checkpoint
+    error: tuple[str, int | None] | None = None
+    check: SignatureCheck | None = None
+
+
+def _missing(conn, seq: int) -> AuditVerificationError:  # noqa: ANN001
+    """The serial verifier's words for a gap at `seq`."""
+    from sqlalchemy import func
+
+    nxt = conn.execute(select(func.min(AuditEvent.seq)).where(AuditEvent.seq > seq)).scalar()
+    return AuditVerificationError(f"audit event {seq} is missing (next stored event is {nxt})", seq)
+
+
+def workers_for(size: int) -> int:
+    if size < PARALLEL_MIN_EVENTS:
+        return 1
+    return max(1, min(os.cpu_count() or 1, 8, size // (PARALLEL_MIN_EVENTS // 2)))
+
+
+def _verify_range(url: str, r: _Range, check: SignatureCheck, cp_max: int, last: bool) -> _Outcome:
+    from registry.db import make_engine
+
+    engine = make_engine(url)
+    leaves = bytearray()
+
+    def tap(rows):  # noqa: ANN001, ANN202
+        for row in rows:
+            if row[0] <= cp_max:
+                leaves.extend(bytes.fromhex(row[7]))
+            yield row
+
+    try:
+        with engine.connect() as conn, closing(audit.iter_event_rows(conn, after=r.lo - 1, until=r.hi)) as rows:
+            head = audit.read_head(conn) if last else None
+            try:
+                rep = audit.verify_rows(tap(rows), head=head, start=(r.lo - 1, r.start_hash), signatures=check)
+            except AuditVerificationError as exc:
+                return _Outcome(0, "", 0, b"", error=(str(exc), exc.seq))
+        return _Outcome(rep.size, rep.head_hash, rep.signed, bytes(leaves), check=check)
+    finally:
+        engine.dispose()
+
+
+def verify_parallel(engine: Engine, checkpoints: Sequence[Checkpoint], anchors: frozenset[str] | None,
+                    size: int, workers: int) -> audit.VerifyReport:
+    """What `audit.verify_rows` over the whole log reports, computed by `workers` processes."""
+    bounds = [1 + i * size // workers for i in range(workers)] + [size + 1]
+    ranges: list[_Range] = []
+    checks: list[SignatureCheck] = []
+    with engine.connect() as conn:
+        for i in range(workers):
+            lo = bounds[i]
+            start = GENESIS_HASH if lo == 1 else conn.execute(
+                select(AuditEvent.hash).where(AuditEvent.seq == lo - 1)).scalar()
+            if start is None:
+                raise _missing(conn, lo - 1)
+            ranges.append(_Range(lo=lo, hi=bounds[i + 1] - 1 if i < workers - 1 else None, start_hash=start))
+            check = SignatureCheck(anchors=anchors)
+            before = conn.execute(select(AuditEvent.actor, AuditEvent.action, AuditEvent.subject, AuditEvent.payload,
+                                         AuditEvent.signer_key)
+                                  .where(AuditEvent.seq < lo, AuditEvent.action.in_(TRACKED_ACTIONS))
+                                  .order_by(AuditEvent.seq))
+            try:
+                for row in before:
+                    check.prime(*row)
+            except AuditVerificationError:
+                check = SignatureCheck(anchors=anchors)  # an earlier range names the unreadable event
+            check.judge_anchors = i == workers - 1  # the anchors are judged once, on the whole log
+            checks.append(check)
+    cp_max = max((c.size for c in checkpoints), default=0)
+    url = engine.url.render_as_string(hide_password=False)
+    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    with ctx.Pool(workers) as pool:
+        outcomes = pool.starmap(_verify_range, [(url, r, c, cp_max, i == workers - 1)
+                                                for i, (r, c) in enumerate(zip(ranges, checks))])
+    leaves: list[bytes] = []
+    signed = 0
+    for i, (r, out) in enumerate(zip(ranges, outcomes)):
+        if out.error is not None:
+            raise AuditVerificationError(*out.error)
+        expected_end = r.hi if r.hi is not None else out.size
+        if out.size != expected_end:
+            with engine.connect() as conn:
+                raise _missing(conn, out.size + 1)
+        if i + 1 < len(ranges) and ranges[i + 1].start_hash != out.last_hash:
+            raise AuditVerificationError(f"audit event {r.hi}: hash mismatch at a range join (event altered)", r.hi)
+        signed += out.signed
+        leaves.extend(out.leaves[j:j + 32] for j in range(0, len(out.leaves), 32))
+    root = audit.check_checkpoints(outcomes[-1].size, leaves, checkpoints)
+    return audit.VerifyReport(size=outcomes[-1].size, head_hash=outcomes[-1].last_hash, merkle_root=root,
+                              signed=signed)
