@@ -13,7 +13,8 @@ import pytest
 
 from governance.common.errors import FormatError
 from governance.formats import (
-    activations, blocklist, checkpoint, deployment, mapping, prompts, sae_config, sweep, trace, trusted_keys,
+    activations, audit_log, blocklist, checkpoint, deployment, mapping, prompts, sae_config, sweep, trace,
+    trusted_keys,
 )
 
 OLD = Path(__file__).parent / "data" / "stop10"
@@ -105,7 +106,29 @@ def _checkpoint(tmp: Path) -> tuple[Any, Any]:
     cp = checkpoint.read_checkpoint(OLD / "checkpoint.json")
     checkpoint.write_checkpoint(tmp / "cp.json", cp)
     assert (tmp / "cp.json").read_bytes() == (OLD / "checkpoint.json").read_bytes()
+    # Signed before state_sha256 existed: the signed message is unchanged (absent fields left out).
+    assert "state_sha256" not in json.loads(cp.signed_message())
+    proof = checkpoint.ConsistencyProof(old_size=1, new_size=2, old_root="a" * 64, new_root="b" * 64,
+                                        hashes=["c" * 64])
+    (tmp / "proof.json").write_text(proof.model_dump_json())
+    assert checkpoint.read_consistency_proof(tmp / "proof.json") == proof
     return cp, checkpoint.read_checkpoint(tmp / "cp.json")
+
+
+def _audit_log(tmp: Path) -> tuple[Any, Any]:
+    """New since stop 10 (no old file): an exported log written and read back row for row; a
+    line that is not an event is refused with its line number."""
+    rows = [(1, "2026-01-01T00:00:00.000000Z", "alice", "actor.add", "actor:alice", '{"first":true}', "0" * 64,
+             "a" * 64, None, None),
+            (2, "2026-01-01T00:00:01.000000Z", "alice", "key.register", "key:" + "b" * 64, "{}", "a" * 64,
+             "c" * 64, "b" * 64, "d" * 128)]
+    header = audit_log.AuditLogHeader(size=2, head_hash="c" * 64)
+    assert audit_log.write_audit_log(tmp / "log.jsonl", header, rows) == 2
+    read_header, read_rows = audit_log.read_audit_log(tmp / "log.jsonl")
+    (tmp / "bad.jsonl").write_text((tmp / "log.jsonl").read_text() + '{"seq": "x"}\n')
+    with pytest.raises(FormatError, match="bad.jsonl:4"):
+        list(audit_log.read_audit_log(tmp / "bad.jsonl")[1])
+    return (header, rows), (read_header, list(read_rows))
 
 
 def _trusted_keys(tmp: Path) -> tuple[Any, Any]:
@@ -123,7 +146,7 @@ def _trusted_keys(tmp: Path) -> tuple[Any, Any]:
 FORMATS: dict[str, Callable[[Path], tuple[Any, Any]]] = {
     "sae_config": _sae, "activations": _activations, "mapping": _mapping, "blocklist": _blocklist,
     "deployment": _deployment_manifest, "trace": _trace, "sweep": _sweep, "prompts": _prompts,
-    "checkpoint": _checkpoint, "trusted_keys": _trusted_keys,
+    "checkpoint": _checkpoint, "trusted_keys": _trusted_keys, "audit_log": _audit_log,
 }
 
 
