@@ -32,6 +32,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--model", default=None, help="default: the trained toy world, else an untrained one")
+    ap.add_argument("--memory", action="store_true",
+                    help="also the peak RSS of a fresh process collecting N and 10 N prompts (flat: streamed shards)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -77,11 +79,38 @@ def main() -> None:
     g, gl, c = min(gen_pil), min(gen_lat), min(col)
     print(f"model: {label}; {n} prompts x {args.steps} steps, CFG {args.guidance}, batch {bs}, "
           f"{args.threads} thread(s); best of {args.repeats}")
+    if args.memory:
+        print(f"peak memory of a process that only collects {n} prompts: {collect_peak_mib(model, n, args):.0f} MiB; "
+              f"{10 * n} prompts: {collect_peak_mib(model, 10 * n, args):.0f} MiB")
     print(f"plain generation (images):  {g:7.2f} s")
     print(f"plain generation (latents): {gl:7.2f} s")
     print(f"collection:                 {c:7.2f} s")
     print(f"ratio collection / generation (images):  {c / g:.3f}")
     print(f"ratio collection / generation (latents): {c / gl:.3f}")
+
+
+def collect_peak_mib(model: str, n: int, args: argparse.Namespace) -> float:
+    """Peak resident memory (MiB) of a fresh `saegov activations collect` of the first n toy
+    prompts (cycled), in its own process so that the peak is its own."""
+    import subprocess
+
+    from governance.toyworld.grammar import all_prompts
+
+    tmp = Path(tempfile.mkdtemp(prefix="saegov-mem-"))
+    texts = [p.text for p in all_prompts()]
+    (tmp / "p.txt").write_text("\n".join(texts[i % len(texts)] for i in range(n)) + "\n")
+    code = ("import resource, sys; from cli.main import main; sys.argv = ['saegov'] + sys.argv[1:]\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)")
+    r = subprocess.run([sys.executable, "-c", code, "activations", "collect", "--model", model,
+                        "--hookpoint", "up_blocks.1.attentions.1", "--prompts", str(tmp / "p.txt"),
+                        "--out", str(tmp / "acts"), "--steps", str(args.steps), "--guidance", str(args.guidance),
+                        "--batch-size", str(args.batch_size), "--prompts-per-shard", str(args.batch_size),
+                        "--device", "cpu"], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
+                       env={**__import__("os").environ, "SAEGOV_HOME": str(tmp / "ws")})
+    if r.returncode:
+        raise SystemExit(f"collection of {n} prompts failed: {r.stderr.strip().splitlines()[-1:]}")
+    return int(r.stderr.strip().splitlines()[-1]) / 1024  # ru_maxrss is in KiB on Linux
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Enforced / plain pipeline latency, and the enforcement hook's time against the dense encoder
 matmul alone (its lower bound), side by side, repeated, median and spread.
 
-    .venv/bin/python benchmarks/enforce.py [--deployment .saegov/demo/deployments/demo]   # toy world
+    SAEGOV_HOME=.saegov/demo .venv/bin/python benchmarks/enforce.py [--deployment .saegov/demo/deployments/demo]
     .venv/bin/python benchmarks/enforce.py --sd15 [--steps 2 --repeats 3]                  # SD 1.5 shape
 
 Toy world: the demo's deployment (run `make demo` first), plain = the same weights without hooks.
@@ -96,7 +96,10 @@ def toy(args: argparse.Namespace) -> None:
     from governance.enforcement.intervention import enforcer_of
     from governance.toyworld.loading import load_pipeline
 
-    enforced = EnforcedStableDiffusionPipeline.from_pretrained(args.deployment, check_registry=False)
+    # Verified against the trust store given, else the registry of SAEGOV_HOME (the demo's: the
+    # key that signed the demo deployment is registered there).
+    enforced = EnforcedStableDiffusionPipeline.from_pretrained(args.deployment, check_registry=args.trusted_keys is None,
+                                                               trusted_keys_file=args.trusted_keys)
     plain = load_pipeline(args.deployment)  # the same weights, no hooks
     d = enforced.saegov.manifest.payload.defaults
     prompts = ["a red circle in dotted style", "a blue square in plain style"] * (args.batch // 2)
@@ -128,7 +131,9 @@ def sd15(args: argparse.Namespace) -> dict[str, Any]:
     from governance.sae.model import TopKSAE
 
     device, dtype = getattr(args, "device", "cpu"), getattr(args, "dtype", torch.float32)
-    pipe = build_sd15_shaped_pipeline().to(device, dtype)
+    pipe = build_sd15_shaped_pipeline()
+    if (device, dtype) != ("cpu", torch.float32):
+        pipe = pipe.to(device, dtype)
     pipe.set_progress_bar_config(disable=True)
     torch.manual_seed(0)
     sae = TopKSAE(SaeConfig(d_in=1280, expansion_factor=16, k=32), device=device)
@@ -172,6 +177,7 @@ def sd15(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--deployment", default=".saegov/demo/deployments/demo")
+    ap.add_argument("--trusted-keys", default=None, help="trust store (default: the registry of SAEGOV_HOME)")
     ap.add_argument("--sd15", action="store_true", help="the SD 1.5 architecture at 512 px instead of the toy world")
     ap.add_argument("--batch", type=int, default=8, help="toy world: images per call")
     ap.add_argument("--steps", type=int, default=2, help="--sd15: denoising steps per run")

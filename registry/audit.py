@@ -242,7 +242,8 @@ def verify_rows(rows: Iterable[tuple], head: tuple[int, str] | None = None,
             raise AuditVerificationError(
                 f"audit event {seq}: previous-hash link broken (chain rewritten at or before it)",
                 seq)
-        header = f"[{seq},{q(prev_hash)},{q(created_at)},{q(actor)},{q(action)},{q(subject)}]\n"
+        # prev_hash equals the previous (hex) hash here, so its JSON string is just its quotes.
+        header = f'[{seq},"{prev_hash}",{q(created_at)},{q(actor)},{q(action)},{q(subject)}]\n'
         if sha256((header + payload).encode()).hexdigest() != stored:
             raise AuditVerificationError(f"audit event {seq}: hash mismatch (event altered)", seq)
         if signatures is not None:

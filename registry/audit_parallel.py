@@ -75,7 +75,8 @@ def _verify_range(url: str, r: _Range, check: SignatureCheck, cp_max: int, last:
         with engine.connect() as conn, closing(audit.iter_event_rows(conn, after=r.lo - 1, until=r.hi)) as rows:
             head = audit.read_head(conn) if last else None
             try:
-                rep = audit.verify_rows(tap(rows), head=head, start=(r.lo - 1, r.start_hash), signatures=check)
+                rep = audit.verify_rows(tap(rows) if cp_max >= r.lo else rows, head=head, start=(r.lo - 1, r.start_hash),
+                                        signatures=check)
             except AuditVerificationError as exc:
                 return _Outcome(0, "", 0, b"", error=(str(exc), exc.seq))
         return _Outcome(rep.size, rep.head_hash, rep.signed, bytes(leaves), check=check)
@@ -83,8 +84,15 @@ def _verify_range(url: str, r: _Range, check: SignatureCheck, cp_max: int, last:
         engine.dispose()
 
 
+@dataclass(frozen=True)
+class ParallelResult:
+    report: audit.VerifyReport
+    leaves: list[bytes]  # event hashes up to max(largest checkpoint, leaves_upto)
+    state: SignatureCheck  # the signature rules' state after the last event
+
+
 def verify_parallel(engine: Engine, checkpoints: Sequence[Checkpoint], anchors: frozenset[str] | None,
-                    size: int, workers: int) -> audit.VerifyReport:
+                    size: int, workers: int, leaves_upto: int = 0) -> ParallelResult:
     """What `audit.verify_rows` over the whole log reports, computed by `workers` processes."""
     bounds = [1 + i * size // workers for i in range(workers)] + [size + 1]
     ranges: list[_Range] = []
@@ -109,7 +117,7 @@ def verify_parallel(engine: Engine, checkpoints: Sequence[Checkpoint], anchors: 
                 check = SignatureCheck(anchors=anchors)  # an earlier range names the unreadable event
             check.judge_anchors = i == workers - 1  # the anchors are judged once, on the whole log
             checks.append(check)
-    cp_max = max((c.size for c in checkpoints), default=0)
+    cp_max = max([c.size for c in checkpoints] + [leaves_upto])
     url = engine.url.render_as_string(hide_password=False)
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     with ctx.Pool(workers) as pool:
@@ -129,5 +137,6 @@ def verify_parallel(engine: Engine, checkpoints: Sequence[Checkpoint], anchors: 
         signed += out.signed
         leaves.extend(out.leaves[j:j + 32] for j in range(0, len(out.leaves), 32))
     root = audit.check_checkpoints(outcomes[-1].size, leaves, checkpoints)
-    return audit.VerifyReport(size=outcomes[-1].size, head_hash=outcomes[-1].last_hash, merkle_root=root,
-                              signed=signed)
+    assert outcomes[-1].check is not None
+    return ParallelResult(audit.VerifyReport(size=outcomes[-1].size, head_hash=outcomes[-1].last_hash,
+                                             merkle_root=root, signed=signed), leaves, outcomes[-1].check)

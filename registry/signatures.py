@@ -107,6 +107,7 @@ class SignatureCheck:
     # Owners holding an unrevoked key: checked on every event, so a set refreshed on key events.
     _keyed_owners: set[str] = field(default_factory=set)
     judge_anchors: bool = True  # False for all but the last range of a parallel verification
+    _plain_ok: set[tuple[str, str]] = field(default_factory=set)  # (actor, action) passed since the last state change
 
     def lineage(self, actor: str) -> list[str]:
         """Who created `actor`'s account, who created theirs, ..."""
@@ -122,6 +123,11 @@ class SignatureCheck:
 
     def check(self, seq: int, actor: str, action: str, subject: str, payload: str, event_hash: str,
               signer_key: str | None, signature: str | None) -> None:
+        # Most events of a long log are unsigned, untracked actions an actor already passed: their
+        # verdict depends only on state that tracked events change, so it is remembered until one does.
+        plain = not signer_key and not signature and action not in TRACKED_ACTIONS
+        if plain and (actor, action) in self._plain_ok:
+            return
         if actor in self.disabled:
             raise AuditVerificationError(f"audit event {seq}: {action} by {actor!r}, whose account was disabled "
                                          "before it", seq)
@@ -152,6 +158,8 @@ class SignatureCheck:
                                          "has a registered key (someone else acted in their name)", seq)
         if action in TRACKED_ACTIONS:
             self._apply(seq, actor, action, subject, payload, signer_key or None, check=True)
+        elif plain:
+            self._plain_ok.add((actor, action))
 
     def prime(self, actor: str, action: str, subject: str, payload: str, signer_key: str | None) -> None:
         if action in TRACKED_ACTIONS:
@@ -177,6 +185,7 @@ class SignatureCheck:
 
     def _apply(self, seq: int, actor: str, action: str, subject: str, payload: str, signer: str | None,
                check: bool) -> None:
+        self._plain_ok.clear()
         try:
             p = json.loads(payload)
             if not isinstance(p, dict):

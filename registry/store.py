@@ -1112,7 +1112,7 @@ class Store:
             with self.engine.connect() as conn:
                 size = audit.read_head(conn)[0]
             if (workers := workers_for(size)) > 1 and self.engine.url.database not in (None, "", ":memory:"):
-                return verify_parallel(self.engine, cps, anchors, size, workers)
+                return verify_parallel(self.engine, cps, anchors, size, workers).report
             with self.engine.connect() as conn, closing(audit.iter_event_rows(conn)) as rows:
                 return audit.verify_rows(rows, head=audit.read_head(conn), checkpoint=cps,
                                          signatures=signatures.SignatureCheck(anchors=anchors))
@@ -1210,9 +1210,19 @@ class Store:
         return audit.consistency_proof(leaves, old.size)
 
     def audit_checkpoint(self) -> Checkpoint:
+        from governance.common.timeutil import iso_utc
+
+        from registry.audit_parallel import verify_parallel, workers_for
+
         try:
             with self.engine.connect() as conn:
-                return audit.make_checkpoint(conn)
+                size = audit.read_head(conn)[0]
+                if (workers := workers_for(size)) <= 1 or self.engine.url.database in (None, "", ":memory:"):
+                    return audit.make_checkpoint(conn)
+            res = verify_parallel(self.engine, [], None, size, workers, leaves_upto=size)
+            return Checkpoint(size=res.report.size, head_hash=res.report.head_hash,
+                              merkle_root=audit.merkle_root(res.leaves), time=iso_utc(utcnow()),
+                              state_sha256=res.state.state_digest())
         except SQLAlchemyError as exc:
             raise DatabaseUnreachable(f"database error: {first_line(exc)}") from None
 

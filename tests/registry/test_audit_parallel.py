@@ -37,7 +37,7 @@ def both(store: Store, workers: int = 3, cps=(), anchors=None):  # noqa: ANN001,
     size = store.audit_events()[-1].seq
     results = []
     for fn in (lambda: serial(store, cps, anchors), lambda: verify_parallel(store.engine, list(cps), anchors, size,
-                                                                          workers)):
+                                                                          workers).report):
         try:
             results.append(fn())
         except AuditVerificationError as exc:
@@ -67,6 +67,20 @@ def test_tampering_anywhere_is_named_alike(long_log, where: int, how: str) -> No
         conn.execute(text(sql), {"n": where})
     s, p = both(store, workers=3)
     assert isinstance(s, tuple) and s == p
+
+
+def test_a_parallel_checkpoint_is_the_serial_one(long_log, monkeypatch) -> None:  # noqa: ANN001
+    import registry.audit_parallel as par
+
+    store, _ = long_log
+    with store.engine.connect() as conn:
+        serial_cp = audit.make_checkpoint(conn)
+    monkeypatch.setattr(par, "workers_for", lambda size: 3)
+    parallel_cp = store.audit_checkpoint()
+    same = ("size", "head_hash", "merkle_root", "state_sha256")
+    assert [getattr(parallel_cp, f) for f in same] == [getattr(serial_cp, f) for f in same]
+    assert store.verify_audit_since(parallel_cp).size == serial_cp.size
+    assert store.verify_audit([parallel_cp]).signed > 100
 
 
 def test_a_stripped_log_fails_the_anchors_in_parallel_too(long_log) -> None:  # noqa: ANN001
