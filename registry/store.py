@@ -237,9 +237,13 @@ class Store:
         # SQL does not turn them back into a bare name); the key used must be in both.
         if table | logged:
             if public not in table | logged:
+                fix = (f"`saegov key show` creates one; an admin registers it with `saegov key register {actor.name} "
+                       "--public-key KEY`" if public is None else
+                       f"if it is {actor.name}'s new key, an admin runs `saegov key register {actor.name} "
+                       f"--public-key {public}`")
                 held = "holds no key" if public is None else f"holds key {public[:16]}..., not theirs"
                 raise PermissionDenied(f"{actor.name!r} signs with a registered key and this config folder {held}: "
-                                       f"only {actor.name} can act as {actor.name}")
+                                       f"only {actor.name} can act as {actor.name} ({fix})")
             if public not in table & logged:
                 raise PermissionDenied(f"the key {str(public)[:16]}... of {actor.name!r} is registered in the key table "
                                        "or in the audit log but not in both: refused (run `saegov audit verify`)")

@@ -92,8 +92,14 @@ def build_deployment(store: Any, blocklist: str, version: int | None, model: str
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise DeploymentError(f"output folder {out} exists and is not empty")
-    store.check_actor(actor, "deployment.record")  # role and key: refused before minutes of work, not after
+    # Refused before minutes of work, not after: the role, this person's deployment key, and the
+    # key the record will be signed with.
+    from registry.workflow import require_role
+
+    who = store.check_actor(actor)
+    require_role(who.name, who.role, "deployment.record")
     key = signing.registered_own_key(store, owner=actor)
+    store.check_actor(actor, "deployment.record")
     bl = store.get_blocklist(blocklist, version)
     if bl.state != "published":
         raise DeploymentError(f"blocklist {bl.ref} is {bl.state}; only published versions can be deployed")
