@@ -156,8 +156,6 @@ def append_events(session: Session, head: AuditHead, actor: str, events: Sequenc
     """Append many events (action, subject, payload) in the caller's transaction with one
     multi-row INSERT: the same chain, hashes and signatures as `append_event` one by one (a
     batch shares one timestamp), at a fraction of the per-event cost."""
-    from sqlalchemy import insert
-
     created_at = iso_utc(utcnow())
     seq, prev = head.seq, head.hash
     rows: list[dict[str, Any]] = []
@@ -171,9 +169,43 @@ def append_events(session: Session, head: AuditHead, actor: str, events: Sequenc
                      "signature": signature})
         prev = digest
     if rows:
-        session.execute(insert(AuditEvent), rows)
+        insert_rows(session, AuditEvent.__table__, rows)
         head.seq, head.hash = seq, prev
         session.flush()
+
+
+def insert_rows(session: Session, table: Any, rows: list[dict[str, Any]], returning: str | None = None) -> list[Any]:
+    """INSERT many rows in the session's transaction (returning that column of each, in order).
+
+    On PostgreSQL through psycopg's own executemany (one prepared statement, pipelined): the
+    single multi-row statement SQLAlchemy would build costs more to parse, client and server side,
+    than the inserts themselves. Elsewhere SQLAlchemy's multi-row INSERT."""
+    from sqlalchemy import insert
+
+    if not rows:
+        return []
+    conn = session.connection()
+    if conn.dialect.name != "postgresql":
+        stmt = insert(table)
+        if returning is None:
+            session.execute(stmt, rows)
+            return []
+        return list(session.scalars(stmt.returning(table.c[returning], sort_by_parameter_order=True), rows))
+    cols = list(rows[0])
+    sql = (f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join(['%s'] * len(cols))})"
+           + (f" RETURNING {returning}" if returning else ""))
+    cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cur.executemany(sql, [tuple(r[c] for c in cols) for r in rows], returning=returning is not None)
+        out: list[Any] = []
+        if returning is not None:
+            while True:
+                out.append(cur.fetchone()[0])
+                if not cur.nextset():
+                    break
+        return out
+    finally:
+        cur.close()
 
 
 # --- verification -----------------------------------------------------------------------------

@@ -89,7 +89,7 @@ from registry.records import (
 SAERef = int | str  # id, "ID", "name@version" or "name" (latest version)
 _MAX_ROW_ID = 2**63 - 1  # the largest INTEGER SQLite and PostgreSQL BIGINT store
 _ACTOR_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,63}")
-_SHA256_RE = "0123456789abcdef"
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 Keyring = Callable[[str], "Ed25519PrivateKey | None"]
@@ -148,7 +148,7 @@ def _row_id(value: Any, what: str) -> int:
 
 def _check_sha256(value: str, what: str) -> str:
     value = value.strip().lower()
-    if len(value) != 64 or any(c not in _SHA256_RE for c in value):
+    if not _SHA256_HEX.fullmatch(value):
         raise ValidationFailed(f"{what} must be 64 hex characters (sha256)")
     return value
 
@@ -1059,7 +1059,7 @@ class Store:
             now = utcnow()
             rows = [{"deployment_id": d, "prompt_sha256": ph, "seed": seed, "trace": text, "trace_sha256": digest,
                      "created_by_id": tx.actor.id, "created_at": now} for d, ph, seed, text, digest in prepared]
-            ids = list(s.scalars(insert(Generation).returning(Generation.id, sort_by_parameter_order=True), rows))
+            ids = audit.insert_rows(s, Generation.__table__, rows, returning="id")
             tx.log_many([("generation.record", f"generation:{gid}",
                           {"deployment_id": d, "prompt_sha256": ph, "seed": seed, "trace_sha256": digest})
                          for gid, (d, ph, seed, _text, digest) in zip(ids, prepared)])
