@@ -19,10 +19,9 @@ def _checkpoint_signers(store, trusted_keys: Path | None) -> dict[str, str]:  # 
     from governance.enforcement.deployment import resolve_trust
 
     keys = resolve_trust(None, trusted_keys_file=trusted_keys)
-    if store is not None:
-        roles = {a.name: a.role for a in store.list_actors() if a.disabled_at is None}
-        keys.update({k: f"registry key of {r.actor}" for k, r in store.trusted_signing_keys().items()
-                     if roles.get(r.actor) in CHECKPOINT_ROLES})
+    if store is not None:  # owners and roles as the replayed log says (the tables can be edited)
+        keys.update({k: f"registry key of {owner}" for k, owner in store.checkpoint_signers().items()
+                     if k in store.trusted_signing_keys()})
     return keys
 
 
@@ -116,11 +115,18 @@ def register(root: click.Group) -> None:
             return
         store = open_store()
         if since_file is not None:
+            import os
+
+            from governance.common.workspace import ENV_TRUSTED_KEYS
+
+            if trusted_keys is None and not os.environ.get(ENV_TRUSTED_KEYS):
+                raise click.UsageError("--since needs --trusted-keys FILE (or SAEGOV_TRUSTED_KEYS): the checkpoint's "
+                                       "signer must be trusted independently of the registry whose past it vouches for")
             since = read_checkpoint(since_file)
             if since.signature is None:
                 raise AuditVerificationError(f"--since needs a signed checkpoint; {since_file} is unsigned")
-            _check_checkpoint_signature(store, since, since_file, trusted_keys)
-            rep = store.verify_audit_since(since)
+            _check_checkpoint_signature(None, since, since_file, trusted_keys)  # the trust store alone
+            rep = store.verify_audit_since(since, anchors=anchors)
             if as_json:
                 print_json({"ok": True, "size": rep.size, "head_hash": rep.head_hash, "since": since.size,
                             "signed": rep.signed})

@@ -319,6 +319,16 @@ def check_checkpoints(size: int, leaves: list[bytes], cps: Sequence[Checkpoint])
     return root
 
 
+def check_bounds(conn: Connection) -> None:
+    """Sequence numbers start at 1: a row at 0 or below (which the walk from event 1 never
+    reads, while the store's readers of the log would) was put there behind the log's back.
+    Rows beyond the head are the walk's to name (it reads them and compares with the head)."""
+    lo = conn.execute(text("SELECT min(seq) FROM audit_events")).scalar()
+    if lo is not None and lo < 1:
+        raise AuditVerificationError(f"audit event {lo}: sequence numbers start at 1 (a row inserted behind the "
+                                     "log's back)", None)
+
+
 def read_head(conn: Connection) -> tuple[int, str]:
     row = conn.execute(text("SELECT seq, hash FROM audit_head WHERE id = 1")).one()
     return int(row[0]), str(row[1])
@@ -334,6 +344,7 @@ def make_checkpoint(conn: Connection) -> Checkpoint:
             leaves.append(bytes.fromhex(row[7]))
             yield row
 
+    check_bounds(conn)
     check = SignatureCheck()
     with closing(iter_event_rows(conn)) as rows:
         report = verify_rows(tap(rows), head=read_head(conn), signatures=check)

@@ -165,6 +165,21 @@ class SignatureCheck:
         if action in TRACKED_ACTIONS:
             self._apply(0, actor, action, subject, payload, signer_key or None, check=False)
 
+    def check_roots(self) -> None:
+        """After priming (`--since`): every root of the key history so far must be an anchor."""
+        if self.anchors is not None:
+            for public, key in self.keys.items():
+                if key.root and public not in self.anchors:
+                    raise AuditVerificationError(f"key {public[:16]}... of {key.owner!r} is a root of trust before the "
+                                                 "checkpoint but not one of the trusted keys", None)
+
+    def owner_role(self, public: str) -> tuple[str, str] | None:
+        """(owner, role) of an unrevoked key whose owner is not disabled, as the log says."""
+        key = self.keys.get(public)
+        if key is None or key.revoked or key.owner in self.disabled or key.owner not in self.roles:
+            return None
+        return key.owner, self.roles[key.owner]
+
     def finish(self) -> None:
         """After the last event: every trust anchor must have been registered in the log."""
         if self.judge_anchors and self.anchors is not None and (missing := sorted(self.anchors - set(self.keys))):
@@ -201,13 +216,24 @@ class SignatureCheck:
                        check: bool) -> None:
         if action == "actor.add":
             name = str(p["name"])
+            if check and p.get("first") and (self.roles or name != actor):
+                raise AuditVerificationError(f"audit event {seq}: actor.add of {name!r} claims to be the first actor, "
+                                             "but it is not the log's first", seq)
+            if check and name in self.roles:
+                raise AuditVerificationError(f"audit event {seq}: actor {name!r} is added a second time", seq)
             self.roles[name] = "admin" if p.get("first") else str(p["role"])
             if not p.get("first"):
                 self.creators[name] = actor
         elif action == "actor.role":
-            self.roles[str(p["name"])] = str(p["role"])
+            name = str(p["name"])
+            if check and (name not in self.roles or name == actor):
+                raise AuditVerificationError(f"audit event {seq}: actor.role of {name!r} by {actor!r}, which no store "
+                                             "writes (an unknown account, or one's own role)", seq)
+            self.roles[name] = str(p["role"])
         elif action == "key.register":
             public = str(p.get("public_key"))
+            if check and public in self.keys:
+                raise AuditVerificationError(f"audit event {seq}: key {public[:16]}... is registered a second time", seq)
             root = signer is None or signer == public
             if check and root and self.anchors is not None and public not in self.anchors:
                 raise AuditVerificationError(f"audit event {seq}: key {public[:16]}... of {p.get('owner')!r} is a root "
@@ -220,7 +246,11 @@ class SignatureCheck:
                 k.revoked = True
             self._keyed_owners = {v.owner for v in self.keys.values() if not v.revoked}
         elif action == "actor.disable":
-            self.disabled.add(str(p.get("name")))
+            name = str(p.get("name"))
+            if check and (name not in self.roles or name == actor):
+                raise AuditVerificationError(f"audit event {seq}: actor.disable of {name!r} by {actor!r}, which no "
+                                             "store writes (an unknown account, or one's own)", seq)
+            self.disabled.add(name)
         elif action == "policy.set":
             wanted = bool(p.get("require_signatures", False))
             if check and wanted and signer is None:

@@ -383,7 +383,7 @@ class Store:
         `key.register` event (or despite a `key.revoke` one), is not trusted. (That the log
         itself is intact is `audit verify`'s to say.)"""
         with self._read() as s:
-            events = s.execute(select(AuditEvent.action, AuditEvent.payload)
+            events = s.execute(select(AuditEvent.action, AuditEvent.payload).where(AuditEvent.seq >= 1)
                                .where(AuditEvent.action.in_(("key.register", "key.revoke")))
                                .order_by(AuditEvent.seq)).all()
             logged: dict[str, bool] = {}
@@ -808,7 +808,7 @@ class Store:
         """The highest policy version, which must be exactly what its `policy.set` event says,
         and the last such event's: a policy table edited by SQL fails closed."""
         row = s.scalar(select(ApprovalPolicyRow).order_by(ApprovalPolicyRow.version.desc()).limit(1))
-        last = s.scalar(select(AuditEvent.payload).where(AuditEvent.action == "policy.set")
+        last = s.scalar(select(AuditEvent.payload).where(AuditEvent.seq >= 1).where(AuditEvent.action == "policy.set")
                         .order_by(AuditEvent.seq.desc()).limit(1))
         if row is None and last is None:
             return None
@@ -1114,6 +1114,7 @@ class Store:
         cps = [checkpoint] if isinstance(checkpoint, Checkpoint) else list(checkpoint or [])
         try:
             with self.engine.connect() as conn:
+                audit.check_bounds(conn)
                 size = audit.read_head(conn)[0]
             if (workers := workers_for(size)) > 1 and self.engine.url.database not in (None, "", ":memory:"):
                 return verify_parallel(self.engine, cps, anchors, size, workers).report
@@ -1123,11 +1124,13 @@ class Store:
         except SQLAlchemyError as exc:
             raise DatabaseUnreachable(f"database error: {first_line(exc)}") from None
 
-    def verify_audit_since(self, checkpoint: Checkpoint) -> audit.VerifyReport:
+    def verify_audit_since(self, checkpoint: Checkpoint, anchors: frozenset[str] | None = None) -> audit.VerifyReport:
         """Verify only the events after `checkpoint` (whose signature the caller checked): event
-        `size` must still be its head, and every later event must link from it."""
+        `size` must still be its head, and every later event must link from it. With `anchors`,
+        every root of the key history must be one of them."""
         try:
             with self.engine.connect() as conn:
+                audit.check_bounds(conn)
                 if checkpoint.size:
                     stored = conn.execute(sa_text("SELECT hash FROM audit_events WHERE seq = :n"),
                                           {"n": checkpoint.size}).scalar()
@@ -1136,7 +1139,7 @@ class Store:
                             f"audit event {checkpoint.size} is not the head of the checkpoint of {checkpoint.time} "
                             f"({'missing' if stored is None else 'different'}): the log was cut or rewritten",
                             checkpoint.size)
-                check = signatures.SignatureCheck()
+                check = signatures.SignatureCheck(anchors=anchors)
                 before = conn.execute(select(AuditEvent.actor, AuditEvent.action, AuditEvent.subject,
                                              AuditEvent.payload, AuditEvent.signer_key)
                                       .where(AuditEvent.seq <= checkpoint.size,
@@ -1154,6 +1157,7 @@ class Store:
                     raise AuditVerificationError(
                         f"audit events 1..{checkpoint.size} no longer give the keys, roles and approvals the checkpoint "
                         f"of {checkpoint.time} recorded (edited before it): run a full `audit verify`", None)
+                check.check_roots()
                 with closing(audit.iter_event_rows(conn, after=checkpoint.size)) as rows:
                     return audit.verify_rows(rows, head=audit.read_head(conn),
                                              start=(checkpoint.size, checkpoint.head_hash), signatures=check)
@@ -1175,6 +1179,25 @@ class Store:
                 return found
         except (ValueError, KeyError, TypeError) as exc:
             raise AuditVerificationError(f"an audit event cannot be replayed: {exc!r}") from None
+
+    def checkpoint_signers(self) -> dict[str, str]:
+        """Public key -> owner, for the unrevoked keys of admins and auditors not disabled, as the
+        audit log (replayed) says, not the key or actor tables: who may vouch for a tree head."""
+        check = signatures.SignatureCheck()
+        try:
+            with self.engine.connect() as conn:
+                for row in conn.execute(select(AuditEvent.actor, AuditEvent.action, AuditEvent.subject,
+                                               AuditEvent.payload, AuditEvent.signer_key)
+                                        .where(AuditEvent.seq >= 1, AuditEvent.action.in_(signatures.TRACKED_ACTIONS))
+                                        .order_by(AuditEvent.seq)):
+                    check.prime(*row)
+        except SQLAlchemyError as exc:
+            raise DatabaseUnreachable(f"database error: {first_line(exc)}") from None
+        out = {}
+        for public in check.keys:
+            if (who := check.owner_role(public)) is not None and who[1] in ("admin", "auditor"):
+                out[public] = who[0]
+        return out
 
     def export_audit(self, path: str | Path) -> int:
         """Write the whole log, signatures included, as `saegov.audit-log/v1` (after verifying
@@ -1224,6 +1247,8 @@ class Store:
                 if (workers := workers_for(size)) <= 1 or self.engine.url.database in (None, "", ":memory:"):
                     return audit.make_checkpoint(conn)
             res = verify_parallel(self.engine, [], None, size, workers, leaves_upto=size)
+            if res.report.size != size:  # appended to while it was read: the leaves stop at `size`
+                raise AuditVerificationError("the log grew while the checkpoint was taken; take it again", None)
             return Checkpoint(size=res.report.size, head_hash=res.report.head_hash,
                               merkle_root=audit.merkle_root(res.leaves), time=iso_utc(utcnow()),
                               state_sha256=res.state.state_digest())
@@ -1350,7 +1375,7 @@ def _mapping_integrity(s: Session, row: FeatureMapping) -> str | None:
     hash and evidence must be those of its `mapping.create` event, its stored spec must hash to
     that, and its feature rows (what blocklists and deployments are built from) must be the
     spec's. Rows edited by SQL after review would otherwise be deployed as approved."""
-    payload = s.scalar(select(AuditEvent.payload).where(AuditEvent.subject == f"mapping:{row.id}",
+    payload = s.scalar(select(AuditEvent.payload).where(AuditEvent.seq >= 1).where(AuditEvent.subject == f"mapping:{row.id}",
                                                         AuditEvent.action == "mapping.create"))
     if payload is None:
         return f"mapping {row.id} has no mapping.create event"
@@ -1391,7 +1416,7 @@ def _shown_payload(text: str) -> dict[str, Any]:
 def _logged_signatures_required(s: Session) -> bool:
     """Whether the last `policy.set` event requires signed actions. Read from the log, not the
     policy table: a table edited by SQL cannot switch the requirement off."""
-    last = s.scalar(select(AuditEvent.payload).where(AuditEvent.action == "policy.set")
+    last = s.scalar(select(AuditEvent.payload).where(AuditEvent.seq >= 1).where(AuditEvent.action == "policy.set")
                     .order_by(AuditEvent.seq.desc()).limit(1))
     if last is None:
         return False
@@ -1403,7 +1428,7 @@ def _logged_signatures_required(s: Session) -> bool:
 
 def _logged_active_keys(s: Session, owner: str) -> set[str]:
     """The keys the audit log registered to `owner` and has not revoked."""
-    events = s.execute(select(AuditEvent.action, AuditEvent.payload)
+    events = s.execute(select(AuditEvent.action, AuditEvent.payload).where(AuditEvent.seq >= 1)
                        .where(AuditEvent.action.in_(("key.register", "key.revoke"))).order_by(AuditEvent.seq)).all()
     owners: dict[str, str | None] = {}
     for action, payload in events:
@@ -1418,7 +1443,7 @@ def _logged_active_keys(s: Session, owner: str) -> set[str]:
 
 def _logged_mapping_state(s: Session, mapping_id: int) -> str | None:
     """A mapping's state as its own events (`mapping:ID`) say: the last review's target state."""
-    rows = s.execute(select(AuditEvent.action, AuditEvent.payload).where(AuditEvent.subject == f"mapping:{mapping_id}")
+    rows = s.execute(select(AuditEvent.action, AuditEvent.payload).where(AuditEvent.seq >= 1).where(AuditEvent.subject == f"mapping:{mapping_id}")
                      .order_by(AuditEvent.seq)).all()
     state = None
     for action, payload in rows:
@@ -1433,7 +1458,7 @@ def _logged_mapping_state(s: Session, mapping_id: int) -> str | None:
 def _logged_version_state(s: Session, ref: str) -> str | None:
     """A blocklist version's state as the log says: published or pending by its publish event,
     published by an approval, revoked by any mapping revocation that lists it."""
-    rows = s.execute(select(AuditEvent.action, AuditEvent.payload).where(AuditEvent.subject == f"blocklist:{ref}")
+    rows = s.execute(select(AuditEvent.action, AuditEvent.payload).where(AuditEvent.seq >= 1).where(AuditEvent.subject == f"blocklist:{ref}")
                      .order_by(AuditEvent.seq)).all()
     state = None
     for action, payload in rows:
@@ -1441,7 +1466,7 @@ def _logged_version_state(s: Session, ref: str) -> str | None:
             state = json.loads(payload).get("state", "published")
         elif action == "blocklist.approve":
             state = "published"
-    revocations = s.scalars(select(AuditEvent.payload).where(AuditEvent.action == "mapping.revoke"))
+    revocations = s.scalars(select(AuditEvent.payload).where(AuditEvent.seq >= 1).where(AuditEvent.action == "mapping.revoke"))
     if state is not None and any(ref in json.loads(p).get("revoked_blocklists", []) for p in revocations):
         state = "revoked"
     return state

@@ -169,6 +169,8 @@ def batch_topk_indices(flat: Tensor, m: int) -> Tensor:
     n = flat.numel()
     if m >= n:
         return torch.arange(n, device=flat.device)
+    if bool(torch.isnan(flat.sum())):  # NaN ranks highest in topk, but no comparison below selects it
+        return flat.topk(m, sorted=False).indices.sort().values
     cand = None
     if n > (1 << 16):
         sample = flat[torch.randint(n, (1 << 14,), device=flat.device)]

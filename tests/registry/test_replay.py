@@ -148,6 +148,10 @@ def test_verify_since_a_signed_checkpoint_reads_only_what_came_after(populated: 
     populated.register_signing_key("alice", signing.public_hex(signing.load_or_create_key()), "alice")
     assert run(saegov, ["audit", "checkpoint", "--out", str(tmp_path / "s.json"), "--sign"]).exit_code == 0
     assert run(saegov, ["audit", "checkpoint", "--out", str(tmp_path / "u.json")]).exit_code == 0
+    r = run(saegov, ["audit", "verify", "--since", str(tmp_path / "s.json")])
+    assert r.exit_code == 2 and "--since needs --trusted-keys" in r.stderr, r.output  # not the registry's word
+    assert run(saegov, ["key", "export", "--out", str(tmp_path / "trusted.json")]).exit_code == 0
+    monkeypatch.setenv("SAEGOV_TRUSTED_KEYS", str(tmp_path / "trusted.json"))
     r = run(saegov, ["audit", "verify", "--since", str(tmp_path / "u.json")])
     assert r.exit_code == 5 and "unsigned" in r.stderr
     size = len(populated.audit_events())

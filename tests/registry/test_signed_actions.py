@@ -291,3 +291,64 @@ def test_unreadable_payloads_of_tracked_events_are_one_line_refusals(store: Stor
         head.seq, head.hash = seq, h
     with pytest.raises(AuditVerificationError, match=f"audit event {seq}: the payload of this {action} cannot be read"):
         store.verify_audit()
+
+
+@pytest.mark.parametrize(("actor", "action", "payload", "named"), [
+    ("alice", "actor.add", {"name": "sock", "role": "reviewer", "first": True}, "claims to be the first actor"),
+    ("alice", "actor.add", {"name": "rob", "role": "admin", "first": False}, "added a second time"),
+    ("alice", "actor.role", {"name": "sock", "from": "engineer", "role": "reviewer"}, "unknown account"),
+    ("alice", "actor.role", {"name": "alice", "from": "admin", "role": "admin"}, "one's own role"),
+    ("alice", "actor.disable", {"name": "alice"}, "or one's own"),
+])
+def test_events_no_store_writes_are_named(store: Store, actor: str, action: str, payload: dict, named: str) -> None:
+    """Account events that would give an author an approver outside their lineage (a second
+    'first' actor, a role for an account never added) are refused from the log alone."""
+    forge_event(store, actor, action, f"actor:{payload['name']}", payload)
+    with pytest.raises(AuditVerificationError, match=named):
+        store.verify_audit()
+
+
+def test_a_key_registered_twice_is_named(store: Store, keys) -> None:
+    register_all(store, keys, ("alice", "erin"))
+    erin = signatures.public_hex(keys["erin"])
+    forge_event(store, "alice", "key.register", f"key:{erin}", {"id": 9, "public_key": erin, "purpose": "deployment",
+                                                                 "owner": "rob"}, signer=keys["alice"])
+    with pytest.raises(AuditVerificationError, match="registered a second time"):
+        store.verify_audit()
+
+
+def test_a_row_before_event_1_is_named_and_not_read(store: Store) -> None:
+    """A key registration slipped in at seq 0 (which the walk from event 1 would never read)."""
+    from sqlalchemy import text
+
+    key = "ab" * 32
+    with store.engine.begin() as conn:
+        conn.execute(text("INSERT INTO audit_events (seq, created_at, actor, action, subject, payload, prev_hash, hash) "
+                          "VALUES (0, '2026-01-01T00:00:00Z', 'alice', 'key.register', :s, :p, :h, :h)"),
+                     {"s": f"key:{key}", "p": json.dumps({"public_key": key, "owner": "erin"}), "h": "0" * 64})
+    assert key not in store.trusted_signing_keys() and key not in store.checkpoint_signers()
+    with pytest.raises(AuditVerificationError, match="sequence numbers start at 1"):
+        store.verify_audit()
+    with pytest.raises(AuditVerificationError, match="sequence numbers start at 1"):
+        store.audit_checkpoint()
+
+
+def test_checkpoint_signers_come_from_the_log_not_the_tables(store: Store, keys) -> None:
+    from sqlalchemy import text
+
+    register_all(store, keys, ("alice", "erin"))
+    erin = signatures.public_hex(keys["erin"])
+    assert set(store.checkpoint_signers()) == {signatures.public_hex(keys["alice"])}
+    with store.engine.begin() as conn:  # erin's key row moved to alice, erin made admin
+        conn.execute(text("UPDATE signing_keys SET actor_id = (SELECT id FROM actors WHERE name = 'alice') "
+                          "WHERE public_key = :k"), {"k": erin})
+        conn.execute(text("UPDATE actors SET role = 'admin' WHERE name = 'erin'"))
+    assert erin not in store.checkpoint_signers()
+
+
+def test_since_refuses_roots_outside_the_trust_store(store: Store, keys) -> None:
+    register_all(store, keys, ("alice", "erin"))
+    cp = store.audit_checkpoint()
+    assert store.verify_audit_since(cp, anchors=frozenset({signatures.public_hex(keys["alice"])})).size == cp.size
+    with pytest.raises(AuditVerificationError, match="root of trust before the checkpoint"):
+        store.verify_audit_since(cp, anchors=frozenset({signatures.public_hex(keys["erin"])}))

@@ -155,3 +155,15 @@ def test_unsupported_options_refused(tmp_path: Path) -> None:
         TopKSAE.load(tmp_path)
     (tmp_path / "cfg.json").write_text(json.dumps({**cfg, "multi_topk": True}))  # training-only: accepted
     assert TopKSAE.load(tmp_path).cfg.multi_topk
+
+
+def test_batch_topk_indices_with_nan_keeps_topk_rule() -> None:
+    """NaN ranks highest (torch.topk's rule): exactly m indices, sorted, NaNs among them."""
+    from governance.sae.model import batch_topk_indices
+
+    for n in (50, 100_000):
+        flat = torch.randn(n)
+        flat[[3, 7, 11]] = float("nan")
+        idx = batch_topk_indices(flat, 5)
+        assert idx.numel() == 5 and torch.equal(idx, idx.sort().values) and {3, 7, 11} <= set(idx.tolist())
+    assert batch_topk_indices(torch.full((70_000,), float("nan")), 4).numel() == 4
