@@ -11,7 +11,7 @@ import hashlib
 import json
 from contextlib import closing
 from pathlib import Path
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Sequence
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -22,7 +22,7 @@ from governance.common.jsonio import canonical_json
 from governance.common.timeutil import iso_utc, utcnow
 from governance.formats.checkpoint import Checkpoint
 from registry.errors import AuditVerificationError
-from registry.signatures import SignatureCheck, sign_event
+from registry.signatures import TRACKED_ACTIONS, SignatureCheck, sign_event
 from registry.models import GENESIS_HASH, AuditEvent, AuditHead
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode
@@ -44,22 +44,11 @@ def lock_head(session: Session) -> AuditHead:
 
 
 def append_event(session: Session, head: AuditHead, actor: str, action: str, subject: str,
-                 payload: dict[str, Any], signer: Ed25519PrivateKey | None = None) -> AuditEvent:
+                 payload: dict[str, Any], signer: Ed25519PrivateKey | None = None) -> None:
     """Append one event in the caller's transaction; `head` must come from `lock_head`.
     With `signer` (the actor's own key), the event carries their signature over its hash
     (registry.signatures)."""
-    seq = head.seq + 1
-    created_at = iso_utc(utcnow())
-    payload_text = canonical_json(payload)
-    digest = event_hash(seq, head.hash, created_at, actor, action, subject, payload_text)
-    signer_key, signature = sign_event(signer, digest) if signer is not None else (None, None)
-    event = AuditEvent(seq=seq, created_at=created_at, actor=actor, action=action,
-                       subject=subject, payload=payload_text, prev_hash=head.hash, hash=digest,
-                       signer_key=signer_key, signature=signature)
-    session.add(event)
-    head.seq, head.hash = seq, digest
-    session.flush()
-    return event
+    append_events(session, head, actor, [(action, subject, payload)], signer=signer)
 
 
 # --- Merkle tree (RFC 6962 section 2.1) -------------------------------------------------------
@@ -241,11 +230,13 @@ class VerifyReport:
     head_hash: str
     merkle_root: str | None = None
     signed: int = 0  # events whose actor signature was checked
+    # The hashes kept (`keep_leaves`, checkpoints): working data, not part of what a report says.
+    leaves: list[bytes] = field(default_factory=list, compare=False, repr=False)
 
 
 def verify_rows(rows: Iterable[tuple], head: tuple[int, str] | None = None,
                 checkpoint: Checkpoint | Sequence[Checkpoint] | None = None, start: tuple[int, str] | None = None,
-                signatures: SignatureCheck | None = None) -> VerifyReport:
+                signatures: SignatureCheck | None = None, keep_leaves: int = 0) -> VerifyReport:
     """Recompute the chain. Raises `AuditVerificationError` naming the first bad event.
 
     `head` is the (seq, hash) recorded in `audit_head`; a chain shorter than it was truncated.
@@ -254,13 +245,14 @@ def verify_rows(rows: Iterable[tuple], head: tuple[int, str] | None = None,
     (size, head hash of a trusted checkpoint), `rows` are the events after it, linked from that
     head: the cost is the events after it (`audit verify --since`). With `signatures`, every
     event also passes its rules (registry.signatures); rows are then the 10 columns of
-    `iter_event_rows` (8 are enough without).
+    `iter_event_rows` (8 are enough without). The hashes of the events up to `keep_leaves` (and
+    up to the largest checkpoint) come back in the report's `leaves`.
     """
     sha256 = hashlib.sha256
     q = _encode_str  # same bytes as the canonical JSON array of event_hash, built faster
     expected_seq, prev = (start[0] + 1, start[1]) if start else (1, GENESIS_HASH)
-    cps = sorted([checkpoint] if isinstance(checkpoint, Checkpoint) else (checkpoint or []), key=lambda c: c.size)
-    cp_size = cps[-1].size if cps else 0
+    cps = [checkpoint] if isinstance(checkpoint, Checkpoint) else list(checkpoint or [])
+    cp_size = max([c.size for c in cps] + [keep_leaves])
     leaves: list[bytes] = []
     for row in rows:
         seq, created_at, actor, action, subject, payload, prev_hash, stored = row[:8]
@@ -298,7 +290,7 @@ def verify_rows(rows: Iterable[tuple], head: tuple[int, str] | None = None,
                 f"audit head ({head_seq}) does not match the chain's last event ({size})", size)
     root = check_checkpoints(size, leaves, cps)
     return VerifyReport(size=size, head_hash=prev, merkle_root=root,
-                        signed=signatures.signed if signatures is not None else 0)
+                        signed=signatures.signed if signatures is not None else 0, leaves=leaves)
 
 
 def check_checkpoints(size: int, leaves: list[bytes], cps: Sequence[Checkpoint]) -> str | None:
@@ -337,19 +329,27 @@ def read_head(conn: Connection) -> tuple[int, str]:
 def make_checkpoint(conn: Connection) -> Checkpoint:
     """Verify the whole chain and every signature rule, then describe it: size, head hash, Merkle
     root, time, and the digest of the signature rules' state at its head (for `--since`)."""
-    leaves: list[bytes] = []
-
-    def tap(rows: Iterable[tuple]) -> Iterator[tuple]:
-        for row in rows:
-            leaves.append(bytes.fromhex(row[7]))
-            yield row
-
     check_bounds(conn)
     check = SignatureCheck()
     with closing(iter_event_rows(conn)) as rows:
-        report = verify_rows(tap(rows), head=read_head(conn), signatures=check)
-    return Checkpoint(size=report.size, head_hash=report.head_hash, merkle_root=merkle_root(leaves),
+        report = verify_rows(rows, head=read_head(conn), signatures=check, keep_leaves=2**63 - 1)
+    return Checkpoint(size=report.size, head_hash=report.head_hash, merkle_root=merkle_root(report.leaves),
                       time=iso_utc(utcnow()), state_sha256=check.state_digest())
+
+
+def replayed_state(conn: Connection, upto: int | None = None, anchors: frozenset[str] | None = None) -> SignatureCheck:
+    """The signature rules' state after event `upto` (all events when None), replayed from the
+    tracked events alone without checking them (the caller vouches for them another way: a
+    checkpoint's state digest, an earlier range's verification)."""
+    check = SignatureCheck(anchors=anchors)
+    rows = conn.execute(select(AuditEvent.actor, AuditEvent.action, AuditEvent.subject, AuditEvent.payload,
+                               AuditEvent.signer_key)
+                        .where(AuditEvent.seq >= 1, AuditEvent.seq <= (2**63 - 1 if upto is None else upto),
+                               AuditEvent.action.in_(TRACKED_ACTIONS))
+                        .order_by(AuditEvent.seq))
+    for row in rows:
+        check.prime(*row)
+    return check
 
 
 def verify_exported(path: Path, checkpoints: Sequence[Checkpoint] = (),

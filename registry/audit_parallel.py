@@ -23,7 +23,7 @@ from governance.formats.checkpoint import Checkpoint
 from registry import audit
 from registry.errors import AuditVerificationError
 from registry.models import GENESIS_HASH, AuditEvent
-from registry.signatures import TRACKED_ACTIONS, SignatureCheck
+from registry.signatures import SignatureCheck
 
 PARALLEL_MIN_EVENTS = 200_000
 
@@ -53,8 +53,10 @@ def _missing(conn, seq: int) -> AuditVerificationError:  # noqa: ANN001
     return AuditVerificationError(f"audit event {seq} is missing (next stored event is {nxt})", seq)
 
 
-def workers_for(size: int) -> int:
-    if size < PARALLEL_MIN_EVENTS:
+def workers_for(engine: Engine, size: int) -> int:
+    """Processes to verify a log of `size` events with (1: verify in this process; always for
+    an in-memory database, which other processes cannot open)."""
+    if size < PARALLEL_MIN_EVENTS or engine.url.database in (None, "", ":memory:"):
         return 1
     return max(1, min(os.cpu_count() or 1, 8, size // (PARALLEL_MIN_EVENTS // 2)))
 
@@ -63,23 +65,16 @@ def _verify_range(url: str, r: _Range, check: SignatureCheck, cp_max: int, last:
     from registry.db import make_engine
 
     engine = make_engine(url)
-    leaves = bytearray()
-
-    def tap(rows):  # noqa: ANN001, ANN202
-        for row in rows:
-            if row[0] <= cp_max:
-                leaves.extend(bytes.fromhex(row[7]))
-            yield row
-
     try:
         with engine.connect() as conn, closing(audit.iter_event_rows(conn, after=r.lo - 1, until=r.hi)) as rows:
             head = audit.read_head(conn) if last else None
             try:
-                rep = audit.verify_rows(tap(rows) if cp_max >= r.lo else rows, head=head, start=(r.lo - 1, r.start_hash),
-                                        signatures=check)
+                rep = audit.verify_rows(rows, head=head, start=(r.lo - 1, r.start_hash), signatures=check,
+                                        keep_leaves=cp_max)
             except AuditVerificationError as exc:
                 return _Outcome(0, "", 0, b"", error=(str(exc), exc.seq))
-        return _Outcome(rep.size, rep.head_hash, rep.signed, bytes(leaves), check=check)
+        # One bytes object, not a list of them: far cheaper to send back to the parent.
+        return _Outcome(rep.size, rep.head_hash, rep.signed, b"".join(rep.leaves), check=check)
     finally:
         engine.dispose()
 
@@ -105,14 +100,8 @@ def verify_parallel(engine: Engine, checkpoints: Sequence[Checkpoint], anchors: 
             if start is None:
                 raise _missing(conn, lo - 1)
             ranges.append(_Range(lo=lo, hi=bounds[i + 1] - 1 if i < workers - 1 else None, start_hash=start))
-            check = SignatureCheck(anchors=anchors)
-            before = conn.execute(select(AuditEvent.actor, AuditEvent.action, AuditEvent.subject, AuditEvent.payload,
-                                         AuditEvent.signer_key)
-                                  .where(AuditEvent.seq < lo, AuditEvent.action.in_(TRACKED_ACTIONS))
-                                  .order_by(AuditEvent.seq))
             try:
-                for row in before:
-                    check.prime(*row)
+                check = audit.replayed_state(conn, lo - 1, anchors)
             except AuditVerificationError:
                 check = SignatureCheck(anchors=anchors)  # an earlier range names the unreadable event
             check.judge_anchors = i == workers - 1  # the anchors are judged once, on the whole log

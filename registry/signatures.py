@@ -35,17 +35,15 @@ rows before it that it does not re-hash.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
-import hashlib
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from governance.common.jsonio import canonical_json
+from governance.common.personal_key import public_hex, verify_hex  # noqa: F401  (public_hex: registry's API too)
 from registry.errors import AuditVerificationError
 from registry.workflow import PERMISSIONS
 
@@ -63,22 +61,13 @@ def event_message(event_hash: str) -> bytes:
     return EVENT_DOMAIN + event_hash.encode()
 
 
-def public_hex(key: Ed25519PrivateKey) -> str:
-    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
-
-
 def sign_event(key: Ed25519PrivateKey, event_hash: str) -> tuple[str, str]:
     """(signer public key, signature), both hex."""
     return public_hex(key), key.sign(event_message(event_hash)).hex()
 
 
 def signature_valid(public_key: str, event_hash: str, signature: str) -> bool:
-    try:
-        Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_key)).verify(
-            bytes.fromhex(signature), event_message(event_hash))
-    except (InvalidSignature, ValueError, TypeError):
-        return False
-    return True
+    return verify_hex(public_key, event_message(event_hash), signature)
 
 
 @dataclass

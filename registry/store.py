@@ -1034,8 +1034,6 @@ class Store:
         """Record many generations in one transaction: one multi-row INSERT of the rows and one
         of their `generation.record` events (each event as `record_generation` writes it, so the
         chain means the same; only the cost per image falls). All or nothing."""
-        from sqlalchemy import insert
-
         if not items:
             return []
         prepared = []
@@ -1116,7 +1114,7 @@ class Store:
             with self.engine.connect() as conn:
                 audit.check_bounds(conn)
                 size = audit.read_head(conn)[0]
-            if (workers := workers_for(size)) > 1 and self.engine.url.database not in (None, "", ":memory:"):
+            if (workers := workers_for(self.engine, size)) > 1:
                 return verify_parallel(self.engine, cps, anchors, size, workers).report
             with self.engine.connect() as conn, closing(audit.iter_event_rows(conn)) as rows:
                 return audit.verify_rows(rows, head=audit.read_head(conn), checkpoint=cps,
@@ -1139,14 +1137,7 @@ class Store:
                             f"audit event {checkpoint.size} is not the head of the checkpoint of {checkpoint.time} "
                             f"({'missing' if stored is None else 'different'}): the log was cut or rewritten",
                             checkpoint.size)
-                check = signatures.SignatureCheck(anchors=anchors)
-                before = conn.execute(select(AuditEvent.actor, AuditEvent.action, AuditEvent.subject,
-                                             AuditEvent.payload, AuditEvent.signer_key)
-                                      .where(AuditEvent.seq <= checkpoint.size,
-                                             AuditEvent.action.in_(signatures.TRACKED_ACTIONS))
-                                      .order_by(AuditEvent.seq))
-                for row in before:
-                    check.prime(*row)
+                check = audit.replayed_state(conn, checkpoint.size, anchors)
                 # The rows before the checkpoint are not re-hashed here; the state they give must be
                 # the one the (signed) checkpoint recorded, or an edit among them would go unseen.
                 if checkpoint.state_sha256 is None:
@@ -1183,14 +1174,9 @@ class Store:
     def checkpoint_signers(self) -> dict[str, str]:
         """Public key -> owner, for the unrevoked keys of admins and auditors not disabled, as the
         audit log (replayed) says, not the key or actor tables: who may vouch for a tree head."""
-        check = signatures.SignatureCheck()
         try:
             with self.engine.connect() as conn:
-                for row in conn.execute(select(AuditEvent.actor, AuditEvent.action, AuditEvent.subject,
-                                               AuditEvent.payload, AuditEvent.signer_key)
-                                        .where(AuditEvent.seq >= 1, AuditEvent.action.in_(signatures.TRACKED_ACTIONS))
-                                        .order_by(AuditEvent.seq)):
-                    check.prime(*row)
+                check = audit.replayed_state(conn)
         except SQLAlchemyError as exc:
             raise DatabaseUnreachable(f"database error: {first_line(exc)}") from None
         out = {}
@@ -1221,17 +1207,10 @@ class Store:
         if not 0 < old.size <= new.size:
             raise ValidationFailed(f"the old checkpoint ({old.size} events) must be non-empty and no larger than "
                                    f"the new one ({new.size})")
-        leaves: list[bytes] = []
         try:
             with self.engine.connect() as conn, closing(audit.iter_event_rows(conn)) as rows:
-                def tap() -> Iterator[tuple]:
-                    for row in rows:
-                        if row[0] <= new.size:
-                            leaves.append(bytes.fromhex(row[7]))
-                        yield row
-
-                audit.verify_rows(tap(), head=audit.read_head(conn), checkpoint=[old, new],
-                                  signatures=signatures.SignatureCheck())
+                leaves = audit.verify_rows(rows, head=audit.read_head(conn), checkpoint=[old, new],
+                                           signatures=signatures.SignatureCheck()).leaves
         except SQLAlchemyError as exc:
             raise DatabaseUnreachable(f"database error: {first_line(exc)}") from None
         return audit.consistency_proof(leaves, old.size)
@@ -1244,7 +1223,7 @@ class Store:
         try:
             with self.engine.connect() as conn:
                 size = audit.read_head(conn)[0]
-                if (workers := workers_for(size)) <= 1 or self.engine.url.database in (None, "", ":memory:"):
+                if (workers := workers_for(self.engine, size)) <= 1:
                     return audit.make_checkpoint(conn)
             res = verify_parallel(self.engine, [], None, size, workers, leaves_upto=size)
             if res.report.size != size:  # appended to while it was read: the leaves stop at `size`

@@ -8,8 +8,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from governance.common.errors import GovernanceError
 from governance.common.workspace import config_dir
@@ -54,6 +55,16 @@ def load_or_create_key(path: Path | None = None) -> Ed25519PrivateKey:
 
 def public_hex(key: Ed25519PrivateKey) -> str:
     return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
+
+
+def verify_hex(public_key_hex: str, message: bytes, signature_hex: str) -> bool:
+    """Whether `signature_hex` is the Ed25519 signature of `message` by `public_key_hex`
+    (malformed hex or keys are simply not valid)."""
+    try:
+        Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_key_hex)).verify(bytes.fromhex(signature_hex), message)
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True
 
 
 def load_key_if_present() -> Ed25519PrivateKey | None:

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from governance.common.personal_key import (  # noqa: F401  (the signing API, in one place)
     KEY_NAME,
@@ -19,18 +18,11 @@ from governance.common.personal_key import (  # noqa: F401  (the signing API, in
     load_or_create_key,
     public_hex,
 )
+from governance.common.personal_key import verify_hex as verify  # noqa: F401
 
 
 def sign(key: Ed25519PrivateKey, message: bytes) -> str:
     return key.sign(message).hex()
-
-
-def verify(public_key_hex: str, message: bytes, signature_hex: str) -> bool:
-    try:
-        Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_key_hex)).verify(bytes.fromhex(signature_hex), message)
-    except (InvalidSignature, ValueError):
-        return False
-    return True
 
 
 def is_public_key(value: str) -> bool:

@@ -75,7 +75,7 @@ def test_a_parallel_checkpoint_is_the_serial_one(long_log, monkeypatch) -> None:
     store, _ = long_log
     with store.engine.connect() as conn:
         serial_cp = audit.make_checkpoint(conn)
-    monkeypatch.setattr(par, "workers_for", lambda size: 3)
+    monkeypatch.setattr(par, "workers_for", lambda engine, size: 3)
     parallel_cp = store.audit_checkpoint()
     same = ("size", "head_hash", "merkle_root", "state_sha256")
     assert [getattr(parallel_cp, f) for f in same] == [getattr(serial_cp, f) for f in same]
