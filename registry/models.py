@@ -341,6 +341,42 @@ class Deployment(Base):
     built_by: Mapped[Actor] = relationship()
 
 
+class DeploymentEvaluation(Base):
+    """An evaluation of a deployment (UA / IRA / CRA per concept), recorded so that a promotion
+    can name the evidence it rests on."""
+
+    __tablename__ = "deployment_evaluations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id"), index=True)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    metrics_sha256: Mapped[str] = mapped_column(String(64))
+    report_sha256: Mapped[str | None] = mapped_column(String(64))
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
+    created_by_id: Mapped[int] = mapped_column(ForeignKey("actors.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    created_by: Mapped[Actor] = relationship()
+
+
+class DeploymentPromotion(Base):
+    """A deployment given an alias (`production`) after a passing verification and a recorded
+    evaluation; the MLflow alias follows the registry, never the other way round."""
+
+    __tablename__ = "deployment_promotions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id"))
+    evaluation_id: Mapped[int] = mapped_column(ForeignKey("deployment_evaluations.id"))
+    alias: Mapped[str] = mapped_column(String(64))
+    mlflow_model: Mapped[str | None] = mapped_column(String(255))
+    mlflow_version: Mapped[str | None] = mapped_column(String(64))
+    promoted_by_id: Mapped[int] = mapped_column(ForeignKey("actors.id"))
+    promoted_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    promoted_by: Mapped[Actor] = relationship()
+
+
 class Generation(Base):
     __tablename__ = "generations"
 

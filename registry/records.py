@@ -202,6 +202,28 @@ class DeploymentRecord(Record):
     built_at: dt.datetime
 
 
+class EvaluationRecord(Record):
+    id: int
+    deployment_id: int
+    metrics: dict[str, Any]
+    metrics_sha256: str
+    report_sha256: str | None
+    mlflow_run_id: str | None
+    created_by: str
+    created_at: dt.datetime
+
+
+class PromotionRecord(Record):
+    id: int
+    deployment_id: int
+    evaluation_id: int
+    alias: str
+    mlflow_model: str | None
+    mlflow_version: str | None
+    promoted_by: str
+    promoted_at: dt.datetime
+
+
 class GenerationRecord(Record):
     id: int
     deployment_id: int

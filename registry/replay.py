@@ -8,7 +8,7 @@ back. A row changed by SQL is found even though the chain still verifies.
 
 Compared: actors and roles; mappings (state, spec hash, creator); reviews (every field);
 blocklist versions (state, content hash, entries); deployments (blocklist version, manifest
-hash, builder); signing keys (owner, revocation); approval policies (every version).
+hash, builder); evaluations and promotions; signing keys (owner, revocation); approval policies (every version).
 """
 from __future__ import annotations
 
@@ -20,11 +20,15 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from governance.common.hashing import sha256_text
+from governance.common.jsonio import canonical_json
 from registry.models import (
     Actor,
     ApprovalPolicyRow,
     BlocklistVersion,
     Deployment,
+    DeploymentEvaluation,
+    DeploymentPromotion,
     FeatureMapping,
     Review,
     SigningKey,
@@ -42,6 +46,8 @@ class Replayed:
     deployments: dict[int, dict[str, Any]] = field(default_factory=dict)
     keys: dict[str, dict[str, Any]] = field(default_factory=dict)  # public key -> owner, revoked
     policies: dict[int, dict[str, Any]] = field(default_factory=dict)
+    evaluations: dict[int, dict[str, Any]] = field(default_factory=dict)
+    promotions: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 def replay(events: Iterable[tuple[int, str, str, str, str]]) -> Replayed:
@@ -74,6 +80,13 @@ def replay(events: Iterable[tuple[int, str, str, str, str]]) -> Replayed:
         elif action == "deployment.record":
             r.deployments[int(p["id"])] = {"blocklist": f"{p['blocklist']}@{p['blocklist_version']}",
                                            "manifest_sha256": p["manifest_sha256"], "built_by": actor}
+        elif action == "deployment.evaluate":
+            r.evaluations[int(p["id"])] = {"deployment_id": int(p["deployment_id"]),
+                                           "metrics_sha256": p["metrics_sha256"], "by": actor}
+        elif action == "deployment.promote":
+            r.promotions[int(p["id"])] = {"deployment_id": int(p["deployment_id"]),
+                                          "evaluation_id": int(p["evaluation_id"]), "alias": p["alias"],
+                                          "mlflow_version": p.get("mlflow_version"), "by": actor}
         elif action == "key.register":
             r.keys[p["public_key"]] = {"owner": p["owner"], "revoked": False}
         elif action == "key.revoke":
@@ -110,6 +123,12 @@ def disagreements(s: Session, expected: Replayed, limit: int = 20) -> list[str]:
     diff("deployment", {d.id: {"blocklist": f"{d.blocklist_version.blocklist.name}@{d.blocklist_version.version}",
                                "manifest_sha256": d.manifest_sha256, "built_by": d.built_by.name}
                         for d in s.scalars(select(Deployment))}, expected.deployments)
+    diff("evaluation", {e.id: {"deployment_id": e.deployment_id, "metrics_sha256": sha256_text(canonical_json(e.metrics)),
+                               "by": e.created_by.name} for e in s.scalars(select(DeploymentEvaluation))},
+         expected.evaluations)
+    diff("promotion", {p.id: {"deployment_id": p.deployment_id, "evaluation_id": p.evaluation_id, "alias": p.alias,
+                              "mlflow_version": p.mlflow_version, "by": p.promoted_by.name}
+                       for p in s.scalars(select(DeploymentPromotion))}, expected.promotions)
     diff("signing key", {k.public_key: {"owner": k.actor.name, "revoked": k.revoked_at is not None}
                          for k in s.scalars(select(SigningKey))}, expected.keys)
     diff("approval policy", {p.version: {"min_ua": p.min_ua, "min_ira": p.min_ira, "min_cra": p.min_cra,

@@ -61,6 +61,8 @@ from registry.models import (
     BlocklistVersionSae,
     Concept,
     Deployment,
+    DeploymentEvaluation,
+    DeploymentPromotion,
     FeatureMapping,
     Generation,
     MappingFeature,
@@ -69,6 +71,8 @@ from registry.models import (
     SigningKey,
 )
 from registry.records import (
+    EvaluationRecord,
+    PromotionRecord,
     ActorRecord,
     AuditEventRecord,
     BaseModelRecord,
@@ -1025,6 +1029,76 @@ class Store:
         with self._read() as s:
             return [_deployment(d) for d in s.scalars(select(Deployment).order_by(Deployment.id))]
 
+    def record_evaluation(self, *, deployment_id: int, metrics: dict[str, Any], actor: str | None,
+                          report_sha256: str | None = None, mlflow_run_id: str | None = None) -> EvaluationRecord:
+        """Record an evaluation of a deployment (UA / IRA / CRA per concept, as fractions), the
+        evidence a promotion names."""
+        if not isinstance(metrics, dict) or not metrics:
+            raise ValidationFailed("an evaluation needs metrics")
+        if report_sha256 is not None:
+            report_sha256 = _check_sha256(report_sha256, "report sha256")
+        with self._write(actor, "deployment.evaluate") as tx:
+            s = tx.session
+            d = s.get(Deployment, _row_id(deployment_id, "deployment"))
+            if d is None:
+                raise NotFound(f"unknown deployment {deployment_id}")
+            row = DeploymentEvaluation(deployment_id=d.id, metrics=metrics,
+                                       metrics_sha256=sha256_text(canonical_json(metrics)),
+                                       report_sha256=report_sha256, mlflow_run_id=mlflow_run_id,
+                                       created_by_id=tx.actor.id)
+            s.add(row)
+            s.flush()
+            s.refresh(row)
+            rec = _evaluation(row)
+            tx.log("deployment.evaluate", f"deployment:{d.id}", rec.to_json() | {"created_at": None})
+            return rec
+
+    def list_evaluations(self, deployment_id: int | None = None) -> list[EvaluationRecord]:
+        with self._read() as s:
+            q = select(DeploymentEvaluation).order_by(DeploymentEvaluation.id)
+            if deployment_id is not None:
+                q = q.where(DeploymentEvaluation.deployment_id == _row_id(deployment_id, "deployment"))
+            return [_evaluation(e) for e in s.scalars(q)]
+
+    def promote_deployment(self, *, deployment_id: int, evaluation_id: int, alias: str, actor: str | None,
+                           mlflow_model: str | None = None, mlflow_version: str | None = None) -> PromotionRecord:
+        """Give a deployment an alias (`production`). The caller has verified the deployment's
+        files and signature (governance.enforcement.promote); here: its blocklist version is
+        still in force and the evaluation is one recorded for this deployment."""
+        alias = _valid_name(alias, "alias")
+        with self._write(actor, "deployment.promote") as tx:
+            s = tx.session
+            d = s.get(Deployment, _row_id(deployment_id, "deployment"))
+            if d is None:
+                raise NotFound(f"unknown deployment {deployment_id}")
+            ev = s.get(DeploymentEvaluation, _row_id(evaluation_id, "evaluation"))
+            if ev is None or ev.deployment_id != d.id:
+                raise ValidationFailed(f"evaluation {evaluation_id} is not an evaluation of deployment {d.id}")
+            v = d.blocklist_version
+            ref = f"{v.blocklist.name}@{v.version}"
+            if v.state != "published":
+                raise ValidationFailed(f"blocklist {ref} of deployment {d.id} is {v.state}")
+            for e in v.entries:
+                _require_intact(s, e.mapping, "promote a deployment")
+            if _logged_version_state(s, ref) != "published":
+                raise AuditVerificationError(f"blocklist {ref} is published in the table but not in the audit log; "
+                                             "refusing to promote")
+            row = DeploymentPromotion(deployment_id=d.id, evaluation_id=ev.id, alias=alias, mlflow_model=mlflow_model,
+                                      mlflow_version=mlflow_version, promoted_by_id=tx.actor.id)
+            s.add(row)
+            s.flush()
+            s.refresh(row)
+            rec = _promotion(row)
+            tx.log("deployment.promote", f"deployment:{d.id}", rec.to_json() | {"promoted_at": None})
+            return rec
+
+    def list_promotions(self, alias: str | None = None) -> list[PromotionRecord]:
+        with self._read() as s:
+            q = select(DeploymentPromotion).order_by(DeploymentPromotion.id)
+            if alias is not None:
+                q = q.where(DeploymentPromotion.alias == alias)
+            return [_promotion(p) for p in s.scalars(q)]
+
     def record_generation(self, *, deployment_id: int, prompt_sha256: str, seed: int,
                           trace: dict[str, Any], actor: str | None) -> GenerationRecord:
         """Record one generation's trace (stored as canonical JSON with its sha256)."""
@@ -1497,6 +1571,18 @@ def _deployment(d: Deployment) -> DeploymentRecord:
         sae_ids=[x.sae_id for x in v.saes], base_model_hash=d.base_model_hash, path=d.path,
         manifest_sha256=d.manifest_sha256, mlflow_model_version=d.mlflow_model_version,
         details=d.details or {}, built_by=d.built_by.name, built_at=d.built_at)
+
+
+def _evaluation(e: DeploymentEvaluation) -> EvaluationRecord:
+    return EvaluationRecord(id=e.id, deployment_id=e.deployment_id, metrics=e.metrics, metrics_sha256=e.metrics_sha256,
+                            report_sha256=e.report_sha256, mlflow_run_id=e.mlflow_run_id,
+                            created_by=e.created_by.name, created_at=e.created_at)
+
+
+def _promotion(p: DeploymentPromotion) -> PromotionRecord:
+    return PromotionRecord(id=p.id, deployment_id=p.deployment_id, evaluation_id=p.evaluation_id, alias=p.alias,
+                           mlflow_model=p.mlflow_model, mlflow_version=p.mlflow_version,
+                           promoted_by=p.promoted_by.name, promoted_at=p.promoted_at)
 
 
 def _generation(g: Generation, creator: str) -> GenerationRecord:

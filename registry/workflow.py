@@ -35,6 +35,8 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "blocklist.approve": frozenset({"admin", "reviewer"}),
     "deployment.record": frozenset({"admin", "engineer"}),
     "generation.record": frozenset({"admin", "engineer"}),
+    "deployment.evaluate": frozenset({"admin", "engineer", "reviewer"}),
+    "deployment.promote": frozenset({"admin", "engineer"}),
 }
 
 # review action -> (from state, to state)
