@@ -13,6 +13,7 @@ plain / enforced so that load changes hit both alike.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -93,25 +94,25 @@ def capture_block_output(pipe: Any, block: torch.nn.Module, run: Callable[[], An
 
 def toy(args: argparse.Namespace) -> None:
     from governance.enforcement import EnforcedStableDiffusionPipeline
-    from governance.enforcement.intervention import enforcer_of
-    from governance.toyworld.loading import load_pipeline
+    from governance.enforcement.intervention import blocklist_suspended, enforcer_of
 
     # Verified against the trust store given, else the registry of SAEGOV_HOME (the demo's: the
     # key that signed the demo deployment is registered there).
     enforced = EnforcedStableDiffusionPipeline.from_pretrained(args.deployment, check_registry=args.trusted_keys is None,
                                                                trusted_keys_file=args.trusted_keys)
-    plain = load_pipeline(args.deployment)  # the same weights, no hooks
     d = enforced.saegov.manifest.payload.defaults
     prompts = ["a red circle in dotted style", "a blue square in plain style"] * (args.batch // 2)
 
-    def run(pipe: Any) -> Callable[[], Any]:
+    def run(pipe: Any, hooks: bool) -> Callable[[], Any]:
         def go() -> None:
             gens = [torch.Generator().manual_seed(i) for i in range(len(prompts))]
-            pipe(prompts, num_inference_steps=d.num_inference_steps, guidance_scale=d.guidance_scale,
-                 generator=gens, output_type="np")
+            # Plain: the same pipeline with its hooks off (plain diffusers refuses a deployment folder).
+            with contextlib.nullcontext() if hooks else blocklist_suspended(pipe):
+                pipe(prompts, num_inference_steps=d.num_inference_steps, guidance_scale=d.guidance_scale,
+                     generator=gens, output_type="np")
         return go
 
-    times = side_by_side({"plain": run(plain), "enforced": run(enforced)}, args.repeats)
+    times = side_by_side({"plain": run(enforced, False), "enforced": run(enforced, True)}, args.repeats)
     print(f"toy world, {len(prompts)} images x {d.num_inference_steps} steps: plain s {spread(times['plain'])}, "
           f"enforced s {spread(times['enforced'])}; enforced/plain {spread(ratios(times['enforced'], times['plain']))}")
     enf = enforcer_of(enforced)

@@ -7,7 +7,9 @@ from typing import Any
 
 import click
 
-from cli.common import GUIDANCE, SEED, STEPS, check_device, default_device, print_json, subgroup
+from cli.common import (
+    GUIDANCE, SEED, STEPS, actor_option, check_device, default_device, print_json, resolve_actor, subgroup,
+)
 from governance.common.errors import UsageError
 
 
@@ -34,10 +36,12 @@ def register(group: click.Group) -> None:
 @click.option("--width", type=int, default=None)
 @click.option("--device", default=None, callback=check_device, help="cpu / cuda (default: cuda if available).")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True)
+@click.option("--no-mlflow", is_flag=True, help="Do not record an MLflow run.")
+@actor_option
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest summary as JSON.")
 def collect_cmd(model: str | None, hook_point: str, prompts_file: Path, steps: int, guidance: float, seed: int,
                 out: Path, prompts_per_shard: int, batch_size: int, height: int | None, width: int | None,
-                device: str | None, dtype: str, as_json: bool) -> None:
+                device: str | None, dtype: str, no_mlflow: bool, actor: str | None, as_json: bool) -> None:
     """Collect conditional-half activations at a hook point (resumable; torchrun shards prompts)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -54,11 +58,16 @@ def collect_cmd(model: str | None, hook_point: str, prompts_file: Path, steps: i
                         prompts_per_shard=prompts_per_shard, batch_size=batch_size,
                         device=device or default_device(), dtype=dtype)
     rank0 = int(os.environ.get("RANK", "0")) == 0
+    if rank0 and not no_mlflow:
+        from governance.tracking.runs import check_tracking
+
+        check_tracking()  # before the progress bar, so that the refusal is the only line
     with Progress(TextColumn("collect {task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
                   disable=not rank0) as bar:  # stderr: stdout stays clean for --json
         task = bar.add_task(hook_point, total=None)
-        manifest = collect(cfg, progress=lambda done, total: bar.update(task, completed=done, total=total))
+        manifest = collect(cfg, progress=lambda done, total: bar.update(task, completed=done, total=total),
+                           track=not no_mlflow, actor=resolve_actor(actor))
     if not rank0:
         return
     summary = _summary(manifest, out)

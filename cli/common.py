@@ -19,6 +19,7 @@ failure and an OS error into `error: MESSAGE` on stderr and the documented exit 
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -82,6 +83,41 @@ def one_line_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def quiet_output() -> None:
+    """A command's stderr is its progress, its MLflow links and its one-line error: no library
+    progress bars, hints or warnings (torchvision, accelerate, transformers, diffusers, hub
+    downloads, MLflow). Environment defaults only, so that `--help` still imports no torch; the
+    library loggers are set where the libraries are loaded (governance.basemodel.loading)."""
+    for name, value in (("TRANSFORMERS_VERBOSITY", "error"), ("DIFFUSERS_VERBOSITY", "error"),
+                        ("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")):
+        os.environ.setdefault(name, value)
+    from governance.tracking.runs import quiet_mlflow
+
+    quiet_mlflow()
+
+
+@contextlib.contextmanager
+def announce_runs() -> Any:
+    """Print, on stderr, a link to every MLflow run the command finished (its UI page on a
+    tracking server, else its id), once the command has succeeded: stdout stays clean for
+    `--json`, and a failure stays one line."""
+    from governance.tracking.runs import collect_finished_runs
+
+    with collect_finished_runs() as runs:
+        try:
+            yield
+        except SystemExit as exc:
+            if exc.code in (0, None):
+                _echo_runs(runs)
+            raise
+        _echo_runs(runs)
+
+
+def _echo_runs(runs: Sequence[Any]) -> None:
+    for run in runs:
+        click.echo(f"MLflow run: {run.link}", err=True)
+
+
 class SaegovGroup(click.Group):
     """The root group: every sub-command it invokes runs inside `one_line_errors`, and click's own
     usage errors are one line too (`error: saegov deploy build: Missing option '--out'.`)."""
@@ -92,6 +128,12 @@ class SaegovGroup(click.Group):
 
     def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
+        quiet_output()
+        with announce_runs():
+            return self._main(args, prog_name, complete_var, standalone_mode, **extra)
+
+    def _main(self, args: Any, prog_name: str | None, complete_var: str | None, standalone_mode: bool,
+              **extra: Any) -> Any:
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:

@@ -88,7 +88,7 @@ def _fresh_workspace(path: Path) -> None:
 def demo(workspace: Path, colour: str, style: str, colour_hookpoint: str, style_hookpoint: str, top_ns: str,
          multipliers: str, style_top_ns: str, style_multipliers: str) -> None:
     """Collect and train an SAE at each concept's block, sweep both, review, publish one blocklist
-    holding both SAEs, deploy, generate, evaluate, verify."""
+    holding both SAEs, deploy, generate, evaluate, promote to production, verify."""
     from governance.formats.prompts import write_prompts
     from governance.toyworld.loading import ToyWorldMissing
     from governance.toyworld.quality import DEFAULT_GUIDANCE, DEFAULT_STEPS
@@ -173,7 +173,10 @@ def demo(workspace: Path, colour: str, style: str, colour_hookpoint: str, style_
 
     click.secho("5. Evaluation (UA / IRA / CRA) and report", bold=True, err=True)
     report = ws / "reports" / "demo.html"
-    _run(["eval", "--deployment", str(dep), "--report", str(report)])
+    _run(["eval", "--deployment", str(dep), "--report", str(report), "--actor", "rob"])
+    click.secho("6. Promotion: the evaluated deployment becomes production (MLflow alias)", bold=True, err=True)
+    _run(["deploy", "promote", "1", "--actor", "erin"])
+    _run(["deploy", "status"])
     _run(["audit", "verify"])
     click.echo(f"report: {report}")
     click.echo(f"demo finished in {time.monotonic() - t0:.0f} s (workspace {ws})")

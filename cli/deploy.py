@@ -66,3 +66,46 @@ def register(root: click.Group) -> None:
                    + (f", approvals current (deployment {v.deployment_id})" if v.registry_checked else ""))
         for note in v.notes:
             click.echo(f"note: {note}", err=note.startswith("UNTRUSTED"))
+
+    @deploy.command("promote")
+    @click.argument("deployment_id", type=click.IntRange(min=1))
+    @click.option("--alias", default="production", show_default=True, help="The MLflow alias to move.")
+    @click.option("--evaluation", "evaluation_id", type=click.IntRange(min=1), default=None,
+                  help="The recorded evaluation it rests on (default: the latest of this deployment).")
+    @actor_option
+    @json_option
+    def promote(deployment_id: int, alias: str, evaluation_id: int | None, actor: str | None, as_json: bool) -> None:
+        """Make a deployment `production`: verified against the registry (the MLflow Model's own copy) and
+        evaluated; the promotion is audited, then MLflow's alias moves."""
+        from governance.enforcement.promote import promote as do_promote
+
+        done = do_promote(open_store(), deployment_id, resolve_actor(actor), alias=alias, evaluation_id=evaluation_id)
+        info = {"promotion": done.record.to_json(), "evaluation_id": done.evaluation.id,
+                "manifest_sha256": done.verified_manifest_sha256, "mlflow_model": done.mlflow_model}
+        if as_json:
+            print_json(info)
+            return
+        click.echo(f"deployment {deployment_id} promoted to {alias} (promotion {done.record.id}, evaluation "
+                   f"{done.evaluation.id})" + (f": {done.mlflow_model}" if done.mlflow_model else " (no MLflow Model)"))
+
+    @deploy.command("status")
+    @click.option("--alias", default="production", show_default=True)
+    @json_option
+    def status(alias: str, as_json: bool) -> None:
+        """Where each deployment model's alias points, against the registry's last promotion; exit 1 on a
+        mismatch (an alias moved in MLflow by hand)."""
+        from governance.enforcement.promote import alias_status
+
+        rows = alias_status(open_store(), alias)
+        if as_json:
+            print_json(rows)
+        else:
+            for r in rows:
+                state = "ok" if r["ok"] else "MISMATCH"
+                registry = (f"registry promoted version {r['promoted_version']} (deployment {r['deployment_id']}, by "
+                            f"{r['promoted_by']})" if r["promotion_id"] else "never promoted by the registry")
+                click.echo(f"{r['model']}@{alias}: {registry}, MLflow points at {r['mlflow_version']}: {state}")
+            if not rows:
+                click.echo(f"no deployment was promoted to {alias}")
+        if not all(r["ok"] for r in rows):
+            raise SystemExit(1)

@@ -33,10 +33,13 @@ def register(root: click.Group) -> None:
     @click.option("--trusted-keys", type=click.Path(path_type=Path), default=None,
                   help="Trust store file (`saegov key export`); default: SAEGOV_TRUSTED_KEYS.")
     @click.option("--no-track", is_flag=True, help="Do not log to MLflow.")
+    @click.option("--actor", "actor", default=None, metavar="NAME",
+                  help="Record the evaluation in the registry as NAME (what `deploy promote` needs); "
+                       "default: not recorded.")
     @json_option
     def eval_(deployment: Path, seeds: str, report: Path | None, attack: bool, attack_prompts: int,
               attack_iterations: int, attack_tokens: int, offline: bool, trusted_keys: Path | None, no_track: bool,
-              as_json: bool) -> None:
+              actor: str | None, as_json: bool) -> None:
         """Measure what a deployment removes and keeps (UnlearnCanvas-style, on the toy world)."""
         from cli.progress import stage_progress
         from governance.evaluation.attack import AttackSettings
@@ -48,7 +51,7 @@ def register(root: click.Group) -> None:
             result = run_evaluation(deployment, offline=offline, trusted_keys_file=trusted_keys, seeds=_seeds(seeds),
                                     report=report,
                                     track=not no_track, progress=lambda stage, i, n: progress(stage, i, n, {}),
-                                    attack=settings)
+                                    attack=settings, actor=actor)
         if as_json:
             print_json(result.summary())
             return
@@ -67,6 +70,8 @@ def register(root: click.Group) -> None:
         if result.mlflow_run_id:
             click.echo(f"mlflow run: {result.mlflow_run_id}")
         click.echo(f"report: {result.report}")
+        if result.evaluation_id is not None:
+            click.echo(f"recorded as evaluation {result.evaluation_id} of deployment {result.deployment_id}")
 
 
 def _pct(v: float | None) -> str:

@@ -10,7 +10,8 @@ from cli.common import GUIDANCE, SEED, STEPS, actor_option, json_option, print_j
 
 def register(root: click.Group) -> None:
     @root.command("generate")
-    @click.option("--deployment", "deployment", type=click.Path(path_type=Path), required=True)
+    @click.option("--deployment", "deployment", required=True,
+                  help="A deployment folder, or its MLflow Model (models:/deployment-NAME@production).")
     @click.argument("prompt")
     @click.option("--seed", type=SEED, default=0, show_default=True)
     @click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="PNG to write.")
@@ -20,12 +21,12 @@ def register(root: click.Group) -> None:
     @click.option("--guidance", type=GUIDANCE, default=None, help="Default: the deployment's approved guidance.")
     @actor_option
     @json_option
-    def generate(deployment: Path, prompt: str, seed: int, out: Path, trace_file: Path | None, record: bool,
+    def generate(deployment: str, prompt: str, seed: int, out: Path, trace_file: Path | None, record: bool,
                  steps: int | None, guidance: float | None, actor: str | None, as_json: bool) -> None:
         """Generate one image through a verified deployment, with its feature trace."""
         from governance.enforcement.generate import generate_image
 
-        g = generate_image(deployment, prompt, seed=seed, out=out, trace_file=trace_file, record=record,
+        g = generate_image(deployment if deployment.startswith(("models:/", "runs:/")) else Path(deployment), prompt, seed=seed, out=out, trace_file=trace_file, record=record,
                            actor=resolve_actor(actor), steps=steps, guidance=guidance)
         if as_json:
             print_json(g.summary())

@@ -70,8 +70,9 @@ def train_cmd(activations: Path, expansion: int, num_latents: int, k: int, epoch
     click.echo(f"  sha256 {summary['weights_sha256']}")
     click.echo(f"  fvu {m['fvu']:.4f}  explained variance {m['explained_variance']:.4f}  l0 {m['l0']:.1f}  "
                f"dead {m['dead_pct']:.2f}%  ({summary['steps']} steps, {m['tokens_per_s']:.0f} tokens/s)")
-    if summary["mlflow_run_id"]:
-        click.echo(f"  mlflow run {summary['mlflow_run_id']}  model version {summary['mlflow_model_version']}")
+    if summary["mlflow_model_version"]:
+        click.echo(f"  MLflow model {summary['mlflow_model_name']} version {summary['mlflow_model_version']} "
+                   "(alias candidate)")
     if summary["sae_ref"]:
         click.echo(f"  registered as {summary['sae_ref']} (id {summary['sae_id']})")
 
@@ -81,5 +82,9 @@ def register(root: click.Group) -> None:
 
 
 if __name__ == "__main__":  # torchrun -m cli.sae_train ...
+    from cli.common import announce_runs, quiet_output
+
+    quiet_output()
     train_cmd.callback = one_line_errors(train_cmd.callback)  # type: ignore[arg-type]
-    train_cmd(prog_name="saegov sae train")
+    with announce_runs():
+        train_cmd(prog_name="saegov sae train")

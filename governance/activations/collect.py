@@ -224,17 +224,59 @@ def _manifest(
     )
 
 
-def collect(cfg: CollectConfig, progress: Progress | None = None) -> ActivationManifest:
-    """Run the collection (or resume it); returns the manifest (complete on rank 0)."""
+def collect(cfg: CollectConfig, progress: Progress | None = None, *, track: bool = False,
+            actor: str | None = None) -> ActivationManifest:
+    """Run the collection (or resume it); returns the manifest (complete on rank 0). With
+    `track`, rank 0 records it as an MLflow run whose input is the collected dataset."""
     rank, world = dist_info()
+    track = track and rank == 0
+    if track:
+        from governance.tracking.runs import check_tracking
+
+        check_tracking()  # an unreachable server is refused before loading the model, not after hours
     device = cfg.device
     if world > 1 and device.startswith("cuda"):
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
     dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[cfg.dtype]
     pipe, folder = load_pipeline(cfg.model, device=device, dtype=dtype)
     resolve_hook_point(pipe.unet, cfg.hook_point)  # a bad hook point fails before hashing GBs
-    return collect_with_pipeline(pipe, model_folder_hash(folder), cfg.model_copy(update={"device": device}),
-                                 progress)
+    base_model_hash = model_folder_hash(folder)
+    cfg = cfg.model_copy(update={"device": device})
+    if not track:
+        return collect_with_pipeline(pipe, base_model_hash, cfg, progress)
+    return _tracked_collect(pipe, base_model_hash, cfg, progress, actor, world)
+
+
+def _tracked_collect(pipe: Any, base_model_hash: str, cfg: CollectConfig, progress: Progress | None,
+                     actor: str | None, world: int) -> ActivationManifest:
+    import tempfile
+    import time
+
+    from governance.common.hashing import sha256_bytes
+    from governance.tracking.runs import Tracker, activation_dataset_ref
+
+    with Tracker("activation-collection", base_model_hash, run_name=f"collect {cfg.hook_point}", actor=actor,
+                 tags={"saegov.hookpoint": cfg.hook_point, "saegov.activation_dataset": str(cfg.out.resolve())}) as tr:
+        tr.log_params({"collect": cfg.model_dump(mode="json", exclude={"prompts"}), "n_prompts": len(cfg.prompts),
+                       "prompts_sha256": prompts_sha256(cfg.prompts), "base_model_hash": base_model_hash,
+                       "world_size": world})
+        start = time.monotonic()
+        collect_with_pipeline(pipe, base_model_hash, cfg, progress)
+        seconds = time.monotonic() - start
+        manifest, raw = read_activation_manifest(cfg.out)
+        digest = sha256_bytes(raw)
+        tr.log_params({"activation_dataset_sha256": digest, "resolved.height": manifest.params.height,
+                       "resolved.width": manifest.params.width})
+        tr.set_tags({"saegov.activation_dataset_sha256": digest})
+        tr.log_metrics({"rows": manifest.total_rows, "shards": len(manifest.shards), "d_in": manifest.d_in,
+                        "seconds": seconds, "rows_per_s": manifest.total_rows / max(seconds, 1e-9)})
+        # The manifest by content (it names every shard's sha256): any machine can fetch it.
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "manifest.json").write_bytes(raw)
+            tr.log_artifacts(tmp, "activations")
+        # What `sae train` logs as its input too: the UI links the dataset's collection and trainings.
+        tr.log_dataset_input(activation_dataset_ref(cfg.out, manifest, digest), "collection")
+        return manifest
 
 
 def collect_with_pipeline(pipe: Any, base_model_hash: str, cfg: CollectConfig,

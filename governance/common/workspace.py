@@ -34,3 +34,16 @@ def config_dir() -> Path:
         return Path(os.environ[ENV_CONFIG_DIR])
     base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
     return Path(base) / "saegov"
+
+
+def workspace_relative(path: Path) -> str:
+    """What a workspace records about a path of its own: relative to `SAEGOV_HOME` when inside it
+    (so a copied or moved workspace still finds it), else absolute."""
+    path, home = Path(path).resolve(), workspace_home().resolve()
+    return path.relative_to(home).as_posix() if path.is_relative_to(home) else str(path)
+
+
+def workspace_path(recorded: str) -> Path:
+    """The inverse of `workspace_relative`."""
+    p = Path(recorded)
+    return p if p.is_absolute() else workspace_home() / p

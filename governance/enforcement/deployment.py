@@ -19,7 +19,7 @@ from typing import Any
 from governance.common.errors import FormatError, GovernanceError
 from governance.common.hashing import sha256_bytes, sha256_file
 from governance.common.timeutil import iso_seconds
-from governance.common.workspace import ENV_TRUSTED_KEYS, uri_to_path
+from governance.common.workspace import ENV_TRUSTED_KEYS, workspace_relative
 from governance.enforcement import signing
 from governance.formats.blocklist import Approval, BlockedConcept, BlocklistSpec, SaeRef, read_blocklist, write_blocklist
 from governance.formats.deployment import (
@@ -88,6 +88,7 @@ def build_deployment(store: Any, blocklist: str, version: int | None, model: str
     logs no MLflow run and registers no MLflow model version."""
     from governance.basemodel.loading import load_pipeline, model_folder_hash
     from governance.sae.model import TopKSAE
+    from governance.tracking.artifacts import sae_folder
 
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -121,7 +122,7 @@ def build_deployment(store: Any, blocklist: str, version: int | None, model: str
     saes = {}
     for hook, rec in sae_recs.items():
         try:
-            saes[hook] = TopKSAE.load(uri_to_path(rec.weights_uri), expected_sha256=rec.weights_sha256)
+            saes[hook] = TopKSAE.load(sae_folder(rec), expected_sha256=rec.weights_sha256)
         except GovernanceError as exc:
             raise DeploymentError(f"SAE {rec.ref}: {exc}") from None
     pipe, folder = load_pipeline(model)
@@ -149,6 +150,9 @@ def build_deployment(store: Any, blocklist: str, version: int | None, model: str
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         pipe.save_pretrained(str(tmp), safe_serialization=True)
+        from governance.enforcement.component import mark_saegov_only
+
+        mark_saegov_only(tmp)  # plain diffusers refuses the folder; before the manifest hashes model_index.json
         sg = tmp / SAEGOV_DIR
         sg.mkdir()
         for hook, sae in saes.items():
@@ -166,13 +170,22 @@ def build_deployment(store: Any, blocklist: str, version: int | None, model: str
         signature = Signature(public_key=signing.public_hex(key), value=signing.sign(key, payload.signed_message()))
         manifest = DeploymentManifest(payload=payload, signature=signature)
         manifest_bytes = write_deployment_manifest(tmp, manifest)
-        mlflow_version = _log_to_mlflow(tmp, bl, list(sae_recs.values()), base_hash, actor) if track else None
-        record = store.record_deployment(
-            blocklist=bl.name, version=bl.version, path=str(out.resolve()), manifest_sha256=sha256_bytes(manifest_bytes),
-            base_model_hash=base_hash, actor=actor, mlflow_model_version=mlflow_version,
-            details={"model": str(model), "defaults": payload.defaults.model_dump(), "public_key": manifest.signature.public_key,
-                     "saes": {h: r.ref for h, r in sorted(sae_recs.items())}},
-        )
+        mlflow_version = (_log_to_mlflow(tmp, bl, list(sae_recs.values()), base_hash, actor, payload.defaults,
+                                         _example_prompt(store, bl)) if track else None)
+        try:
+            record = store.record_deployment(
+                blocklist=bl.name, version=bl.version, path=workspace_relative(out),
+                manifest_sha256=sha256_bytes(manifest_bytes), base_model_hash=base_hash, actor=actor,
+                mlflow_model_version=mlflow_version,
+                details={"model": str(model), "defaults": payload.defaults.model_dump(),
+                         "public_key": manifest.signature.public_key,
+                         "saes": {h: r.ref for h, r in sorted(sae_recs.items())},
+                         **({"mlflow_model": f"models:/{_model_name(bl.name)}/{mlflow_version}"} if mlflow_version else {})},
+            )
+        except BaseException:
+            if mlflow_version:  # no registered version the registry does not know
+                _unregister(bl.name, mlflow_version)
+            raise
         if out.exists():
             out.rmdir()  # empty (checked above)
         tmp.rename(out)
@@ -207,7 +220,14 @@ def _scored_guidance(store: Any, bl: Any) -> float | None:
     return None
 
 
-def _log_to_mlflow(folder: Path, bl: Any, saes: list[Any], base_hash: str, actor: str) -> str | None:
+def _log_to_mlflow(folder: Path, bl: Any, saes: list[Any], base_hash: str, actor: str, defaults: Any,
+                   example_prompt: str) -> str | None:
+    """A run with the deployment as an MLflow Model (governance.tracking.deployment_model),
+    registered as a new version of `deployment-NAME` with the alias `candidate`: `production`
+    moves only through `saegov deploy promote`."""
+    import tempfile
+
+    from governance.tracking.deployment_model import MODEL_PATH, model_name, save_deployment_model
     from governance.tracking.runs import Tracker
 
     sae_tags = {"saegov.sae_ids": ",".join(str(r.id) for r in saes),
@@ -215,9 +235,44 @@ def _log_to_mlflow(folder: Path, bl: Any, saes: list[Any], base_hash: str, actor
     with Tracker("deployment", base_hash, run_name=f"deploy-{bl.ref}",
                  tags={"saegov.blocklist": bl.ref, "saegov.built_by": actor, **sae_tags}) as tr:
         tr.log_params({"blocklist": bl.ref, "saes": {r.hook_point: r.ref for r in saes}, "base_model_hash": base_hash})
-        tr.log_artifacts(folder / SAEGOV_DIR, SAEGOV_DIR)
-        return tr.register_model_version(f"deployment-{bl.name}", SAEGOV_DIR, alias="production",
+        with tempfile.TemporaryDirectory(prefix="saegov-model-") as tmp:
+            model = save_deployment_model(folder, Path(tmp) / MODEL_PATH, defaults, example_prompt)
+            tr.log_artifacts(model, MODEL_PATH)
+        return tr.register_model_version(model_name(bl.name), MODEL_PATH, alias="candidate",
                                          tags={"saegov.blocklist": bl.ref, **sae_tags})
+
+
+def _model_name(blocklist: str) -> str:
+    from governance.tracking.deployment_model import model_name
+
+    return model_name(blocklist)
+
+
+def _unregister(blocklist: str, version: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from governance.tracking.runs import tracking_uri
+
+    uri = tracking_uri()
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        mv = client.get_model_version(_model_name(blocklist), version)
+        client.delete_model_version(_model_name(blocklist), version)
+        if mv.run_id:
+            client.delete_run(mv.run_id)
+    except Exception:  # noqa: BLE001 - the registry's error is the one to report
+        pass
+
+
+def _example_prompt(store: Any, bl: Any) -> str:
+    for e in bl.entries:
+        try:
+            prompts = store.get_concept(e.concept).prompts
+        except Exception:  # noqa: BLE001 - only the input example's text depends on it
+            prompts = []
+        if prompts:
+            return str(prompts[0])
+    return f"a {bl.entries[0].concept}"
 
 
 def scheduler_class(name: str) -> Any:

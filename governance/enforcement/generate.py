@@ -28,7 +28,7 @@ class Generated:
                 "unet_calls": len(self.trace.unet_calls), "trace": self.trace.to_json_dict()}
 
 
-def generate_image(deployment: Path, prompt: str, *, seed: int, out: Path, trace_file: Path | None = None,
+def generate_image(deployment: Path | str, prompt: str, *, seed: int, out: Path, trace_file: Path | None = None,
                    record: bool = False, actor: str | None = None, steps: int | None = None,
                    guidance: float | None = None) -> Generated:
     import torch
@@ -44,7 +44,19 @@ def generate_image(deployment: Path, prompt: str, *, seed: int, out: Path, trace
 
         store = Store.open()
         store.check_actor(actor, "generation.record")  # refuse before the model loads, not after
-    pipe = EnforcedStableDiffusionPipeline.from_pretrained(deployment, store=store)
+    if isinstance(deployment, str):  # an MLflow Model URI: its own copy of the deployment is verified and loaded
+        import shutil
+        import tempfile
+
+        from governance.tracking.deployment_model import fetch_deployment
+
+        tmp = Path(tempfile.mkdtemp(prefix="saegov-model-"))
+        try:
+            pipe = EnforcedStableDiffusionPipeline.from_pretrained(fetch_deployment(deployment, tmp), store=store)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        pipe = EnforcedStableDiffusionPipeline.from_pretrained(deployment, store=store)
     result = pipe(prompt, num_inference_steps=steps, guidance_scale=guidance,
                   generator=torch.Generator().manual_seed(seed), seeds=[seed])
     trace: Trace = result.trace_records[0]

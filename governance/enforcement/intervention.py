@@ -231,6 +231,14 @@ class Enforcer:
     def reset_trace(self) -> None:
         self.calls = []
 
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Enforcer:
+        """Move every site's SAE; the compiled tables hold tensors of the old device and dtype,
+        so they are compiled again on the next call."""
+        for site in self.sites.values():
+            site.sae.to(device=device, dtype=dtype)
+            site.tables.clear()
+        return self
+
     # -- tables ---------------------------------------------------------------------------------
     def _nearest(self, entry: int, t: int) -> int:
         steps = self._entry_steps[entry]

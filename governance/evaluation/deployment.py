@@ -47,6 +47,8 @@ class DeploymentEval:
     attack: dict[str, Any] | None = None
     registry_checked: bool = False
     notes: list[str] = field(default_factory=list)
+    deployment_id: int | None = None
+    evaluation_id: int | None = None  # the registry's record of it (what a promotion names)
 
     def summary(self) -> dict[str, Any]:
         keep = ("kind", "UA", "IRA", "CRA", "CRA_by_kind", "n_target_images", "misses")
@@ -58,6 +60,7 @@ class DeploymentEval:
             "mean": mean_metrics(self.metrics), "report": str(self.report) if self.report else None,
             "mlflow_run_id": self.mlflow_run_id, "attack": self.attack,
             "registry_checked": self.registry_checked, "notes": self.notes,
+            "deployment_id": self.deployment_id, "evaluation_id": self.evaluation_id,
         }
 
 
@@ -183,6 +186,7 @@ def evaluate_deployment(deployment: Path, *, store: Any | None, check_registry: 
                             steps=d.num_inference_steps, guidance=d.guidance_scale, jobs=jobs, before=before,
                             after=after, metrics=metrics, metrics_before=metrics_before,
                             registry_checked=enforced.saegov.registry_checked,
+                            deployment_id=enforced.saegov.deployment_id,
                             notes=list(enforced.saegov.notes) + ([] if store is not None else [
                                 "no registry: not checked whether a style sweep used these seeds"]))
     if attack is not None:
@@ -279,24 +283,42 @@ def default_report_path(deployment: Path) -> Path:
 def run_evaluation(deployment: Path, *, offline: bool = False, trusted_keys_file: Path | None = None,
                    seeds: tuple[int, ...] = EVAL_SEEDS,
                    report: Path | None = None, track: bool = True, progress: Progress | None = None,
-                   attack: AttackSettings | None = None) -> DeploymentEval:
-    """`saegov eval`: everything is checked (folder, report path) before minutes of generation;
-    the workspace's registry is consulted unless `offline`."""
+                   attack: AttackSettings | None = None, actor: str | None = None) -> DeploymentEval:
+    """`saegov eval`: everything is checked (folder, report path, the actor's right to record it)
+    before minutes of generation; the workspace's registry is consulted unless `offline`; with an
+    `actor`, the evaluation is recorded there (the evidence `saegov deploy promote` needs)."""
     from registry.store import Store
 
     if not Path(deployment).is_dir():
         raise EvalError(f"no deployment folder at {deployment}")
     store = None if offline else Store.open_if_present()
+    if actor is not None:
+        if store is None:
+            raise EvalError("--actor records the evaluation in the registry, which needs one (not --offline)")
+        store.check_actor(actor, "deployment.evaluate")  # refused before minutes of generation
     out = report or default_report_path(deployment)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise EvalError(f"cannot write the report to {out}: {exc.strerror or exc}") from None
+    if track:
+        from governance.tracking.runs import check_tracking
+
+        check_tracking()  # an unreachable MLflow server is refused before minutes of generation
     try:
-        return evaluate_deployment(deployment, store=store, check_registry=not offline,
-                                   trusted_keys_file=trusted_keys_file, seeds=seeds, report=out,
-                                   track=track, progress=progress, attack=attack)
+        result = evaluate_deployment(deployment, store=store, check_registry=not offline,
+                                     trusted_keys_file=trusted_keys_file, seeds=seeds, report=out,
+                                     track=track, progress=progress, attack=attack)
     except Exception as exc:
         if type(exc).__module__.startswith("mlflow."):  # the run failed after the report was written
             raise EvalError(f"MLflow: {first_line(exc)} (the report was written to {out})") from None
         raise
+    if actor is not None and store is not None and result.deployment_id is not None:
+        from governance.common.hashing import sha256_file
+
+        metrics = {c: {k: m[k] for k in ("kind", "UA", "IRA", "CRA")} for c, m in result.metrics.items()}
+        rec = store.record_evaluation(deployment_id=result.deployment_id, metrics=metrics, actor=actor,
+                                      report_sha256=sha256_file(result.report) if result.report else None,
+                                      mlflow_run_id=result.mlflow_run_id)
+        result.evaluation_id = rec.id
+    return result

@@ -36,6 +36,7 @@ class TrainOutcome:
     hookpoint: str
     mlflow_run_id: str | None = None
     mlflow_model_version: str | None = None
+    mlflow_model_name: str | None = None
     registry_record: Any = None
 
     def summary(self) -> dict[str, Any]:
@@ -53,13 +54,26 @@ class TrainOutcome:
             "metrics": self.result.final,
             "mlflow_run_id": self.mlflow_run_id,
             "mlflow_model_version": self.mlflow_model_version,
+            "mlflow_model_name": self.mlflow_model_name,
             "sae_id": getattr(rec, "id", None),
             "sae_ref": getattr(rec, "ref", None),
         }
 
 
 def default_name(hookpoint: str) -> str:
+    """The registry name of an SAE version when `--name` is not given."""
     return f"sae-{hookpoint}"
+
+
+def mlflow_model_name(base_model_hash: str | None, hookpoint: str) -> str:
+    """The MLflow registered model of SAEs of one base model at one hook point: SAEs of other
+    base models at the same block are other models, never versions of this one. The hash, not
+    a registry name, so that the name is the same whether or not the base model is registered."""
+    import re
+
+    base = base_model_hash[:12] if base_model_hash else "unknown-base-model"
+    # MLflow refuses '/' and ':' in names; '@' would read as an alias in models:/ URIs.
+    return re.sub(r"[^A-Za-z0-9._-]", "-", f"sae-{base}-{hookpoint}")[:256]
 
 
 def default_out(name: str) -> Path:
@@ -94,10 +108,15 @@ def _train_and_record(activations: str | Path, cfg: TrainConfig, out: str | Path
                       actor: str | None, use_mlflow: bool, register: bool, store: Any,
                       on_step: Callable[[int, int, dict[str, float]], None] | None) -> TrainOutcome:
     rank, _world = dist_info()
+    if rank == 0 and use_mlflow:
+        from governance.tracking.runs import check_tracking
+
+        check_tracking()  # an unreachable server is refused before hashing the shards, not after training
     ds = open_dataset(activations)  # every rank verifies what it is about to read
     name = check_name(name or default_name(ds.hookpoint), "SAE")  # refused before training, not after
     lead = rank == 0
     out_path = Path(out) if out else default_out(name)
+    model_name = mlflow_model_name(ds.base_model_hash, ds.hookpoint)
     if lead:
         _check_out(out_path)
         if register:
@@ -105,11 +124,13 @@ def _train_and_record(activations: str | Path, cfg: TrainConfig, out: str | Path
             _check_may_register(store, actor)  # fail before hours of training, not after
     tracker = None
     if lead and use_mlflow:
-        from governance.tracking.runs import Tracker
+        from governance.tracking.runs import Tracker, activation_dataset_ref
 
-        tracker = Tracker("sae-train", ds.base_model_hash, run_name=f"train {name}", tags={
+        tracker = Tracker("sae-train", ds.base_model_hash, run_name=f"train {name}", actor=actor, tags={
             "saegov.hookpoint": ds.hookpoint, "saegov.activation_dataset_sha256": ds.manifest_sha256,
         })
+        # The same dataset identity as its collection run's: the UI links the two runs.
+        tracker.log_dataset_input(activation_dataset_ref(ds.folder, ds.manifest, ds.manifest_sha256), "training")
         tracker.log_params({"train": cfg.model_dump(mode="json"), "hookpoint": ds.hookpoint,
                             "activation_dataset_sha256": ds.manifest_sha256,
                             "activation_dataset": str(Path(activations).resolve()),
@@ -148,15 +169,19 @@ def _train_and_record(activations: str | Path, cfg: TrainConfig, out: str | Path
             outcome.mlflow_run_id = tracker.run_id
             if register:  # an unregistered experiment must not become the `candidate`
                 outcome.mlflow_model_version = tracker.register_model_version(
-                    default_name(ds.hookpoint), "sae", alias="candidate",
-                    tags={"weights_sha256": sha, "activation_dataset_sha256": ds.manifest_sha256})
+                    model_name, "sae", alias="candidate",
+                    tags={"weights_sha256": sha, "activation_dataset_sha256": ds.manifest_sha256},
+                    model_tags={"saegov.base_model_hash": ds.base_model_hash or "", "saegov.hookpoint": ds.hookpoint},
+                    description=f"SAEs at {ds.hookpoint} of base model {ds.base_model_hash or '(unknown)'}")
+                outcome.mlflow_model_name = model_name
         if register:
             outcome.registry_record = register_trained_sae(store, outcome, name, actor, cfg)
             if tracker is not None:
                 rec = outcome.registry_record
                 ids = {"saegov.sae_id": rec.id, "saegov.sae_ref": rec.ref}
                 tracker.set_tags(ids)
-                tracker.set_model_version_tags(default_name(ds.hookpoint), outcome.mlflow_model_version or "", ids)
+                if outcome.mlflow_model_version:
+                    tracker.set_model_version_tags(model_name, outcome.mlflow_model_version, ids)
         if tracker is not None:
             tracker.finish("FINISHED")
         return outcome
@@ -195,7 +220,10 @@ def register_trained_sae(store: Any, outcome: TrainOutcome, name: str, actor: st
                         "resolved_lr": outcome.result.lr, "dead_tokens": outcome.result.dead_tokens}
     return store.register_sae_version(
         name=name, hook_point=outcome.hookpoint, d_in=sae.d_in, n_latents=sae.n_latents, k=sae.k,
-        architecture=ARCHITECTURE, config=config, weights_uri=outcome.folder.as_uri(),
+        architecture=ARCHITECTURE, config=config,
+        # By content: the MLflow copy (any machine with the tracking URL can fetch and hash-check it);
+        # a local folder only when nothing was tracked.
+        weights_uri=f"runs:/{outcome.mlflow_run_id}/sae" if outcome.mlflow_run_id else outcome.folder.as_uri(),
         weights_sha256=outcome.weights_sha256, cfg_sha256=sha256_file(outcome.folder / CFG_NAME),
         actor=actor, metrics={k: float(v) for k, v in outcome.result.final.items()},
         base_model=base_model, activation_dataset_hash=outcome.dataset_sha256,

@@ -48,6 +48,17 @@ def choose(stats: Any, *, gamma: float, method: str = "saeuron", tau: float | No
 
 
 @dataclass
+class ChildRun:
+    """One measured point of an operating-point search, logged as a child of the scoring run."""
+
+    name: str
+    kind: str
+    params: dict[str, Any]
+    metrics: dict[str, float]  # UA / IRA / CRA in percent, as every MLflow metric of saegov
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class Selected:
     """What an operating-point search decided, and its evidence."""
 
@@ -59,6 +70,7 @@ class Selected:
     artifacts: dict[str, bytes] = field(default_factory=dict)  # extra files of the MLflow run
     metrics: dict[str, float] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
+    children: list[ChildRun] = field(default_factory=list)  # logged as child runs of the scoring run
 
 
 # (pipe, sae, hook point, statistics, concept kind) -> the chosen operating point

@@ -18,11 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from governance.common.hashing import sha256_file
 from governance.common.jsonio import pretty_json
-from governance.common.workspace import uri_to_path
 from governance.formats.mapping import EvidenceRef, MappingSpec, Selection
 from governance.scoring.heatmap import HEATMAP_NAME, render_heatmap
 from governance.scoring.maths import FeatureChoice
-from governance.scoring.selection import ScoringError, Selected, Selector, choose, entries_by_timestep
+from governance.scoring.selection import ChildRun, ScoringError, Selected, Selector, choose, entries_by_timestep
 from governance.scoring.statistics import ConceptPrompts, ConceptStats, collect_concept_stats
 
 
@@ -121,17 +120,36 @@ def build_spec(req: ScoreRequest, scheduler: str, choices: list[FeatureChoice], 
                        num_steps=req.steps, timesteps=per_t, evidence=[EvidenceRef(**e) for e in evidence])
 
 
+def log_child_runs(tracker: Any, children: list[ChildRun]) -> None:
+    """One nested run per point of an operating-point search, each with its own params and
+    metrics, so that MLflow's compare view charts the search."""
+    for c in children:
+        child = tracker.child(c.kind, run_name=c.name, tags=c.tags)
+        try:
+            child.log_params(c.params)
+            child.log_metrics(c.metrics)
+        except BaseException:
+            child.finish("FAILED")
+            raise
+        child.finish("FINISHED")
+
+
 def score_concept(store: Any, req: ScoreRequest, actor: str | None,
                   progress: Callable[[int, int], None] | None = None,
                   selector: Selector | None = None) -> ScoreOutcome:
     """Score `req.concept` against the other concepts of its kind and store a draft mapping."""
     from governance.basemodel.loading import load_pipeline, model_folder_hash
     from governance.sae.model import TopKSAE
+    from governance.tracking.artifacts import sae_folder
 
     store.check_actor(actor, "mapping.create")  # role and key: refused before minutes of sampling, not after
     target, concepts, skipped = plan(store, req)
+    if req.track:
+        from governance.tracking.runs import check_tracking
+
+        check_tracking()  # an unreachable MLflow server is refused before loading anything
     sae_rec = store.get_sae(req.sae)
-    sae = TopKSAE.load(uri_to_path(sae_rec.weights_uri), expected_sha256=sae_rec.weights_sha256,
+    sae = TopKSAE.load(sae_folder(sae_rec), expected_sha256=sae_rec.weights_sha256,
                        device=req.device)
     model = req.model or default_model_for(store, sae_rec)
     if model is None:
@@ -143,19 +161,33 @@ def score_concept(store: Any, req: ScoreRequest, actor: str | None,
         raise ScoringError(f"model {model!r} (sha256 {model_hash[:12]}) is not the base model SAE "
                            f"{sae_rec.ref} was trained on ({expected[:12]})")
 
-    need_peaks = req.method == "specific" or bool(getattr(selector, "needs_peaks", False))
-    stats = collect_concept_stats(pipe, sae, sae_rec.hook_point, concepts, steps=req.steps,
-                                  guidance=req.guidance, seed=req.seed, batch_size=req.batch_size,
-                                  progress=progress, peaks=need_peaks)
-    extra = Selected()
-    if selector is not None:
-        # An operating-point search (concept sweep): it picks the rule and gamma from evidence.
-        extra = selector(pipe, sae, sae_rec.hook_point, stats, target.kind)
-        req = req.model_copy(update={"tau": extra.tau, "top_n": extra.top_n, "gamma": extra.gamma,
-                                     "method": extra.method,
-                                     "gate_quantile": (extra.params.get("sweep") or {}).get("gate_quantile", 1.0)})
-    choices, scores = choose(stats, gamma=req.gamma, method=req.method, tau=req.tau, top_n=req.top_n,
-                             gate_quantile=req.gate_quantile)
+    tracker = None
+    if req.track:
+        from governance.tracking.runs import Tracker
+
+        # Started before the statistics: the run is where to watch minutes of sampling, and a
+        # sweep's points become its child runs.
+        tracker = Tracker("concept-score", model_hash, run_name=f"score {target.name} on {sae_rec.ref}",
+                          actor=actor, tags={"saegov.concept": target.name, "saegov.sae_id": str(sae_rec.id),
+                                             "saegov.sae_ref": sae_rec.ref})
+    try:
+        need_peaks = req.method == "specific" or bool(getattr(selector, "needs_peaks", False))
+        stats = collect_concept_stats(pipe, sae, sae_rec.hook_point, concepts, steps=req.steps,
+                                      guidance=req.guidance, seed=req.seed, batch_size=req.batch_size,
+                                      progress=progress, peaks=need_peaks)
+        extra = Selected()
+        if selector is not None:
+            # An operating-point search (concept sweep): it picks the rule and gamma from evidence.
+            extra = selector(pipe, sae, sae_rec.hook_point, stats, target.kind)
+            req = req.model_copy(update={"tau": extra.tau, "top_n": extra.top_n, "gamma": extra.gamma,
+                                         "method": extra.method,
+                                         "gate_quantile": (extra.params.get("sweep") or {}).get("gate_quantile", 1.0)})
+        choices, scores = choose(stats, gamma=req.gamma, method=req.method, tau=req.tau, top_n=req.top_n,
+                                 gate_quantile=req.gate_quantile)
+    except BaseException:
+        if tracker is not None:
+            tracker.finish("FAILED")
+        raise
     scheduler = type(pipe.scheduler).__name__
     params = {
         "request": req.model_dump(mode="json"), "base_model": model, "base_model_hash": model_hash,
@@ -169,13 +201,6 @@ def score_concept(store: Any, req: ScoreRequest, actor: str | None,
     }
     evidence: list[dict[str, Any]] = []
     run_id = heat_sha = None
-    tracker = None
-    if req.track:
-        from governance.tracking.runs import Tracker
-
-        tracker = Tracker("concept-score", model_hash, run_name=f"score {target.name} on {sae_rec.ref}",
-                          tags={"saegov.concept": target.name, "saegov.sae_id": str(sae_rec.id),
-                                "saegov.sae_ref": sae_rec.ref})
     try:
         with tempfile.TemporaryDirectory() as tmp:
             art = Path(tmp)
@@ -189,6 +214,7 @@ def score_concept(store: Any, req: ScoreRequest, actor: str | None,
                 tracker.log_metrics({"n_selected": len(choices), "n_unique_features": len({c.feature for c in choices}),
                                      "max_score": float(scores.max()), "mean_selected_per_timestep": sum(per_t) / len(per_t),
                                      **extra.metrics})
+                log_child_runs(tracker, extra.children)
                 evidence = [{"kind": "mlflow_run", "ref": run_id},
                             {"kind": "score_heatmap", "ref": f"runs:/{run_id}/scoring/{HEATMAP_NAME}", "sha256": heat_sha}]
             for name, data in extra.artifacts.items():

@@ -20,7 +20,7 @@ from governance.evaluation.metrics import EVAL_SEEDS, generate_jobs, judge, unle
 from governance.formats.blocklist import BlockedConcept, BlocklistSpec, SaeRef
 from governance.formats.sweep import OBJECTIVES, SWEEP_NAME, SweepPoint, SweepTable
 from governance.scoring.maths import FeatureChoice
-from governance.scoring.selection import ScoringError, Selected, choose, entries_by_timestep
+from governance.scoring.selection import ChildRun, ScoringError, Selected, choose, entries_by_timestep
 from governance.scoring.statistics import ConceptStats
 from governance.toyworld.grammar import ToyPrompt, all_prompts, attribute_of, registry_kind
 Progress = Callable[[int, int], None]  # (images done, images total)
@@ -101,6 +101,19 @@ def blocklist_for(concept: str, kind: str, hook: str, gamma: float, choices: lis
     return BlocklistSpec(name="sweep", sae=SaeRef(hook_point=hook), entries=[entry])
 
 
+def point_run(p: SweepPoint, sweep: SweepRequest, chosen: bool = False) -> ChildRun:
+    """A sweep point as a child run of the scoring run. The rule's value is also a param named
+    after the rule (`top_n`, `tau`, `specific_top_n`), so the compare view can plot it."""
+    key = {"tau": "tau", "top_n": "top_n", "specific": "specific_top_n"}[p.rule]
+    return ChildRun(
+        name=f"{p.rule} {p.value:g} gamma {p.gamma:g}", kind="sweep-point",
+        params={"rule": p.rule, "value": p.value, key: p.value, "gamma": p.gamma, "objective": sweep.objective,
+                **({"gate_quantile": sweep.gate_quantile} if p.rule == "specific" else {})},
+        metrics={"UA": 100 * p.UA, "IRA": 100 * p.IRA, "CRA": 100 * p.CRA, "objective": 100 * p.objective,
+                 "n_entries": float(p.n_entries), "n_features": float(p.n_features)},
+        tags={"saegov.sweep.chosen": "true" if chosen else "false"})
+
+
 def make_selector(sweep: SweepRequest, *, steps: int, guidance: float,
                   progress: Progress | None = None) -> Callable[[Any, Any, str, ConceptStats, str], Selected]:
     def select(pipe: Any, sae: Any, hook: str, stats: ConceptStats, kind: str) -> Selected:
@@ -138,6 +151,7 @@ def make_selector(sweep: SweepRequest, *, steps: int, guidance: float,
                                      n_entries=len(choices), n_features=len({c.feature for c in choices})))
         best = best_point(points)
         styled = attribute_of(concept) == "style"
+        children = [point_run(p, sweep, chosen=p == best) for p in points]
         table = SweepTable(objective=OBJECTIVES[sweep.objective], seeds=list(sweep.seeds), images_per_point=len(jobs),
                            prompts="styled wording, sweep seeds" if styled else "style-free wording",
                            chosen=best, points=points)
@@ -148,8 +162,10 @@ def make_selector(sweep: SweepRequest, *, steps: int, guidance: float,
             method="specific" if best.rule == "specific" else "saeuron",
             evidence=[{"kind": "sweep", "ref": table.evidence_text()}],
             artifacts={SWEEP_NAME: table.file_text().encode()},
-            metrics={"sweep.UA": best.UA, "sweep.IRA": best.IRA, "sweep.CRA": best.CRA,
-                     "sweep.objective": best.objective, "sweep.points": float(len(points))},
+            # Percent, as every UA / IRA / CRA saegov shows (the sweep table keeps fractions).
+            metrics={"sweep.UA": 100 * best.UA, "sweep.IRA": 100 * best.IRA, "sweep.CRA": 100 * best.CRA,
+                     "sweep.objective": 100 * best.objective, "sweep.points": float(len(points))},
+            children=children,
             params={"sweep": {"taus": sweep.taus, "top_ns": sweep.top_ns, "specific_top_ns": sweep.specific_top_ns,
                               "gate_quantile": sweep.gate_quantile, "multipliers": sweep.multipliers,
                               "seeds": list(sweep.seeds), "objective": sweep.objective}},

@@ -57,6 +57,12 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    bind = op.get_bind()
+    counts = {t: bind.execute(sa.text(f"SELECT COUNT(*) FROM {t}")).scalar_one()
+              for t in ('deployment_evaluations', 'deployment_promotions')}
+    if any(counts.values()):
+        raise RuntimeError(f"cannot downgrade below 0010: {counts['deployment_evaluations']} recorded evaluations and "
+                           f"{counts['deployment_promotions']} promotions would be lost (the audit log names them)")
     op.drop_table('deployment_promotions')
     op.drop_index(op.f('ix_deployment_evaluations_deployment_id'), table_name='deployment_evaluations')
     op.drop_table('deployment_evaluations')

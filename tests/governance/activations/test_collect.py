@@ -166,7 +166,7 @@ def test_cli_collect_and_errors(toy_model: Path, tmp_path: Path) -> None:
     prompts.write_text(json.dumps([{"prompt": p} for p in PROMPTS[:2]]))
     runner = CliRunner()
     base = ["activations", "collect", "--model", str(toy_model), "--prompts", str(prompts), "--steps", "2",
-            "--out", str(tmp_path / "out"), "--device", "cpu"]
+            "--out", str(tmp_path / "out"), "--device", "cpu", "--no-mlflow"]  # runs: tests/cli/test_mlflow_runs.py
     res = runner.invoke(saegov, base + ["--hookpoint", "up_blocks.1.attentions.9"])
     assert res.exit_code == 1
     err_lines = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
@@ -175,7 +175,7 @@ def test_cli_collect_and_errors(toy_model: Path, tmp_path: Path) -> None:
 
     res = runner.invoke(saegov, base + ["--hookpoint", "up_blocks.1.attentions.2", "--json"])
     assert res.exit_code == 0, res.output
-    summary = json.loads(res.output[res.output.index("{"):])
+    summary = json.loads(res.stdout)  # progress and links go to stderr
     assert summary["rows"] == 2 * 2 * 64 and summary["shards"] == "1/1" and summary["complete"] is True
 
 

@@ -186,8 +186,31 @@ def test_concept_sweep_picks_the_best_measured_point(workspace: tuple[Store, Pat
     assert m.gamma == chosen.gamma
     assert {len(es) for es in m.timesteps.values()} == {int(chosen.value)}
     assert [e for e in m.evidence if e["kind"] == "sweep"][0]["ref"] == json.dumps(table, sort_keys=True)
-    local = MlflowClient(tracking_uri()).download_artifacts(out["mlflow_run_id"], "scoring", str(tmp / "dl"))
+    client = MlflowClient(tracking_uri())
+    local = client.download_artifacts(out["mlflow_run_id"], "scoring", str(tmp / "dl"))
     assert json.loads((Path(local) / SWEEP_NAME).read_text()) == table
+
+    # Every sweep point is a child run of the scoring run with its own params and metrics (in
+    # percent, as the parent's sweep.* metrics), so MLflow's compare view charts the sweep.
+    parent = client.get_run(out["mlflow_run_id"])
+    assert parent.data.tags["mlflow.source.name"] == "saegov concept sweep"
+    assert parent.data.tags["mlflow.user"] == parent.data.tags["saegov.actor"] == "erin"
+    assert parent.data.metrics["sweep.UA"] == pytest.approx(100 * chosen.UA)
+    assert parent.data.metrics["sweep.objective"] == pytest.approx(100 * chosen.objective)
+    children = client.search_runs([parent.info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len(children) == 4 and {c.info.status for c in children} == {"FINISHED"}
+    by_point = {(c.data.params["rule"], int(c.data.params["top_n"]), float(c.data.params["gamma"])): c
+                for c in children}
+    for p in points:
+        c = by_point[(p.rule, int(p.value), p.gamma)]
+        assert c.data.metrics["UA"] == pytest.approx(100 * p.UA) and c.data.metrics["IRA"] == pytest.approx(100 * p.IRA)
+        assert c.data.metrics["CRA"] == pytest.approx(100 * p.CRA) and c.data.metrics["n_entries"] == p.n_entries
+        assert c.data.tags["saegov.sweep.chosen"] == ("true" if p == chosen else "false")
+        assert c.data.tags["mlflow.user"] == "erin" and c.data.tags["saegov.kind"] == "sweep-point"
+    # Only the scoring run is announced (a link on stderr; stdout stays JSON).
+    assert [ln for ln in r.stderr.splitlines() if ln.startswith("MLflow run")] == [
+        f"MLflow run: {parent.info.run_id}"]
 
     # Sweep images never coincide with evaluation images.
     evaluated = {(p.text, s) for p, s in eval_jobs()}

@@ -1,0 +1,247 @@
+"""Deployments as MLflow Models: a pyfunc flavour logged as models-from-code (no pickle), whose one
+artifact is the whole signed deployment folder.
+
+    model = mlflow.pyfunc.load_model("models:/deployment-no-red@production")
+    model.predict(pd.DataFrame({"prompt": ["a red circle"]}), params={"seed": 3})
+    # -> DataFrame: prompt, seed, image (base64 PNG), trace (saegov.trace/v1 JSON)
+
+Loading verifies the deployment (hashes, a trusted signature, and the approvals when a registry
+is configured) and enforces its blocklist; there is no way to load it unverified. Trust comes from
+the loading machine (its registry, or `SAEGOV_TRUSTED_KEYS`), never from the model itself: a
+model that carried its own trust store would vouch for itself.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from governance.common.errors import GovernanceError
+from governance.common.hashing import sha256_file
+
+ARTIFACT = "deployment"
+MODEL_PATH = "model"  # the run artifact path of the MLflow Model
+ENTRY = Path(__file__).with_name("deployment_model_entry.py")
+
+
+class DeploymentModelError(GovernanceError):
+    """An MLflow deployment model that cannot be logged, fetched or loaded (one line)."""
+
+
+def model_name(blocklist: str) -> str:
+    """The registered MLflow model of a blocklist's deployments."""
+    return f"deployment-{blocklist}"
+
+
+def _pyfunc_base() -> type:
+    from mlflow.pyfunc import PythonModel
+
+    return PythonModel
+
+
+class DeploymentModel(_pyfunc_base()):  # type: ignore[misc]
+    """The pyfunc: prompts in, enforced images and their traces out."""
+
+    def load_context(self, context: Any) -> None:
+        from governance.enforcement.pipeline import EnforcedStableDiffusionPipeline
+        from registry.store import Store
+
+        folder = Path(context.artifacts[ARTIFACT])
+        # The approvals are re-checked wherever a registry is configured; without one the
+        # signing key must be in SAEGOV_TRUSTED_KEYS (verify_deployment refuses otherwise).
+        store = Store.open_if_present()
+        self.pipe = EnforcedStableDiffusionPipeline.from_pretrained(folder, store=store,
+                                                                    check_registry=store is not None)
+
+    # Untyped on purpose: MLflow reads predict's type hints as a schema; the signature is explicit.
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+        import pandas as pd
+        import torch
+
+        params = params or {}
+        prompts = _prompts(model_input)
+        d = self.pipe.saegov.manifest.payload.defaults
+        steps = int(params.get("num_inference_steps") or d.num_inference_steps)
+        guidance = float(params.get("guidance_scale") if params.get("guidance_scale") is not None
+                         else d.guidance_scale)
+        seed = int(params.get("seed") or 0)
+        rows = []
+        for i, prompt in enumerate(prompts):
+            s = seed + i
+            out = self.pipe(prompt, num_inference_steps=steps, guidance_scale=guidance,
+                            generator=torch.Generator().manual_seed(s), seeds=[s])
+            buf = io.BytesIO()
+            out.images[0].save(buf, format="PNG")
+            rows.append({"prompt": prompt, "seed": s, "image": base64.b64encode(buf.getvalue()).decode(),
+                         "trace": json.dumps(out.traces[0], sort_keys=True)})
+        return pd.DataFrame(rows, columns=["prompt", "seed", "image", "trace"])
+
+
+def _prompts(model_input: Any) -> list[str]:
+    import pandas as pd
+
+    if isinstance(model_input, pd.DataFrame):
+        if "prompt" not in model_input.columns:
+            raise DeploymentModelError("the input needs a 'prompt' column")
+        values = model_input["prompt"].tolist()
+    elif isinstance(model_input, str):
+        values = [model_input]
+    elif isinstance(model_input, dict) and "prompt" in model_input:
+        v = model_input["prompt"]
+        values = [v] if isinstance(v, str) else list(v)
+    else:
+        values = list(model_input)
+    if not values or not all(isinstance(v, str) and v.strip() for v in values):
+        raise DeploymentModelError("prompts must be non-empty strings")
+    return values
+
+
+def signature(defaults: Any) -> Any:
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "prompt")]),
+        outputs=Schema([ColSpec("string", "prompt"), ColSpec("long", "seed"), ColSpec("string", "image"),
+                        ColSpec("string", "trace")]),
+        params=ParamSchema([ParamSpec("num_inference_steps", "long", int(defaults.num_inference_steps)),
+                            ParamSpec("guidance_scale", "double", float(defaults.guidance_scale)),
+                            ParamSpec("seed", "long", 0)]),
+    )
+
+
+def requirements() -> list[str]:
+    """Pinned to what built it: serving with another torch or diffusers is a different model."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for dist in ("mlflow", "torch", "diffusers", "transformers", "safetensors", "cryptography", "pydantic",
+                 "sqlalchemy", "pandas", "pillow"):
+        try:
+            out.append(f"{dist}=={version(dist)}")
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def save_deployment_model(deployment: Path, dest: Path, defaults: Any, example_prompt: str) -> Path:
+    """Write the MLflow Model folder for `deployment` at `dest` (models-from-code: the code is
+    saegov's entry file; the deployment folder is copied in as the artifact)."""
+    import logging
+    import shutil
+    import tempfile
+
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    stage = Path(tempfile.mkdtemp(prefix=".saegov-stage-", dir=deployment.parent)) / ARTIFACT
+    try:
+        # The artifact is named after its folder; links keep a multi-GB copy cheap.
+        shutil.copytree(deployment, stage, copy_function=_link_or_copy)
+        _save(dest, stage, defaults, example_prompt)
+    finally:
+        shutil.rmtree(stage.parent, ignore_errors=True)
+    return dest
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _save(dest: Path, deployment: Path, defaults: Any, example_prompt: str) -> None:
+    import pandas as pd
+    from mlflow.pyfunc import save_model
+
+    save_model(path=str(dest), python_model=str(ENTRY), artifacts={ARTIFACT: str(deployment)},
+               signature=signature(defaults),
+               input_example=(pd.DataFrame({"prompt": [example_prompt]}),
+                              {"num_inference_steps": int(defaults.num_inference_steps),
+                               "guidance_scale": float(defaults.guidance_scale), "seed": 0}),
+               pip_requirements=requirements(),
+               metadata={"saegov": "deployment"})
+
+
+def check_model_folder(folder: Path) -> Path:
+    """Before MLflow executes a downloaded model's code: it must be saegov's entry file, byte for
+    byte (models-from-code runs whatever file the model names)."""
+    import yaml
+
+    try:
+        mlmodel = yaml.safe_load((folder / "MLmodel").read_text())
+        pyfunc = mlmodel["flavors"]["python_function"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        raise DeploymentModelError(f"{folder}: not an MLflow pyfunc model (MLmodel unreadable)") from None
+    code = pyfunc.get("model_code_path")
+    if not code or Path(code).name != ENTRY.name or pyfunc.get("loader_module") != "mlflow.pyfunc.loaders.code_model":
+        raise DeploymentModelError(f"{folder}: not a saegov deployment model (its code is {code!r})")
+    entry = folder / ENTRY.name  # where MLflow's code-model loader reads it from
+    if not entry.is_file() or sha256_file(entry) != sha256_file(ENTRY):
+        raise DeploymentModelError(f"{folder}: its code file differs from saegov's {ENTRY.name}; refusing to run it")
+    # Anything else MLflow would import or unpickle on load.
+    if pyfunc.get("code") or pyfunc.get("python_model") or (folder / "code").exists() or \
+            (folder / "python_model.pkl").exists():
+        raise DeploymentModelError(f"{folder}: carries code or pickles of its own; refusing to run it")
+    artifacts = pyfunc.get("artifacts") or {}
+    if set(artifacts) != {ARTIFACT}:
+        raise DeploymentModelError(f"{folder}: its artifacts are {sorted(artifacts)}, not [{ARTIFACT!r}]")
+    return folder
+
+
+def deployment_in(model_folder: Path) -> Path:
+    """The deployment folder of a (checked) model folder, as its MLmodel names it."""
+    import yaml
+
+    rel = yaml.safe_load((model_folder / "MLmodel").read_text())["flavors"]["python_function"]["artifacts"][ARTIFACT]["path"]
+    folder = (model_folder / rel).resolve()
+    if not folder.is_relative_to(model_folder.resolve()):
+        raise DeploymentModelError(f"{model_folder}: its deployment artifact points outside the model")
+    return folder
+
+
+def load_deployment_model(uri: str, dst: Path | None = None) -> Any:
+    """`mlflow.pyfunc.load_model(uri)`, with the model's code checked before MLflow runs it.
+    `uri`: `models:/NAME@ALIAS`, `models:/NAME/VERSION`, `runs:/...` or a local folder."""
+    import tempfile
+
+    import mlflow
+
+    from governance.tracking.artifacts import download_quietly
+    local = Path(uri)
+    if not local.is_dir():
+        base = Path(dst or tempfile.mkdtemp(prefix="saegov-model-"))
+        local = download_quietly(uri, base)
+    check_model_folder(local)
+    return mlflow.pyfunc.load_model(str(local))
+
+
+def is_model_uri(ref: str | Path) -> bool:
+    return isinstance(ref, str) and ref.startswith(("models:/", "runs:/", "mlflow-artifacts:/"))
+
+
+def fetch_deployment(uri: str, dst: Path | None = None) -> Path:
+    """The deployment folder inside the MLflow Model at `uri`, downloaded (into a private
+    temporary folder unless `dst`) with the model's code checked; the folder itself is verified by
+    whoever loads it (verify_deployment), like any other."""
+    import tempfile
+
+    from mlflow.exceptions import MlflowException
+
+    from governance.common.errors import first_line
+    from governance.tracking.artifacts import download_quietly
+    from governance.tracking.runs import check_tracking
+
+    check_tracking()
+    base = Path(dst or tempfile.mkdtemp(prefix="saegov-model-"))
+    try:
+        local = download_quietly(uri, base)
+    except MlflowException as exc:
+        raise DeploymentModelError(f"{uri}: {first_line(exc)}") from None
+    check_model_folder(local)
+    folder = deployment_in(local)
+    if not folder.is_dir():
+        raise DeploymentModelError(f"{uri}: the model holds no deployment folder")
+    return folder
