@@ -88,6 +88,19 @@ def register(root: click.Group) -> None:
         click.echo(f"deployment {deployment_id} promoted to {alias} (promotion {done.record.id}, evaluation "
                    f"{done.evaluation.id})" + (f": {done.mlflow_model}" if done.mlflow_model else " (no MLflow Model)"))
 
+    @deploy.command("serve")
+    @click.argument("model")
+    @click.option("--host", default="127.0.0.1", show_default=True)
+    @click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
+    @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
+    def serve(model: str, host: str, port: int, workers: int) -> None:
+        """Serve a deployment MLflow Model (models:/deployment-NAME@production, or a model folder) with
+        `mlflow models serve`, after checking its code, verifying the deployment and, for an alias, the
+        registry's promotion, on a private copy (plain `mlflow models serve` trusts the artifact store)."""
+        from governance.tracking.deployment_model import serve as do_serve
+
+        raise SystemExit(do_serve(model, host=host, port=port, workers=workers))
+
     @deploy.command("status")
     @click.option("--alias", default="production", show_default=True)
     @json_option

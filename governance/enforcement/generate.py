@@ -48,13 +48,17 @@ def generate_image(deployment: Path | str, prompt: str, *, seed: int, out: Path,
         import shutil
         import tempfile
 
-        from governance.tracking.deployment_model import fetch_deployment
+        from governance.tracking.deployment_model import check_promoted, fetch_deployment
+        from registry.store import Store
 
         tmp = Path(tempfile.mkdtemp(prefix="saegov-model-"))
         try:
             pipe = EnforcedStableDiffusionPipeline.from_pretrained(fetch_deployment(deployment, tmp), store=store)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        registry = store or Store.open_if_present()
+        if registry is not None:  # without one, the trust store vouched for the signature alone
+            check_promoted(registry, deployment, pipe.saegov)
     else:
         pipe = EnforcedStableDiffusionPipeline.from_pretrained(deployment, store=store)
     result = pipe(prompt, num_inference_steps=steps, guidance_scale=guidance,

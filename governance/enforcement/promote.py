@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from governance.enforcement.deployment import DeploymentError, verify_deployment
+from governance.tracking.deployment_model import model_name
 from governance.common.errors import UsageError
 
 
@@ -56,9 +57,12 @@ def promote(store: Any, deployment_id: int, actor: str | None, alias: str = "pro
             evaluation_id: int | None = None) -> Promotion:
     check_alias(alias)
     store.check_actor(actor, "deployment.promote")  # role and key, before any download
+    _require_intact(store)
     dep = store.get_deployment(deployment_id)
     evaluation = _evaluation_for(store, dep.id, evaluation_id)
     model_uri = (dep.details or {}).get("mlflow_model")
+    if model_uri and not model_uri.startswith(f"models:/{model_name(dep.blocklist)}/"):
+        raise DeploymentError(f"deployment {dep.id} names {model_uri}, not a version of {model_name(dep.blocklist)}")
     tmp = Path(tempfile.mkdtemp(prefix="saegov-promote-"))
     try:
         if model_uri:
@@ -95,6 +99,16 @@ def promote(store: Any, deployment_id: int, actor: str | None, alias: str = "pro
                      mlflow_model=f"models:/{name}@{alias}" if name else None)
 
 
+def _require_intact(store: Any) -> None:
+    """The deployment, evaluation and promotion rows a promotion reads must be what the audit
+    log says (a row inserted or edited in the database is refused, not trusted)."""
+    wrong = store.verify_state()
+    if wrong:
+        raise DeploymentError(f"the registry's tables do not agree with its audit log ({wrong[0]}"
+                              + (f", and {len(wrong) - 1} more" if len(wrong) > 1 else "")
+                              + "); run `saegov audit verify`")
+
+
 def _client() -> Any:
     from mlflow.tracking import MlflowClient
 
@@ -109,9 +123,8 @@ def alias_status(store: Any, alias: str = "production") -> list[dict[str, Any]]:
     the version MLflow's alias points at now (they differ when someone moved it by hand)."""
     from mlflow.exceptions import MlflowException
 
-    from governance.tracking.deployment_model import model_name
-
     check_alias(alias)
+    _require_intact(store)
     latest: dict[str, Any] = {}
     for p in store.list_promotions(alias):
         if p.mlflow_model:
@@ -121,10 +134,16 @@ def alias_status(store: Any, alias: str = "production") -> list[dict[str, Any]]:
     # on a model the registry never promoted is a mismatch too.
     prefix = model_name("")
     carrying: dict[str, str] = {}
-    for rm in client.search_registered_models(filter_string=f"name LIKE '{prefix}%'"):
-        aliases = rm.aliases or {}
-        if alias in aliases:
-            carrying[rm.name] = str(aliases[alias])
+    token = None
+    while True:
+        page = client.search_registered_models(filter_string=f"name LIKE '{prefix}%'", page_token=token)
+        for rm in page:
+            aliases = rm.aliases or {}
+            if alias in aliases:
+                carrying[rm.name] = str(aliases[alias])
+        token = page.token
+        if not token:
+            break
     out = []
     for name in sorted(set(latest) | set(carrying)):
         p = latest.get(name)

@@ -89,16 +89,27 @@ def sae_folder(rec: object) -> Path:
     from governance.common.errors import GovernanceError, UnreachableError, first_line
     from governance.common.hashing import sha256_file
     from governance.common.workspace import uri_to_path
-    from governance.formats.sae_config import WEIGHTS_NAME
+    from governance.formats.sae_config import CFG_NAME, WEIGHTS_NAME
 
     uri, sha = str(getattr(rec, "weights_uri")), str(getattr(rec, "weights_sha256"))
-    cached = cache_dir() / "sae" / sha
+    cfg_sha = getattr(rec, "cfg_sha256", None)
+    ref = getattr(rec, "ref", "?")
+
+    def checked(folder: Path, where: str) -> Path:
+        # The weights are hash-checked where they are loaded; the config (k, normalisation, ...)
+        # changes what the weights do just as much, and is checked here for every source.
+        if cfg_sha and (not (folder / CFG_NAME).is_file() or sha256_file(folder / CFG_NAME) != cfg_sha):
+            raise GovernanceError(f"SAE {ref}: the {CFG_NAME} at {where} is not the registered one (sha256 mismatch)")
+        return folder
+
+    # Keyed by both hashes: the same weights under another config are another SAE.
+    cached = cache_dir() / "sae" / (f"{sha}-{cfg_sha}" if cfg_sha else sha)
     if (cached / WEIGHTS_NAME).is_file():
-        return cached
+        return checked(cached, str(cached))
     if not uri.startswith(MLFLOW_SCHEMES):
         local = uri_to_path(uri)
         if local.is_dir():
-            return local
+            return checked(local, str(local))
         run_id = getattr(rec, "mlflow_run_id", None)
         if not run_id:
             raise GovernanceError(f"SAE {getattr(rec, 'ref', '?')}: its weights are at {uri}, which this machine "
@@ -117,6 +128,7 @@ def sae_folder(rec: object) -> Path:
         if not (got / WEIGHTS_NAME).is_file() or sha256_file(got / WEIGHTS_NAME) != sha:
             raise GovernanceError(f"SAE {getattr(rec, 'ref', '?')}: the copy at {uri} is not the registered one "
                                   "(sha256 mismatch)")
+        checked(got, uri)
         try:
             got.rename(cached)
         except OSError:  # another process cached it first

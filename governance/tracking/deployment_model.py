@@ -16,6 +16,7 @@ import base64
 import io
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -163,42 +164,71 @@ def _save(dest: Path, deployment: Path, defaults: Any, example_prompt: str) -> N
                                "guidance_scale": float(defaults.guidance_scale), "seed": 0}),
                pip_requirements=requirements(),
                metadata={"saegov": "deployment"})
+    # MLflow records where the code and the artifact were on the building machine; neither is
+    # read back (the loader uses the file names), and a model says nothing about a workspace.
+    from mlflow.models import Model
+
+    model = Model.load(str(dest))
+    pyfunc = model.flavors["python_function"]
+    pyfunc["model_code_path"] = ENTRY.name
+    for art in (pyfunc.get("artifacts") or {}).values():
+        if isinstance(art, dict):
+            art.pop("uri", None)
+    model.save(str(dest / "MLmodel"))
 
 
-def check_model_folder(folder: Path) -> Path:
-    """Before MLflow executes a downloaded model's code: it must be saegov's entry file, byte for
-    byte (models-from-code runs whatever file the model names)."""
+# The python_function keys a saegov deployment model has. Every other key changes what MLflow
+# loads (`data` moves the code to a subfolder, `predict_fn`, `model_config`, ...): refused.
+PYFUNC_KEYS = {"loader_module", "model_code_path", "artifacts", "python_version", "env", "streamable",
+               "cloudpickle_version", "code"}
+LOADER = "mlflow.pyfunc.loaders.code_model"
+
+
+def check_model_folder(folder: Path, name: str | None = None) -> Path:
+    """Before MLflow executes a downloaded model's code: its MLmodel must load saegov's entry
+    file, byte for byte, through MLflow's code-model loader, with the deployment folder as its
+    one artifact, and nothing else (models-from-code runs whatever file the model names)."""
     import yaml
 
+    label = name or str(folder)  # what the user gave, not the private copy
     try:
         mlmodel = yaml.safe_load((folder / "MLmodel").read_text())
         pyfunc = mlmodel["flavors"]["python_function"]
     except (OSError, KeyError, TypeError, yaml.YAMLError):
-        raise DeploymentModelError(f"{folder}: not an MLflow pyfunc model (MLmodel unreadable)") from None
+        raise DeploymentModelError(f"{label}: not an MLflow pyfunc model (MLmodel unreadable)") from None
+    if not isinstance(pyfunc, dict) or not isinstance(mlmodel.get("flavors"), dict):
+        raise DeploymentModelError(f"{label}: not an MLflow pyfunc model (MLmodel malformed)")
+    if set(mlmodel["flavors"]) != {"python_function"}:
+        raise DeploymentModelError(f"{label}: flavours {sorted(mlmodel['flavors'])}: a saegov deployment model has "
+                                   "only python_function")
+    extra = sorted(set(pyfunc) - PYFUNC_KEYS)
+    if extra:
+        raise DeploymentModelError(f"{label}: its python_function has {', '.join(map(str, extra))}, which saegov "
+                                   "deployment models never have; refusing to run it")
     code = pyfunc.get("model_code_path")
-    if not code or Path(code).name != ENTRY.name or pyfunc.get("loader_module") != "mlflow.pyfunc.loaders.code_model":
-        raise DeploymentModelError(f"{folder}: not a saegov deployment model (its code is {code!r})")
+    # MLflow's code-model loader reads the file of that name in the model folder.
+    if not isinstance(code, str) or Path(code).name != ENTRY.name or pyfunc.get("loader_module") != LOADER:
+        raise DeploymentModelError(f"{label}: not a saegov deployment model (its code is {code!r})")
     entry = folder / ENTRY.name  # where MLflow's code-model loader reads it from
-    if not entry.is_file() or sha256_file(entry) != sha256_file(ENTRY):
-        raise DeploymentModelError(f"{folder}: its code file differs from saegov's {ENTRY.name}; refusing to run it")
+    if entry.is_symlink() or not entry.is_file() or sha256_file(entry) != sha256_file(ENTRY):
+        raise DeploymentModelError(f"{label}: its code file differs from saegov's {ENTRY.name}; refusing to run it")
     # Anything else MLflow would import or unpickle on load.
-    if pyfunc.get("code") or pyfunc.get("python_model") or (folder / "code").exists() or \
-            (folder / "python_model.pkl").exists():
-        raise DeploymentModelError(f"{folder}: carries code or pickles of its own; refusing to run it")
-    artifacts = pyfunc.get("artifacts") or {}
-    if set(artifacts) != {ARTIFACT}:
-        raise DeploymentModelError(f"{folder}: its artifacts are {sorted(artifacts)}, not [{ARTIFACT!r}]")
+    if pyfunc.get("code") is not None or (folder / "code").exists() or (folder / "python_model.pkl").exists():
+        raise DeploymentModelError(f"{label}: carries code or pickles of its own; refusing to run it")
+    artifacts = pyfunc.get("artifacts")
+    entry_art = artifacts.get(ARTIFACT) if isinstance(artifacts, dict) else None
+    if not isinstance(artifacts, dict) or set(artifacts) != {ARTIFACT} or not isinstance(entry_art, dict) \
+            or entry_art.get("path") != f"artifacts/{ARTIFACT}":
+        raise DeploymentModelError(f"{label}: its artifacts are not exactly the deployment folder "
+                                   f"(artifacts/{ARTIFACT})")
     return folder
 
 
 def deployment_in(model_folder: Path) -> Path:
-    """The deployment folder of a (checked) model folder, as its MLmodel names it."""
-    import yaml
-
-    rel = yaml.safe_load((model_folder / "MLmodel").read_text())["flavors"]["python_function"]["artifacts"][ARTIFACT]["path"]
-    folder = (model_folder / rel).resolve()
-    if not folder.is_relative_to(model_folder.resolve()):
-        raise DeploymentModelError(f"{model_folder}: its deployment artifact points outside the model")
+    """The deployment folder of a checked model folder (always `artifacts/deployment`)."""
+    folder = model_folder / "artifacts" / ARTIFACT
+    if folder.is_symlink() or not folder.is_dir():
+        raise DeploymentModelError(f"{model_folder}: the model holds no deployment folder")
     return folder
 
 
@@ -210,12 +240,22 @@ def load_deployment_model(uri: str, dst: Path | None = None) -> Any:
     import mlflow
 
     from governance.tracking.artifacts import download_quietly
-    local = Path(uri)
-    if not local.is_dir():
-        base = Path(dst or tempfile.mkdtemp(prefix="saegov-model-"))
+    base = Path(dst or tempfile.mkdtemp(prefix="saegov-model-"))
+    if Path(uri).is_dir():
+        # A private copy: what is checked is what MLflow loads, whoever can write the original.
+        local = base / "model"
+        shutil.copytree(uri, local, symlinks=True)
+    else:
         local = download_quietly(uri, base)
-    check_model_folder(local)
-    return mlflow.pyfunc.load_model(str(local))
+    check_model_folder(local, uri)
+    model = mlflow.pyfunc.load_model(str(local))
+    pipe = model.unwrap_python_model().pipe
+    from registry.store import Store
+
+    store = Store.open_if_present()
+    if store is not None:
+        check_promoted(store, uri, pipe.saegov)
+    return model
 
 
 def is_model_uri(ref: str | Path) -> bool:
@@ -240,8 +280,81 @@ def fetch_deployment(uri: str, dst: Path | None = None) -> Path:
         local = download_quietly(uri, base)
     except MlflowException as exc:
         raise DeploymentModelError(f"{uri}: {first_line(exc)}") from None
-    check_model_folder(local)
-    folder = deployment_in(local)
-    if not folder.is_dir():
-        raise DeploymentModelError(f"{uri}: the model holds no deployment folder")
-    return folder
+    check_model_folder(local, uri)
+    return deployment_in(local)
+
+
+def check_promoted(store: Any, uri: str, verified: Any) -> None:
+    """For `models:/NAME@ALIAS` with a registry: the deployment the alias serves must be the one
+    the registry last promoted to that alias (an alias moved by hand in MLflow, or a version's
+    artifacts swapped after its promotion, is refused). `candidate`, which every build moves,
+    needs no promotion; a version number (`models:/NAME/3`) is the caller's explicit choice.
+    Every deployment model must belong to its blocklist (`deployment-<blocklist>`)."""
+    if not uri.startswith("models:/"):
+        return
+    ref = uri[len("models:/"):]
+    name, at, alias = ref.partition("@")
+    if not at:
+        name = ref.rpartition("/")[0]
+    blocklist = verified.manifest.payload.blocklist
+    if name != model_name(str(blocklist).partition("@")[0]):
+        raise DeploymentModelError(f"{uri} holds a deployment of blocklist {blocklist}, not of {name}")
+    if not at or alias == "candidate":
+        return
+    promotions = [p for p in store.list_promotions(alias) if p.mlflow_model == name]
+    if not promotions:
+        raise DeploymentModelError(f"{uri}: the registry never promoted {name} to {alias!r} (an alias set in MLflow by "
+                                   "hand); see `saegov deploy status`")
+    last = promotions[-1]
+    dep = store.get_deployment(last.deployment_id)
+    if dep.manifest_sha256 != verified.manifest_sha256:
+        raise DeploymentModelError(f"{uri} is not the deployment the registry promoted to {alias!r} (deployment "
+                                   f"{dep.id}, version {last.mlflow_version}); see `saegov deploy status`")
+
+
+def serve(uri: str, host: str = "127.0.0.1", port: int = 5000, workers: int = 1) -> int:
+    """`mlflow models serve` of the deployment model at `uri`, from a private copy checked
+    first: saegov's own code (check_model_folder), the deployment verified (hashes, trusted
+    signature, approvals where a registry is configured) and, for an alias, the registry's
+    promotion (check_promoted). Plain `mlflow models serve` runs whatever code the artifact store
+    holds; this is the way that does not trust the store. Returns the server's exit status."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from mlflow.exceptions import MlflowException
+
+    from governance.common.errors import first_line
+    from governance.enforcement.deployment import verify_deployment
+    from governance.tracking.artifacts import download_quietly
+    from registry.store import Store
+
+    if not Path(uri).is_dir() and not is_model_uri(uri):
+        raise DeploymentModelError(f"{uri} is neither a model folder nor an MLflow model URI "
+                                   "(models:/deployment-NAME@ALIAS)")
+    tmp = Path(tempfile.mkdtemp(prefix="saegov-serve-"))
+    try:
+        if Path(uri).is_dir():
+            local = tmp / "model"
+            shutil.copytree(uri, local, symlinks=True)
+        else:
+            from governance.tracking.runs import check_tracking
+
+            check_tracking()
+            try:
+                local = download_quietly(uri, tmp / "model")
+            except MlflowException as exc:
+                raise DeploymentModelError(f"{uri}: {first_line(exc)}") from None
+        check_model_folder(local, uri)
+        store = Store.open_if_present()
+        verified = verify_deployment(deployment_in(local), store=store, check_registry=store is not None)
+        if store is not None:
+            check_promoted(store, uri, verified)
+        exe = Path(sys.executable).with_name("mlflow")
+        bindir = str(Path(sys.executable).parent)
+        env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
+        cmd = [str(exe) if exe.is_file() else "mlflow", "models", "serve", "-m", str(local), "--env-manager", "local",
+               "--host", host, "-p", str(port), "-w", str(workers)]
+        return subprocess.call(cmd, env=env)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -34,6 +34,11 @@ def rebase_if_moved(home: Path) -> str | None:
         if not marker.is_file():
             marker.write_text(now + "\n")
         return None
+    if db.is_symlink() or db.stat().st_nlink > 1:
+        # A store shared with another workspace: rewriting it would point that one at this one's artifacts.
+        from governance.common.errors import GovernanceError
+
+        raise GovernanceError(f"{db} is a link to another workspace's MLflow store; copy the file instead of linking it")
     with sqlite3.connect(db) as conn:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         for table, column in COLUMNS:
@@ -41,8 +46,10 @@ def rebase_if_moved(home: Path) -> str | None:
                 continue
             if column not in {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}:
                 continue
-            conn.execute(f"UPDATE {table} SET {column} = ? || substr({column}, ?) WHERE substr({column}, 1, ?) = ?",
-                         (now, len(old) + 1, len(old), old))
+            # The root itself or below it: `/a/mlartifacts` must not rewrite `/a/mlartifacts2/...`.
+            conn.execute(f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                         f"WHERE {column} = ? OR substr({column}, 1, ?) = ?",
+                         (now, len(old) + 1, old, len(old) + 1, old + "/"))
     marker.write_text(now + "\n")
     return old
 
@@ -54,7 +61,9 @@ def _root_in(db: Path) -> str | None:
             rows = conn.execute("SELECT artifact_location FROM experiments").fetchall()
     except sqlite3.Error:
         return None
+    roots = set()
     for (loc,) in rows:
-        if loc and f"/{ARTIFACTS}" in loc:
-            return loc[: loc.index(f"/{ARTIFACTS}") + len(ARTIFACTS) + 1]
-    return None
+        if loc and f"/{ARTIFACTS}/" in f"{loc}/":
+            roots.add(loc[: f"{loc}/".index(f"/{ARTIFACTS}/") + len(ARTIFACTS) + 1])
+    # One root, or no guess: a store whose experiments live under several roots is left alone.
+    return roots.pop() if len(roots) == 1 else None

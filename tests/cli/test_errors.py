@@ -90,6 +90,7 @@ BAD_INPUTS: dict[str, list[tuple[list[str], int, dict[str, str]]]] = {
     "deploy promote": [(["99", "--actor", "erin"], EXIT_REFUSED, {}), (["99", "--actor", "rob"], 4, {}),
                        (["0", "--actor", "erin"], EXIT_USAGE, {}), (["1", "--alias", "v1", "--actor", "erin"], EXIT_USAGE, {})],
     "deploy status": [(["--alias", "latest"], EXIT_USAGE, {})],
+    "deploy serve": [(["{tmp}/nomodel"], EXIT_REFUSED, {}), (["{tmp}", "--port", "0"], EXIT_USAGE, {})],
     "deploy verify": [(["{tmp}/nodep"], EXIT_REFUSED, {}),
                       (["{tmp}", "--offline", "--trusted-keys", "{file}"], EXIT_REFUSED, {})],
     "key show": [([], EXIT_REFUSED, {"SAEGOV_CONFIG_DIR": "/dev/null/x"})],

@@ -16,6 +16,7 @@ from tests.helpers.enforcement import frequent_features, load_pipe, random_sae, 
 def world(tmp_path: Path, toy_pipe_dir: Path, monkeypatch: pytest.MonkeyPatch):
     """A workspace with actors, an SAE of the toy pipeline, an approved mapping, a published blocklist."""
     from governance.basemodel.loading import model_folder_hash
+    from governance.common.hashing import sha256_file
 
     home = tmp_path / "ws"
     monkeypatch.setenv("SAEGOV_HOME", str(home))
@@ -41,7 +42,8 @@ def world(tmp_path: Path, toy_pipe_dir: Path, monkeypatch: pytest.MonkeyPatch):
     rec = store.register_sae_version(name="toy-sae", hook_point="up_blocks.1.attentions.1", d_in=64,
                                      n_latents=sae.n_latents, k=sae.k, architecture="topk",
                                      config=sae.cfg.model_dump(), weights_uri=sae_dir.as_uri(),
-                                     weights_sha256=sha, actor="erin", base_model="toy")
+                                     weights_sha256=sha, cfg_sha256=sha256_file(sae_dir / "cfg.json"), actor="erin",
+                                     base_model="toy")
     store.add_concept("red", "colour", "erin", prompts=["a red circle"])
     bl = spec_for(feats, steps=10, scale=-5.0)
     entry = bl.entries[0]

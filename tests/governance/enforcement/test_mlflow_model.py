@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -58,6 +59,9 @@ def test_build_registers_a_pyfunc_model_as_candidate_that_verifies_and_enforces(
     info = mlflow.models.get_model_info(f"models:/{MODEL}@candidate")
     assert [c["name"] for c in info.signature.inputs.to_dict()] == ["prompt"]
     assert {p.name for p in info.signature.params} == {"num_inference_steps", "guidance_scale", "seed"}
+    pyfunc = info.flavors["python_function"]  # no path of the building machine in the model
+    assert pyfunc["model_code_path"] == "deployment_model_entry.py"
+    assert pyfunc["artifacts"] == {"deployment": {"path": "artifacts/deployment"}}
     model = mlflow.pyfunc.load_model(f"models:/{MODEL}@candidate")  # plain MLflow: verifies, then enforces
     got = model.predict(pd.DataFrame({"prompt": ["a red circle"]}), params={"seed": 4})
     assert list(got.columns) == ["prompt", "seed", "image", "trace"] and int(got["seed"][0]) == 4
@@ -152,7 +156,7 @@ def test_promotion_refuses_a_model_version_whose_deployment_is_not_the_recorded_
 
         conn.execute(text("UPDATE deployments SET details = json_set(details, '$.mlflow_model', "
                           f"'models:/{MODEL}/2') WHERE id = 1"))
-    with pytest.raises(DeploymentError, match="not deployment 1"):
+    with pytest.raises(DeploymentError, match="not deployment 1|do not agree with its audit log"):
         promote(store, 1, "erin")
     assert store.list_promotions() == []
 
@@ -163,7 +167,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_mlflow_models_serve_serves_the_production_deployment_enforced(world) -> None:
+@pytest.mark.parametrize("server", ["mlflow models serve", "saegov deploy serve"])
+def test_the_production_deployment_is_served_enforced(world, server: str) -> None:
     from governance.tracking.runs import tracking_uri
 
     _build(world)
@@ -172,10 +177,13 @@ def test_mlflow_models_serve_serves_the_production_deployment_enforced(world) ->
     port = _free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(), "OMP_NUM_THREADS": "1",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    mlflow_bin = Path(sys.executable).with_name("mlflow")
-    proc = subprocess.Popen([str(mlflow_bin), "models", "serve", "-m", f"models:/{MODEL}@production",
-                             "--env-manager", "local", "--host", "127.0.0.1", "-p", str(port), "-w", "1"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    uri = f"models:/{MODEL}@production"
+    if server == "mlflow models serve":
+        cmd = [str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m", uri, "--env-manager", "local",
+               "--host", "127.0.0.1", "-p", str(port), "-w", "1"]
+    else:  # saegov's checks first, then the same server
+        cmd = [str(Path(sys.executable).with_name("saegov")), "deploy", "serve", uri, "--port", str(port)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.time() + 120
         while True:
@@ -195,7 +203,7 @@ def test_mlflow_models_serve_serves_the_production_deployment_enforced(world) ->
         with urllib.request.urlopen(req, timeout=120) as resp:
             predictions = json.loads(resp.read())["predictions"]
     finally:
-        proc.terminate()
+        os.killpg(proc.pid, signal.SIGTERM)  # the server and, for saegov deploy serve, its child
         proc.wait(timeout=30)
     assert len(predictions) == 1 and predictions[0]["seed"] == 2
     trace = json.loads(predictions[0]["trace"])
@@ -227,3 +235,78 @@ def test_a_moved_workspace_reads_and_writes_its_own_artifacts(world, monkeypatch
     assert mv.source.startswith((new / "mlartifacts").resolve().as_uri())
     exp = client.get_experiment(client.get_run(mv.run_id).info.experiment_id)
     assert exp.artifact_location == (new / "mlartifacts").resolve().as_uri()
+
+
+def test_a_model_with_redirected_code_or_a_hand_set_alias_is_refused(world, tmp_path: Path) -> None:
+    """MLflow honours `data:` in python_function (the code then comes from a subfolder): refused
+    before anything runs; `production` set in MLflow by hand is refused by saegov's loaders."""
+    import shutil
+
+    import yaml
+
+    from governance.tracking.artifacts import download_quietly
+    from governance.tracking.deployment_model import DeploymentModelError, check_model_folder
+
+    _build(world)
+    local = download_quietly(f"models:/{MODEL}/1", tmp_path / "dl")
+    check_model_folder(local)
+    evil = tmp_path / "evil"
+    shutil.copytree(local, evil)
+    mlmodel = yaml.safe_load((evil / "MLmodel").read_text())
+    mlmodel["flavors"]["python_function"]["data"] = "sub"
+    (evil / "MLmodel").write_text(yaml.safe_dump(mlmodel))
+    with pytest.raises(DeploymentModelError, match="python_function has data"):
+        check_model_folder(evil)
+    r = CliRunner().invoke(saegov, ["deploy", "serve", str(evil)])
+    assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1 and "python_function has data" in r.stderr
+    # production set by hand (no promotion): generate refuses to run it.
+    _client().set_registered_model_alias(MODEL, "production", "1")
+    r = CliRunner().invoke(saegov, ["generate", "a red circle", "--deployment", f"models:/{MODEL}@production",
+                                    "--out", str(tmp_path / "x.png")])
+    assert r.exit_code == 1 and "never promoted" in r.stderr and not (tmp_path / "x.png").exists()
+    r = CliRunner().invoke(saegov, ["generate", "a red circle", "--deployment", f"models:/{MODEL}@candidate",
+                                    "--out", str(tmp_path / "y.png")])
+    assert r.exit_code == 0, r.output
+
+
+def test_an_sae_whose_config_was_edited_is_refused(world, tmp_path: Path) -> None:
+    import json
+    import shutil
+    from types import SimpleNamespace
+
+    from governance.common.errors import GovernanceError
+    from governance.tracking.artifacts import sae_folder
+
+    rec = world["store"].get_sae("toy-sae@1")
+    assert sae_folder(rec).is_dir()
+    copy = tmp_path / "sae-copy"
+    shutil.copytree(sae_folder(rec), copy)
+    cfg = json.loads((copy / "cfg.json").read_text())
+    cfg["k"] = 1  # the same weights, a blocking that no longer fires
+    (copy / "cfg.json").write_text(json.dumps(cfg))
+    forged = SimpleNamespace(weights_uri=copy.as_uri(), weights_sha256=rec.weights_sha256, cfg_sha256=rec.cfg_sha256,
+                             mlflow_run_id=None, ref=rec.ref)
+    with pytest.raises(GovernanceError, match="cfg.json .* is not the registered one"):
+        sae_folder(forged)
+
+
+def test_a_linked_local_store_is_not_rewritten(tmp_path: Path) -> None:
+    from governance.common.errors import GovernanceError
+    from governance.tracking.local_store import MARKER, rebase_if_moved
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    import sqlite3
+
+    with sqlite3.connect(a / "mlflow.db") as conn:
+        conn.execute("CREATE TABLE experiments (artifact_location TEXT)")
+        conn.execute("INSERT INTO experiments VALUES (?)", ((a / "mlartifacts").resolve().as_uri(),))
+    assert rebase_if_moved(a) is None
+    (b / "mlflow.db").symlink_to(a / "mlflow.db")
+    (b / MARKER).write_text((a / MARKER).read_text())
+    with pytest.raises(GovernanceError, match="link to another workspace"):
+        rebase_if_moved(b)
+    with sqlite3.connect(a / "mlflow.db") as conn:
+        assert conn.execute("SELECT artifact_location FROM experiments").fetchone()[0].startswith(
+            (a / "mlartifacts").resolve().as_uri())
