@@ -67,8 +67,6 @@ def register(root: click.Group) -> None:
                 click.echo(f"attack {c:10s} {parts}")
         for note in result.notes:
             click.echo(f"note: {note}", err=True)
-        if result.mlflow_run_id:
-            click.echo(f"mlflow run: {result.mlflow_run_id}")
         click.echo(f"report: {result.report}")
         if result.evaluation_id is not None:
             click.echo(f"recorded as evaluation {result.evaluation_id} of deployment {result.deployment_id}")
