@@ -17,7 +17,8 @@ def _seeds(value: str) -> tuple[int, ...]:
 
 def register(root: click.Group) -> None:
     @root.command("eval")
-    @click.option("--deployment", type=click.Path(path_type=Path), required=True, help="A deployment folder.")
+    @click.option("--deployment", required=True,
+                  help="A deployment folder, or its MLflow Model (models:/deployment-NAME/VERSION).")
     @click.option("--seeds", default="0,1", show_default=True, help="Seeds of the evaluation images.")
     @click.option("--report", type=click.Path(path_type=Path), default=None,
                   help="HTML report to write (default: $SAEGOV_HOME/reports/eval-<blocklist>.html).")
@@ -37,7 +38,7 @@ def register(root: click.Group) -> None:
                   help="Record the evaluation in the registry as NAME (what `deploy promote` needs); "
                        "default: not recorded.")
     @json_option
-    def eval_(deployment: Path, seeds: str, report: Path | None, attack: bool, attack_prompts: int,
+    def eval_(deployment: str, seeds: str, report: Path | None, attack: bool, attack_prompts: int,
               attack_iterations: int, attack_tokens: int, offline: bool, trusted_keys: Path | None, no_track: bool,
               actor: str | None, as_json: bool) -> None:
         """Measure what a deployment removes and keeps (UnlearnCanvas-style, on the toy world)."""

@@ -1064,7 +1064,8 @@ class Store:
                            mlflow_model: str | None = None, mlflow_version: str | None = None) -> PromotionRecord:
         """Give a deployment an alias (`production`). The caller has verified the deployment's
         files and signature (governance.enforcement.promote); here: its blocklist version is
-        still in force and the evaluation is one recorded for this deployment."""
+        still in force, the evaluation is one recorded for this deployment, and by someone other
+        than the promoter (four-eyes)."""
         alias = _valid_name(alias, "alias")
         with self._write(actor, "deployment.promote") as tx:
             s = tx.session
@@ -1074,6 +1075,9 @@ class Store:
             ev = s.get(DeploymentEvaluation, _row_id(evaluation_id, "evaluation"))
             if ev is None or ev.deployment_id != d.id:
                 raise ValidationFailed(f"evaluation {evaluation_id} is not an evaluation of deployment {d.id}")
+            if ev.created_by_id == tx.actor.id:
+                raise PermissionDenied(f"four-eyes rule: {tx.actor.name} recorded evaluation {ev.id} and cannot promote "
+                                       "on it; another person evaluates or promotes")
             v = d.blocklist_version
             ref = f"{v.blocklist.name}@{v.version}"
             if v.state != "published":

@@ -60,6 +60,10 @@ def promote(store: Any, deployment_id: int, actor: str | None, alias: str = "pro
     _require_intact(store)
     dep = store.get_deployment(deployment_id)
     evaluation = _evaluation_for(store, dep.id, evaluation_id)
+    short = policy_shortfalls(store.approval_policy(), evaluation.metrics)
+    if short:
+        raise DeploymentError(f"evaluation {evaluation.id} of deployment {dep.id} does not meet the approval policy: "
+                              f"{short[0]}" + (f" (and {len(short) - 1} more)" if len(short) > 1 else ""))
     model_uri = (dep.details or {}).get("mlflow_model")
     if model_uri and not model_uri.startswith(f"models:/{model_name(dep.blocklist)}/"):
         raise DeploymentError(f"deployment {dep.id} names {model_uri}, not a version of {model_name(dep.blocklist)}")
@@ -97,6 +101,21 @@ def promote(store: Any, deployment_id: int, actor: str | None, alias: str = "pro
                                   f"({first_line(exc)}); run `saegov deploy status` and promote again") from None
     return Promotion(record=record, verified_manifest_sha256=verified.manifest_sha256, evaluation=evaluation,
                      mlflow_model=f"models:/{name}@{alias}" if name else None)
+
+
+def policy_shortfalls(policy: Any, metrics: dict[str, Any]) -> list[str]:
+    """Where the measured deployment falls below the approval policy's floors (the ones each
+    mapping's sweep evidence had to meet): a deployment whose concepts together remove less, or
+    keep less, than the policy asks of each alone does not go to production."""
+    mins = policy.minimums() if policy is not None else {}
+    out = []
+    for concept, m in sorted(metrics.items()):
+        for key, floor in mins.items():
+            got = m.get(key) if isinstance(m, dict) else None
+            if got is None or got < floor:
+                shown = "not measured" if got is None else f"{100 * got:.1f} %"
+                out.append(f"{concept} {key} {shown}, below the {100 * floor:.1f} % of approval policy v{policy.version}")
+    return out
 
 
 def _require_intact(store: Any) -> None:

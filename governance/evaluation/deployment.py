@@ -280,13 +280,37 @@ def default_report_path(deployment: Path) -> Path:
     return workspace_home() / "reports" / f"eval-{name}.html"
 
 
-def run_evaluation(deployment: Path, *, offline: bool = False, trusted_keys_file: Path | None = None,
+def run_evaluation(deployment: Path | str, *, offline: bool = False, trusted_keys_file: Path | None = None,
                    seeds: tuple[int, ...] = EVAL_SEEDS,
                    report: Path | None = None, track: bool = True, progress: Progress | None = None,
                    attack: AttackSettings | None = None, actor: str | None = None) -> DeploymentEval:
     """`saegov eval`: everything is checked (folder, report path, the actor's right to record it)
     before minutes of generation; the workspace's registry is consulted unless `offline`; with an
-    `actor`, the evaluation is recorded there (the evidence `saegov deploy promote` needs)."""
+    `actor`, the evaluation is recorded there (the evidence `saegov deploy promote` needs).
+    `deployment`: a folder, or an MLflow deployment model URI (its own copy is evaluated: what
+    an alias pointing at it serves)."""
+    from governance.tracking.deployment_model import is_model_uri
+
+    if is_model_uri(str(deployment)):
+        import shutil
+        import tempfile
+
+        from governance.tracking.deployment_model import fetch_deployment
+
+        tmp = Path(tempfile.mkdtemp(prefix="saegov-eval-"))
+        try:
+            return _run_evaluation(fetch_deployment(str(deployment), tmp), offline=offline,
+                                   trusted_keys_file=trusted_keys_file, seeds=seeds, report=report, track=track,
+                                   progress=progress, attack=attack, actor=actor)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return _run_evaluation(Path(deployment), offline=offline, trusted_keys_file=trusted_keys_file, seeds=seeds,
+                           report=report, track=track, progress=progress, attack=attack, actor=actor)
+
+
+def _run_evaluation(deployment: Path, *, offline: bool, trusted_keys_file: Path | None, seeds: tuple[int, ...],
+                    report: Path | None, track: bool, progress: Progress | None, attack: AttackSettings | None,
+                    actor: str | None) -> DeploymentEval:
     from registry.store import Store
 
     if not Path(deployment).is_dir():

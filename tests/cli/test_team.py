@@ -112,7 +112,8 @@ def test_two_people_on_two_workspaces_then_anyone_generates_from_mlflow(services
     dep = b / "deployments" / "team"
     built = bea("deploy", "build", "--blocklist", "team@1", "--model", str(toy_pipe_dir), "--out", str(dep), "--json")
     assert built["mlflow_model_version"] == "1" and not Path(built["path"]).is_absolute()
-    evaluated = rob("eval", "--deployment", str(dep), "--seeds", "0", "--actor", "rob", "--json")
+    # Evaluated from MLflow: the very copy an alias on version 1 serves, no local folder needed.
+    evaluated = rob("eval", "--deployment", "models:/deployment-team/1", "--seeds", "0", "--actor", "rob", "--json")
     assert evaluated["evaluation_id"] == 1
     promoted = bea("deploy", "promote", "1", "--json")
     assert promoted["mlflow_model"] == "models:/deployment-team@production"

@@ -36,7 +36,7 @@ def _client():
 
 def _evaluate(world, deployment_id: int = 1) -> int:
     metrics = {"red": {"kind": "colour", "UA": 0.9, "IRA": 0.95, "CRA": 0.9}}
-    return world["store"].record_evaluation(deployment_id=deployment_id, metrics=metrics, actor="erin").id
+    return world["store"].record_evaluation(deployment_id=deployment_id, metrics=metrics, actor="rob").id
 
 
 def test_build_registers_a_pyfunc_model_as_candidate_that_verifies_and_enforces(world, monkeypatch) -> None:
@@ -310,3 +310,32 @@ def test_a_linked_local_store_is_not_rewritten(tmp_path: Path) -> None:
     with sqlite3.connect(a / "mlflow.db") as conn:
         assert conn.execute("SELECT artifact_location FROM experiments").fetchone()[0].startswith(
             (a / "mlartifacts").resolve().as_uri())
+
+
+def test_promotion_needs_an_evaluation_that_meets_the_approval_policy(world) -> None:
+    from governance.enforcement.deployment import DeploymentError
+    from governance.enforcement.promote import promote
+
+    store = world["store"]
+    _build(world)
+    store.set_approval_policy(actor="alice", min_ua=0.95, min_cra=0.5)
+    _evaluate(world)  # red UA 0.9
+    with pytest.raises(DeploymentError, match=r"red UA 90.0 %, below the 95.0 % of approval policy v1"):
+        promote(store, 1, "erin")
+    assert store.list_promotions() == []
+    better = store.record_evaluation(deployment_id=1, actor="rob",
+                                     metrics={"red": {"kind": "colour", "UA": 0.97, "IRA": 0.95, "CRA": 0.9}})
+    assert promote(store, 1, "erin").evaluation.id == better.id
+
+
+def test_the_evaluator_cannot_promote_on_their_own_evaluation(world) -> None:
+    from governance.enforcement.promote import promote
+    from registry.errors import PermissionDenied
+
+    store = world["store"]
+    _build(world)
+    store.record_evaluation(deployment_id=1, actor="erin",
+                            metrics={"red": {"kind": "colour", "UA": 0.97, "IRA": 0.95, "CRA": 0.9}})
+    with pytest.raises(PermissionDenied, match="four-eyes rule: erin recorded evaluation 1"):
+        promote(store, 1, "erin")
+    assert store.list_promotions() == []
