@@ -37,7 +37,7 @@ def register(root: click.Group) -> None:
             click.echo(f"deployment {record.id} of {name}@{record.blocklist_version} written to {path}")
 
     @deploy.command("verify")
-    @click.argument("folder", type=click.Path(path_type=Path))
+    @click.argument("folder")
     @click.option("--offline", is_flag=True,
                   help="Do not consult the registry: approvals are not re-checked, and the signing key must be "
                        "in a trust store (--trusted-keys or SAEGOV_TRUSTED_KEYS).")
@@ -46,12 +46,29 @@ def register(root: click.Group) -> None:
     @click.option("--allow-untrusted", is_flag=True,
                   help="Accept a signature by a key nobody vouches for (says so loudly). Not for production.")
     @json_option
-    def verify(folder: Path, offline: bool, trusted_keys: Path | None, allow_untrusted: bool, as_json: bool) -> None:
-        """Verify hashes, that a trusted key signed it, and (unless --offline) its approvals."""
+    def verify(folder: str, offline: bool, trusted_keys: Path | None, allow_untrusted: bool, as_json: bool) -> None:
+        """Verify hashes, that a trusted key signed it, and (unless --offline) its approvals. FOLDER: a
+        deployment folder, or its MLflow Model (models:/deployment-NAME@ALIAS or /VERSION: the copy MLflow
+        serves, and for an alias, that it is the one the registry promoted)."""
         from governance.enforcement import verify_deployment
 
-        v = verify_deployment(folder, check_registry=not offline, trusted_keys_file=trusted_keys,
-                              allow_untrusted=allow_untrusted)
+        if folder.startswith(("models:/", "runs:/", "mlflow-artifacts:/")):
+            import shutil
+            import tempfile
+
+            from governance.tracking.deployment_model import check_promoted, fetch_deployment
+
+            tmp = Path(tempfile.mkdtemp(prefix="saegov-verify-"))
+            try:
+                v = verify_deployment(fetch_deployment(folder, tmp), check_registry=not offline,
+                                      trusted_keys_file=trusted_keys, allow_untrusted=allow_untrusted)
+                if not offline:
+                    check_promoted(open_store(), folder, v)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            v = verify_deployment(Path(folder), check_registry=not offline, trusted_keys_file=trusted_keys,
+                                  allow_untrusted=allow_untrusted)
         info = {"path": str(folder), "ok": True, "manifest_sha256": v.manifest_sha256,
                 "blocklist": v.manifest.payload.blocklist, "files": len(v.manifest.payload.files),
                 "saes": {s.hook_point: s.ref or s.weights_sha256 for s in v.manifest.payload.saes},

@@ -141,3 +141,5 @@ def test_two_people_on_two_workspaces_then_anyone_generates_from_mlflow(services
     finally:
         store.close()
     assert carl("deploy", "status", "--json")[0]["ok"] is True
+    verified = carl("deploy", "verify", "models:/deployment-team@production", "--json")
+    assert verified["ok"] and verified["registry_checked"] and verified["deployment_id"] == 1

@@ -264,6 +264,10 @@ def test_a_model_with_redirected_code_or_a_hand_set_alias_is_refused(world, tmp_
     r = CliRunner().invoke(saegov, ["generate", "a red circle", "--deployment", f"models:/{MODEL}@production",
                                     "--out", str(tmp_path / "x.png")])
     assert r.exit_code == 1 and "never promoted" in r.stderr and not (tmp_path / "x.png").exists()
+    r = CliRunner().invoke(saegov, ["deploy", "verify", f"models:/{MODEL}@production"])
+    assert r.exit_code == 1 and "never promoted" in r.stderr
+    r = CliRunner().invoke(saegov, ["deploy", "verify", f"models:/{MODEL}/1"])  # the version itself is fine
+    assert r.exit_code == 0 and r.stdout.startswith("ok: "), r.output
     r = CliRunner().invoke(saegov, ["generate", "a red circle", "--deployment", f"models:/{MODEL}@candidate",
                                     "--out", str(tmp_path / "y.png")])
     assert r.exit_code == 0, r.output
