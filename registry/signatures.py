@@ -18,6 +18,8 @@ Keys come from the log itself: `key.register` (owner, by whom) and `key.revoke` 
   and `actor.role`, against registry.workflow.PERMISSIONS): a role raised by SQL for one
   action and set back leaves an event that names it;
 - the key that approves a mapping is neither the key that created it nor the one that proposed it;
+- a deployment is not promoted, by name or by key, by whoever recorded the evaluation the
+  promotion rests on;
 - the approver is not the mapping's creator or proposer, nor an account that descends from them
   (created by them, or by an account they created, ...), nor signs with a key that one of them
   or their descendants registered: the store's four-eyes rule (registry.workflow), checked
@@ -50,7 +52,7 @@ from registry.workflow import PERMISSIONS
 EVENT_DOMAIN = b"saegov.audit-event/v1\n"
 # Actions whose payload changes what SignatureCheck tracks.
 TRACKED_ACTIONS = ("actor.add", "actor.role", "key.register", "key.revoke", "actor.disable", "policy.set", "mapping.create",
-                   "mapping.propose", "mapping.approve")
+                   "mapping.propose", "mapping.approve", "deployment.evaluate", "deployment.promote")
 
 
 # Logged action -> the permission the store checked for it (the same name unless listed).
@@ -92,6 +94,7 @@ class SignatureCheck:
     mapping_people: dict[int, set[str]] = field(default_factory=dict)
     creators: dict[str, str] = field(default_factory=dict)  # account -> the account that created it
     roles: dict[str, str] = field(default_factory=dict)  # account -> its role at this point of the log
+    evaluators: dict[int, tuple[str, str | None]] = field(default_factory=dict)  # evaluation -> (actor, key)
     signed: int = 0
     # Owners holding an unrevoked key: checked on every event, so a set refreshed on key events.
     _keyed_owners: set[str] = field(default_factory=set)
@@ -185,6 +188,8 @@ class SignatureCheck:
             "mapping_keys": {str(m): sorted(v) for m, v in self.mapping_keys.items()},
             "mapping_people": {str(m): sorted(v) for m, v in self.mapping_people.items()},
         }
+        if self.evaluators:  # absent from logs before evaluations existed: their digests stay the same
+            state["evaluators"] = {str(e): list(v) for e, v in self.evaluators.items()}
         return hashlib.sha256(canonical_json(state).encode()).hexdigest()
 
     def _apply(self, seq: int, actor: str, action: str, subject: str, payload: str, signer: str | None,
@@ -249,6 +254,14 @@ class SignatureCheck:
                 raise AuditVerificationError(f"audit event {seq}: policy.set turned signed actions off, which no "
                                              "policy may do once they are required", seq)
             self.required = wanted
+        elif action == "deployment.evaluate":
+            self.evaluators[int(p["id"])] = (actor, signer)
+        elif action == "deployment.promote":
+            recorder, key = self.evaluators.get(int(p["evaluation_id"]), (None, None))
+            if check and (recorder == actor or (signer is not None and signer == key)):
+                raise AuditVerificationError(f"audit event {seq}: deployment {p.get('deployment_id')} promoted by "
+                                             f"{actor!r} on evaluation {p['evaluation_id']}, which they recorded "
+                                             "(four-eyes)", seq)
         elif action in ("mapping.create", "mapping.propose", "mapping.approve"):
             mapping = int(p["id"] if action == "mapping.create" else p["mapping_id"])
             keys = self.mapping_keys.setdefault(mapping, set())

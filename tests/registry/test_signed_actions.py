@@ -352,3 +352,15 @@ def test_since_refuses_roots_outside_the_trust_store(store: Store, keys) -> None
     assert store.verify_audit_since(cp, anchors=frozenset({signatures.public_hex(keys["alice"])})).size == cp.size
     with pytest.raises(AuditVerificationError, match="root of trust before the checkpoint"):
         store.verify_audit_since(cp, anchors=frozenset({signatures.public_hex(keys["erin"])}))
+
+
+def test_a_promotion_by_the_evaluator_written_around_the_store_is_named(store: Store) -> None:
+    """The store refuses to promote on one's own evaluation; an insider who writes the events
+    directly is named by `audit verify`, which replays the rule from the log."""
+    forge_event(store, "rob", "deployment.evaluate", "deployment:1", {"id": 6, "deployment_id": 1})
+    forge_event(store, "erin", "deployment.evaluate", "deployment:1", {"id": 7, "deployment_id": 1})
+    forge_event(store, "erin", "deployment.promote", "deployment:1", {"id": 1, "deployment_id": 1, "evaluation_id": 6})
+    store.verify_audit()  # rob evaluated, erin promoted: fine
+    forge_event(store, "erin", "deployment.promote", "deployment:1", {"id": 2, "deployment_id": 1, "evaluation_id": 7})
+    with pytest.raises(AuditVerificationError, match="promoted by 'erin' on evaluation 7, which they recorded"):
+        store.verify_audit()
