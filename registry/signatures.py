@@ -101,6 +101,12 @@ class SignatureCheck:
     judge_anchors: bool = True  # False for all but the last range of a parallel verification
     _plain_ok: set[tuple[str, str]] = field(default_factory=set)  # (actor, action) passed since the last state change
 
+    @property
+    def plain_passed(self) -> set[tuple[str, str]]:
+        """The live set of (actor, action) pairs `check` would pass at once (unsigned, untracked,
+        already passed since the last tracked event); verify_rows skips the call for them."""
+        return self._plain_ok
+
     def lineage(self, actor: str) -> list[str]:
         """Who created `actor`'s account, who created theirs, ..."""
         out: list[str] = []
