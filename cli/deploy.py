@@ -52,20 +52,16 @@ def register(root: click.Group) -> None:
         serves, and for an alias, that it is the one the registry promoted)."""
         from governance.enforcement import verify_deployment
 
-        if folder.startswith(("models:/", "runs:/", "mlflow-artifacts:/")):
-            import shutil
-            import tempfile
+        from governance.tracking.artifacts import is_model_uri
 
-            from governance.tracking.deployment_model import check_promoted, fetch_deployment
+        if is_model_uri(folder):
+            from governance.tracking.deployment_model import check_promoted, fetched_deployment
 
-            tmp = Path(tempfile.mkdtemp(prefix="saegov-verify-"))
-            try:
-                v = verify_deployment(fetch_deployment(folder, tmp), check_registry=not offline,
-                                      trusted_keys_file=trusted_keys, allow_untrusted=allow_untrusted)
-                if not offline:
-                    check_promoted(open_store(), folder, v)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+            with fetched_deployment(folder) as local:
+                v = verify_deployment(local, check_registry=not offline, trusted_keys_file=trusted_keys,
+                                      allow_untrusted=allow_untrusted)
+            if not offline:
+                check_promoted(open_store(), folder, v)
         else:
             v = verify_deployment(Path(folder), check_registry=not offline, trusted_keys_file=trusted_keys,
                                   allow_untrusted=allow_untrusted)

@@ -45,17 +45,11 @@ def generate_image(deployment: Path | str, prompt: str, *, seed: int, out: Path,
         store = Store.open()
         store.check_actor(actor, "generation.record")  # refuse before the model loads, not after
     if isinstance(deployment, str):  # an MLflow Model URI: its own copy of the deployment is verified and loaded
-        import shutil
-        import tempfile
-
-        from governance.tracking.deployment_model import check_promoted, fetch_deployment
+        from governance.tracking.deployment_model import check_promoted, fetched_deployment
         from registry.store import Store
 
-        tmp = Path(tempfile.mkdtemp(prefix="saegov-model-"))
-        try:
-            pipe = EnforcedStableDiffusionPipeline.from_pretrained(fetch_deployment(deployment, tmp), store=store)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        with fetched_deployment(deployment) as folder:
+            pipe = EnforcedStableDiffusionPipeline.from_pretrained(folder, store=store)
         registry = store or Store.open_if_present()
         if registry is not None:  # without one, the trust store vouched for the signature alone
             check_promoted(registry, deployment, pipe.saegov)

@@ -289,21 +289,14 @@ def run_evaluation(deployment: Path | str, *, offline: bool = False, trusted_key
     `actor`, the evaluation is recorded there (the evidence `saegov deploy promote` needs).
     `deployment`: a folder, or an MLflow deployment model URI (its own copy is evaluated: what
     an alias pointing at it serves)."""
-    from governance.tracking.deployment_model import is_model_uri
+    from governance.tracking.artifacts import is_model_uri
 
     if is_model_uri(str(deployment)):
-        import shutil
-        import tempfile
+        from governance.tracking.deployment_model import fetched_deployment
 
-        from governance.tracking.deployment_model import fetch_deployment
-
-        tmp = Path(tempfile.mkdtemp(prefix="saegov-eval-"))
-        try:
-            return _run_evaluation(fetch_deployment(str(deployment), tmp), offline=offline,
-                                   trusted_keys_file=trusted_keys_file, seeds=seeds, report=report, track=track,
-                                   progress=progress, attack=attack, actor=actor)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        with fetched_deployment(str(deployment)) as folder:
+            return _run_evaluation(folder, offline=offline, trusted_keys_file=trusted_keys_file, seeds=seeds,
+                                   report=report, track=track, progress=progress, attack=attack, actor=actor)
     return _run_evaluation(Path(deployment), offline=offline, trusted_keys_file=trusted_keys_file, seeds=seeds,
                            report=report, track=track, progress=progress, attack=attack, actor=actor)
 

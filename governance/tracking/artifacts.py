@@ -10,21 +10,13 @@ from governance.tracking.runs import tracking_uri
 
 def run_artifact_bytes(ref: str) -> bytes:
     """The bytes of `runs:/RUN_ID/PATH`."""
-    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
-    from mlflow.tracking import MlflowClient
-
-    run_id, _, artifact = ref[len("runs:/"):].partition("/")
     with tempfile.TemporaryDirectory() as tmp:
-        previous = os.environ.get(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name)
-        os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = "false"  # our progress goes to stderr, once
-        try:
-            local = MlflowClient(tracking_uri=tracking_uri()).download_artifacts(run_id, artifact, tmp)
-        finally:
-            if previous is None:
-                os.environ.pop(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name, None)
-            else:
-                os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = previous
-        return Path(local).read_bytes()
+        return download_quietly(ref, Path(tmp)).read_bytes()
+
+
+def is_model_uri(ref: str | Path) -> bool:
+    """An MLflow address of a model (no import of MLflow: light commands test it first)."""
+    return isinstance(ref, str) and ref.startswith(("models:/", "runs:/", "mlflow-artifacts:/"))
 
 
 def download_quietly(uri: str, dst: Path) -> Path:

@@ -17,6 +17,8 @@ import io
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +134,6 @@ def save_deployment_model(deployment: Path, dest: Path, defaults: Any, example_p
     """Write the MLflow Model folder for `deployment` at `dest` (models-from-code: the code is
     saegov's entry file; the deployment folder is copied in as the artifact)."""
     import logging
-    import shutil
     import tempfile
 
     logging.getLogger("mlflow").setLevel(logging.ERROR)
@@ -232,6 +233,31 @@ def deployment_in(model_folder: Path) -> Path:
     return folder
 
 
+def _checked_copy(uri: str, base: Path) -> Path:
+    """A private copy of the model at `uri` (a model folder, or an MLflow URI downloaded) under
+    `base`, with its code checked before anything of it runs: what is checked is what is loaded,
+    whoever can write the original."""
+    from mlflow.exceptions import MlflowException
+
+    from governance.common.errors import first_line
+    from governance.tracking.artifacts import download_quietly, is_model_uri
+    from governance.tracking.runs import check_tracking
+
+    local = base / "model"
+    if Path(uri).is_dir():
+        shutil.copytree(uri, local, symlinks=True)
+    elif is_model_uri(uri):
+        check_tracking()
+        try:
+            local = download_quietly(uri, local)
+        except MlflowException as exc:
+            raise DeploymentModelError(f"{uri}: {first_line(exc)}") from None
+    else:
+        raise DeploymentModelError(f"{uri} is neither a model folder nor an MLflow model URI "
+                                   "(models:/deployment-NAME@ALIAS)")
+    return check_model_folder(local, uri)
+
+
 def load_deployment_model(uri: str, dst: Path | None = None) -> Any:
     """`mlflow.pyfunc.load_model(uri)`, with the model's code checked before MLflow runs it.
     `uri`: `models:/NAME@ALIAS`, `models:/NAME/VERSION`, `runs:/...` or a local folder."""
@@ -239,49 +265,33 @@ def load_deployment_model(uri: str, dst: Path | None = None) -> Any:
 
     import mlflow
 
-    from governance.tracking.artifacts import download_quietly
-    base = Path(dst or tempfile.mkdtemp(prefix="saegov-model-"))
-    if Path(uri).is_dir():
-        # A private copy: what is checked is what MLflow loads, whoever can write the original.
-        local = base / "model"
-        shutil.copytree(uri, local, symlinks=True)
-    else:
-        local = download_quietly(uri, base)
-    check_model_folder(local, uri)
-    model = mlflow.pyfunc.load_model(str(local))
-    pipe = model.unwrap_python_model().pipe
     from registry.store import Store
 
+    local = _checked_copy(uri, Path(dst or tempfile.mkdtemp(prefix="saegov-model-")))
+    model = mlflow.pyfunc.load_model(str(local))
     store = Store.open_if_present()
     if store is not None:
-        check_promoted(store, uri, pipe.saegov)
+        check_promoted(store, uri, model.unwrap_python_model().pipe.saegov)
     return model
 
 
-def is_model_uri(ref: str | Path) -> bool:
-    return isinstance(ref, str) and ref.startswith(("models:/", "runs:/", "mlflow-artifacts:/"))
+def fetch_deployment(uri: str, dst: Path) -> Path:
+    """The deployment folder inside the MLflow Model at `uri`, downloaded under `dst` with the
+    model's code checked; the folder itself is verified by whoever loads it (verify_deployment),
+    like any other."""
+    return deployment_in(_checked_copy(uri, dst))
 
 
-def fetch_deployment(uri: str, dst: Path | None = None) -> Path:
-    """The deployment folder inside the MLflow Model at `uri`, downloaded (into a private
-    temporary folder unless `dst`) with the model's code checked; the folder itself is verified by
-    whoever loads it (verify_deployment), like any other."""
+@contextmanager
+def fetched_deployment(uri: str) -> Iterator[Path]:
+    """`fetch_deployment` into a private temporary folder, removed after the block."""
     import tempfile
 
-    from mlflow.exceptions import MlflowException
-
-    from governance.common.errors import first_line
-    from governance.tracking.artifacts import download_quietly
-    from governance.tracking.runs import check_tracking
-
-    check_tracking()
-    base = Path(dst or tempfile.mkdtemp(prefix="saegov-model-"))
+    tmp = Path(tempfile.mkdtemp(prefix="saegov-model-"))
     try:
-        local = download_quietly(uri, base)
-    except MlflowException as exc:
-        raise DeploymentModelError(f"{uri}: {first_line(exc)}") from None
-    check_model_folder(local, uri)
-    return deployment_in(local)
+        yield fetch_deployment(uri, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def check_promoted(store: Any, uri: str, verified: Any) -> None:
@@ -322,30 +332,12 @@ def serve(uri: str, host: str = "127.0.0.1", port: int = 5000, workers: int = 1)
     import sys
     import tempfile
 
-    from mlflow.exceptions import MlflowException
-
-    from governance.common.errors import first_line
     from governance.enforcement.deployment import verify_deployment
-    from governance.tracking.artifacts import download_quietly
     from registry.store import Store
 
-    if not Path(uri).is_dir() and not is_model_uri(uri):
-        raise DeploymentModelError(f"{uri} is neither a model folder nor an MLflow model URI "
-                                   "(models:/deployment-NAME@ALIAS)")
     tmp = Path(tempfile.mkdtemp(prefix="saegov-serve-"))
     try:
-        if Path(uri).is_dir():
-            local = tmp / "model"
-            shutil.copytree(uri, local, symlinks=True)
-        else:
-            from governance.tracking.runs import check_tracking
-
-            check_tracking()
-            try:
-                local = download_quietly(uri, tmp / "model")
-            except MlflowException as exc:
-                raise DeploymentModelError(f"{uri}: {first_line(exc)}") from None
-        check_model_folder(local, uri)
+        local = _checked_copy(uri, tmp)
         store = Store.open_if_present()
         verified = verify_deployment(deployment_in(local), store=store, check_registry=store is not None)
         if store is not None:
