@@ -140,7 +140,7 @@ def step_times(d_in: int, expansion: int, k: int, batch: int, steps: int, seed: 
     sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
 
     def ours_step(x: torch.Tensor) -> None:
-        fvu, auxk, _, _ = sae_losses(ours, x, None, d_in // 2)
+        fvu, auxk, _, _, _ = sae_losses(ours, x, None, d_in // 2)
         fvu.backward()
         ours.remove_gradient_parallel_to_decoder_directions()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

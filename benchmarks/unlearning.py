@@ -36,6 +36,10 @@ GRIDS: dict[tuple[str, str], tuple[list[int], list[float]]] = {
     ("colour", "specific"): ([8, 16], [-10.0, -30.0, -100.0]),
     ("shape", "specific"): ([8, 16], [-10.0, -30.0, -100.0]),
     ("style", "specific"): ([8, 16], [-10.0, -30.0, -100.0]),
+    # A concept-supervised SAE's dedicated latents: only gamma is searched.
+    ("colour", "assigned"): ([], [-2.0, -5.0, -10.0, -20.0, -50.0]),
+    ("shape", "assigned"): ([], [-5.0, -20.0, -50.0, -100.0, -300.0]),
+    ("style", "assigned"): ([], [-5.0, -20.0, -50.0, -100.0, -300.0]),
 }
 DEFAULT_HOOKS = {"colour": "up_blocks.1.attentions.2", "shape": "mid_block.attentions.0",
                  "style": "up_blocks.1.attentions.1"}
@@ -66,6 +70,7 @@ def main() -> None:
     from governance.enforcement.intervention import EnforcedBlocklist, apply_blocklist, remove_blocklist
     from governance.evaluation.metrics import eval_jobs, generate_jobs, judge, unlearning_metrics
     from governance.formats.blocklist import BlocklistSpec, SaeRef
+    from governance.formats.supervision import supervision_of
     from governance.sae.model import TopKSAE
     from governance.scoring.selection import choose
     from governance.scoring.statistics import ConceptPrompts, collect_concept_stats
@@ -121,13 +126,19 @@ def main() -> None:
         st = stats[kind].with_target(c)
         for method in methods:
             top_ns, gammas = GRIDS[(kind, method)]
+            sup = supervision_of(saes[hook].cfg, saes[hook].n_latents)
+            assigned = (sup.latents_of(c) if sup else None) or []  # the sweep reads the same cfg
+            if method == "assigned" and not assigned:
+                log(f"{c:9s} {method:8s} skipped: the SAE at {hook} was not supervised by {c}")
+                continue
             sweep = SweepRequest(top_ns=top_ns if method == "saeuron" else [],
                                  specific_top_ns=top_ns if method == "specific" else [],
+                                 assigned=method == "assigned",
                                  multipliers=gammas, seeds=seeds, objective=args.objective)
             chosen = make_selector(sweep, steps=steps, guidance=guidance)(pipe, saes[hook], hook, st, kind)
             table = json.loads(chosen.evidence[0]["ref"])
             best = table["chosen"]
-            choices, _ = choose(st, gamma=best["gamma"], **rule_kwargs(best["rule"], best["value"]))
+            choices, _ = choose(st, gamma=best["gamma"], **rule_kwargs(best["rule"], best["value"], assigned=assigned))
             spec = blocklist_for(c, registry_kind(c), hook, best["gamma"], choices, st.timesteps,
                                  type(pipe.scheduler).__name__, steps)
             entries[(method, c)] = spec.entries[0]

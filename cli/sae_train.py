@@ -31,21 +31,35 @@ from governance.common.errors import UsageError
 @click.option("--name", default=None, help="Registry name (default: sae-HOOKPOINT).")
 @click.option("--no-mlflow", is_flag=True, help="Do not track the run in MLflow.")
 @click.option("--no-register", is_flag=True, help="Do not register the SAE version in the registry.")
+@click.option("--supervise", default=None,
+              help="Comma-separated registry concepts: each gets dedicated latents, trained on the rows of its "
+                   "registered prompts (a concept-supervised SAE; `concept sweep --assigned` blocks them).")
+@click.option("--latents-per-concept", type=int, default=1, show_default=True, help="With --supervise.")
+@click.option("--assign-weight", type=float, default=10.0, show_default=True,
+              help="With --supervise: weight of keeping a concept's latents silent off its images.")
+@click.option("--decorrelation-weight", type=float, default=100.0, show_default=True,
+              help="With --supervise: weight of keeping what tells a concept's images apart out of other latents.")
 @actor_option
 @json_option
 def train_cmd(activations: Path, expansion: int, num_latents: int, k: int, epochs: int, lr: float | None,
               batch_tokens: int, dead_tokens: int | None, seed: int, device: str | None, out: Path | None,
-              name: str | None, no_mlflow: bool, no_register: bool, actor: str | None, as_json: bool) -> None:
+              name: str | None, no_mlflow: bool, no_register: bool, supervise: str | None, latents_per_concept: int,
+              assign_weight: float, decorrelation_weight: float, actor: str | None, as_json: bool) -> None:
     """Train a TopK SAE (Batch-TopK + AuxK) on an activation dataset and register it."""
     from pydantic import ValidationError
 
     from governance.formats.validation import validation_message
-    from governance.sae.service import train_and_record
+    from governance.sae.service import SuperviseRequest, train_and_record
     from governance.sae.trainer import TrainConfig, dist_info
 
     try:
         cfg = TrainConfig(expansion_factor=expansion, num_latents=num_latents, k=k, epochs=epochs, lr=lr,
                           batch_tokens=batch_tokens, dead_tokens=dead_tokens, seed=seed, device=device)
+        sup = None
+        if supervise is not None:
+            names = [n.strip() for n in supervise.split(",") if n.strip()]
+            sup = SuperviseRequest(concepts=names, latents_per_concept=latents_per_concept,
+                                   assign_weight=assign_weight, decorrelation_weight=decorrelation_weight)
     except ValidationError as exc:
         raise UsageError(f"invalid option {validation_message(exc)}") from None
     if not activations.is_dir():
@@ -58,7 +72,8 @@ def train_cmd(activations: Path, expansion: int, num_latents: int, k: int, epoch
             progress("train", step, total, {k_: m[k_] for k_ in ("fvu", "l0", "dead_pct", "lr")})
 
         outcome = train_and_record(activations, cfg, out=out, name=name, actor=actor,
-                                   use_mlflow=not no_mlflow, register=not no_register, on_step=on_step)
+                                   use_mlflow=not no_mlflow, register=not no_register, on_step=on_step,
+                                   supervise=sup)
     if dist_info()[0] != 0:
         return
     summary = outcome.summary()

@@ -45,9 +45,11 @@ def statistics_options(batch_size: int) -> Callable[[F], F]:
 @click.option("--top-n", type=int, default=None, help="Instead of --tau: the N best features per timestep.")
 @click.option("--multiplier", "gamma", type=float, default=-1.0, show_default=True,
               help="gamma: selected features above their gate are scaled by gamma * mu(i, t, c).")
-@click.option("--method", type=click.Choice(["saeuron", "specific"]), default="saeuron", show_default=True,
+@click.option("--method", type=click.Choice(["saeuron", "specific", "assigned"]), default="saeuron",
+              show_default=True,
               help="saeuron: the paper's score and gates; specific: features that rise above anything the other "
-                   "concepts show, gated there (needs --top-n).")
+                   "concepts show, gated there (needs --top-n); assigned: the latents a concept-supervised SAE "
+                   "dedicated to the concept (`sae train --supervise`).")
 @click.option("--gate-quantile", type=float, default=1.0, show_default=True,
               help="specific: gate at this quantile of the other concepts' per-image peaks (1 = their largest).")
 @statistics_options(batch_size=8)
@@ -101,6 +103,9 @@ def score_cmd(name: str, sae_ref: str, tau: float | None, top_n: int | None, gam
                    "instead of the paper's --taus / --top-ns).")
 @click.option("--gate-quantile", type=float, default=1.0, show_default=True,
               help="Specific points: gate at this quantile of the other concepts' per-image peaks.")
+@click.option("--assigned", is_flag=True,
+              help="Also try the concept's dedicated latents of a concept-supervised SAE (`sae train --supervise`) "
+                   "with every multiplier.")
 @click.option("--multipliers", default="-1,-5,-10", show_default=True, help="Comma-separated gammas.")
 @click.option("--objective", type=click.Choice(["min_ua_ira_cra", "ua_ira", "ua_ira_cra"]), default="min_ua_ira_cra",
               show_default=True,
@@ -112,7 +117,7 @@ def score_cmd(name: str, sae_ref: str, tau: float | None, top_n: int | None, gam
 @actor_option
 @json_option
 def sweep_cmd(name: str, sae_ref: str, taus: str | None, top_ns: str | None, specific_top_ns: str | None,
-              gate_quantile: float, multipliers: str, objective: str, sweep_seeds: str,
+              gate_quantile: float, assigned: bool, multipliers: str, objective: str, sweep_seeds: str,
               steps: int, guidance: float, seed: int, model: str | None, batch_size: int, device: str | None,
               no_mlflow: bool, actor: str | None, as_json: bool) -> None:
     """Pick concept NAME's operating point by measured effect; store it as a draft mapping.
@@ -130,7 +135,8 @@ def sweep_cmd(name: str, sae_ref: str, taus: str | None, top_ns: str | None, spe
 
     sweep = SweepRequest(taus=number_list(taus, "--taus"), top_ns=number_list(top_ns, "--top-ns", int),
                          specific_top_ns=number_list(specific_top_ns, "--specific-top-ns", int),
-                         gate_quantile=gate_quantile, multipliers=number_list(multipliers, "--multipliers"),
+                         gate_quantile=gate_quantile, assigned=assigned,
+                         multipliers=number_list(multipliers, "--multipliers"),
                          seeds=tuple(number_list(sweep_seeds, "--sweep-seeds", int)), batch_size=batch_size,
                          objective=objective)
     req = ScoreRequest(concept=name, sae=sae_ref, top_n=1, gamma=-1.0, steps=steps, guidance=guidance, seed=seed,

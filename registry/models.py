@@ -178,7 +178,7 @@ class FeatureMapping(Base):
     __tablename__ = "feature_mappings"
     __table_args__ = (
         CheckConstraint(_in("state", MAPPING_STATES), name="state"),
-        CheckConstraint(_in("selection_rule", ("tau", "top_n", "specific")), name="selection_rule"),
+        CheckConstraint(_in("selection_rule", ("tau", "top_n", "specific", "assigned")), name="selection_rule"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

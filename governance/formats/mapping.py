@@ -32,8 +32,9 @@ class Selection(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # "specific": the top_n most specific features per timestep, gates calibrated on the other
-    # concepts' images (governance.scoring.specificity).
-    rule: Literal["tau", "top_n", "specific"]
+    # concepts' images (governance.scoring.specificity). "assigned": the top_n latents a
+    # concept-supervised SAE dedicated to the concept (governance.sae.supervision), every timestep.
+    rule: Literal["tau", "top_n", "specific", "assigned"]
     tau: float | None = Field(default=None, gt=0, lt=100)
     top_n: int | None = Field(default=None, gt=0)
 
@@ -41,7 +42,7 @@ class Selection(BaseModel):
     def _one_parameter(self) -> Selection:
         if self.rule == "tau" and (self.tau is None or self.top_n is not None):
             raise ValueError("rule 'tau' needs tau (and no top_n)")
-        if self.rule in ("top_n", "specific") and (self.top_n is None or self.tau is not None):
+        if self.rule in ("top_n", "specific", "assigned") and (self.top_n is None or self.tau is not None):
             raise ValueError(f"rule {self.rule!r} needs top_n (and no tau)")
         return self
 

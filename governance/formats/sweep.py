@@ -20,8 +20,10 @@ OBJECTIVES = {"ua_ira": "(UA + IRA) / 2", "ua_ira_cra": "(UA + IRA + CRA) / 3",
 class SweepPoint(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    rule: Literal["tau", "top_n", "specific"]  # specific: top_n under specificity-aware selection
-    value: int | float  # an int for top_n and specific, as the sweep request gave it
+    # specific: top_n under specificity-aware selection; assigned: a supervised SAE's latents
+    # of the concept (value: how many)
+    rule: Literal["tau", "top_n", "specific", "assigned"]
+    value: int | float  # an int for top_n, specific and assigned, as the sweep request gave it
     gamma: float
     UA: float
     IRA: float

@@ -9,6 +9,7 @@ world) the shuffle is a full one.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,38 +87,74 @@ def read_shard(path: Path, rows: int, d_in: int, rank: int = 0, world: int = 1) 
     return x[rank::world] if world > 1 else x
 
 
+def read_prompt_index(path: Path, rows: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """This rank's rows of one shard's `prompt_index` (int64), shape-checked."""
+    with safe_open(str(path), framework="pt") as f:
+        if "prompt_index" not in f.keys():
+            raise DatasetError(f"{path}: no 'prompt_index' tensor")
+        idx = f.get_tensor("prompt_index")
+    if tuple(idx.shape) != (rows,):
+        raise DatasetError(f"{path}: prompt_index shape {list(idx.shape)}, manifest says {[rows]}")
+    idx = idx.to(torch.long)
+    return idx[rank::world] if world > 1 else idx
+
+
 def iter_batches(ds: ActivationDataset, batch: int, n_batches: int, epoch: int, seed: int,
-                 rank: int = 0, world: int = 1, buffer_tokens: int = 1 << 20) -> Iterator[torch.Tensor]:
-    """Exactly `n_batches` shuffled fp16 batches of `batch` rows for this rank and epoch.
+                 rank: int = 0, world: int = 1, buffer_tokens: int = 1 << 20,
+                 with_prompt_index: bool = False) -> Iterator[Any]:
+    """Exactly `n_batches` shuffled fp16 batches of `batch` rows for this rank and epoch; with
+    `with_prompt_index`, (rows, their prompts' indices) pairs, shuffled together.
 
     Every rank must yield the same number of batches (their gradients are all-reduced step by
     step), so the caller computes `n_batches` from the smallest rank's row count."""
+    if not with_prompt_index:
+        for x, _ in _iter_batches(ds, batch, n_batches, epoch, seed, rank, world, buffer_tokens, False):
+            yield x
+        return
+    n_prompts = len(ds.manifest.prompts)
+    for x, idx in _iter_batches(ds, batch, n_batches, epoch, seed, rank, world, buffer_tokens, True):
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n_prompts):
+            raise DatasetError(f"{ds.folder}: a row's prompt index lies outside the manifest's {n_prompts} prompts")
+        yield x, idx
+
+
+def _iter_batches(ds: ActivationDataset, batch: int, n_batches: int, epoch: int, seed: int, rank: int, world: int,
+                  buffer_tokens: int, with_index: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 7919 + rank)
     order = torch.randperm(len(ds.shards), generator=torch.Generator().manual_seed(seed + epoch))
     pending: list[torch.Tensor] = []
     pending_rows = 0
+    pending_idx: list[torch.Tensor] = []
     carry = torch.empty(0, ds.d_in, dtype=torch.float16)
+    carry_idx = torch.empty(0, dtype=torch.long)
     emitted = 0
 
-    def drain(buf: torch.Tensor, final: bool) -> Iterator[torch.Tensor]:
-        nonlocal emitted, carry
-        buf = buf[torch.randperm(buf.shape[0], generator=g)]
+    def drain(buf: torch.Tensor, buf_idx: torch.Tensor, final: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        nonlocal emitted, carry, carry_idx
+        perm = torch.randperm(buf.shape[0], generator=g)
+        buf = buf[perm]
+        buf_idx = buf_idx[perm] if with_index else buf_idx
         n_full = buf.shape[0] // batch
         for i in range(n_full):
             if emitted == n_batches:
                 return
             emitted += 1
-            yield buf[i * batch:(i + 1) * batch]
+            sl = slice(i * batch, (i + 1) * batch)
+            yield buf[sl], (buf_idx[sl] if with_index else buf_idx)
         # The remainder is mixed into the next buffer rather than dropped.
         carry = buf[n_full * batch:] if not final else carry[:0]
+        if with_index:
+            carry_idx = buf_idx[n_full * batch:] if not final else carry_idx[:0]
 
     for si in order.tolist():
         path, rows = ds.shards[si]
         pending.append(read_shard(path, rows, ds.d_in, rank, world))
+        if with_index:
+            pending_idx.append(read_prompt_index(path, rows, rank, world))
         pending_rows += pending[-1].shape[0]
         if pending_rows >= buffer_tokens:
-            yield from drain(torch.cat([carry, *pending]), final=False)
-            pending, pending_rows = [], 0
+            yield from drain(torch.cat([carry, *pending]), torch.cat([carry_idx, *pending_idx]), final=False)
+            pending, pending_idx, pending_rows = [], [], 0
             if emitted == n_batches:
                 return
-    yield from drain(torch.cat([carry, *pending]), final=True)
+    yield from drain(torch.cat([carry, *pending]), torch.cat([carry_idx, *pending_idx]), final=True)

@@ -11,13 +11,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from governance.common.hashing import sha256_file
 from governance.common.jsonio import pretty_json
 from governance.common.timeutil import stamp
 from governance.common.workspace import workspace_home
-from governance.formats.sae_config import CFG_NAME
+from governance.formats.sae_config import CFG_NAME, SaeConfig
+from governance.formats.supervision import CFG_KEY as SUPERVISION_KEY
 from governance.formats.validation import check_name
 from governance.sae.data import open_dataset
+from governance.sae.supervision import ConceptLabels, SupervisionRefused, plan_supervision
 from governance.sae.trainer import (
     TrainConfig, TrainRefused, TrainResult, dist_info, init_distributed_from_env, train_sae,
 )
@@ -90,13 +94,27 @@ def _check_out(out: Path) -> None:
         raise TrainRefused(f"output folder {out} exists and is not empty; refusing to overwrite")
 
 
+class SuperviseRequest(BaseModel):
+    """`sae train --supervise`: the registry concepts whose prompts label the rows, and the
+    supervision's settings (governance.sae.supervision)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    concepts: list[str] = Field(min_length=1)
+    latents_per_concept: int = Field(default=1, gt=0)
+    assign_weight: float = Field(default=10.0, ge=0)
+    decorrelation_weight: float = Field(default=100.0, ge=0)
+
+
 def train_and_record(activations: str | Path, cfg: TrainConfig, *, out: str | Path | None = None,
                      name: str | None = None, actor: str | None = None, use_mlflow: bool = True,
                      register: bool = True, store: Any = None,
-                     on_step: Callable[[int, int, dict[str, float]], None] | None = None) -> TrainOutcome:
+                     on_step: Callable[[int, int, dict[str, float]], None] | None = None,
+                     supervise: SuperviseRequest | None = None) -> TrainOutcome:
     created_pg = init_distributed_from_env()
     try:
-        return _train_and_record(activations, cfg, out, name, actor, use_mlflow, register, store, on_step)
+        return _train_and_record(activations, cfg, out, name, actor, use_mlflow, register, store, on_step,
+                                 supervise)
     finally:
         if created_pg:
             import torch.distributed as dist
@@ -106,7 +124,8 @@ def train_and_record(activations: str | Path, cfg: TrainConfig, *, out: str | Pa
 
 def _train_and_record(activations: str | Path, cfg: TrainConfig, out: str | Path | None, name: str | None,
                       actor: str | None, use_mlflow: bool, register: bool, store: Any,
-                      on_step: Callable[[int, int, dict[str, float]], None] | None) -> TrainOutcome:
+                      on_step: Callable[[int, int, dict[str, float]], None] | None,
+                      supervise: SuperviseRequest | None) -> TrainOutcome:
     rank, _world = dist_info()
     if rank == 0 and use_mlflow:
         from governance.tracking.runs import check_tracking
@@ -122,12 +141,17 @@ def _train_and_record(activations: str | Path, cfg: TrainConfig, out: str | Path
         if register:
             store = store or _open_store()
             _check_may_register(store, actor)  # fail before hours of training, not after
+    spec = targets = None
+    if supervise is not None:
+        # Every rank labels its rows from the same registry prompts; refused before training.
+        spec, targets = _plan_supervision(store or _open_store(), ds, cfg, supervise)
     tracker = None
     if lead and use_mlflow:
         from governance.tracking.runs import Tracker, activation_dataset_ref
 
         tracker = Tracker("sae-train", ds.base_model_hash, run_name=f"train {name}", actor=actor, tags={
             "saegov.hookpoint": ds.hookpoint, "saegov.activation_dataset_sha256": ds.manifest_sha256,
+            **({"saegov.supervised_by": ",".join(c.name for c in spec.concepts)} if spec else {}),
         })
         # The same dataset identity as its collection run's: the UI links the two runs.
         tracker.log_dataset_input(activation_dataset_ref(ds.folder, ds.manifest, ds.manifest_sha256), "training")
@@ -135,7 +159,8 @@ def _train_and_record(activations: str | Path, cfg: TrainConfig, out: str | Path
                             "activation_dataset_sha256": ds.manifest_sha256,
                             "activation_dataset": str(Path(activations).resolve()),
                             "base_model_hash": ds.base_model_hash, "dataset_rows": ds.total_rows,
-                            "world_size": _world})
+                            "world_size": _world,
+                            **({"supervision": spec.model_dump(mode="json")} if spec else {})})
 
     def step_cb(step: int, total: int, m: dict[str, float]) -> None:
         if tracker is not None:
@@ -144,7 +169,11 @@ def _train_and_record(activations: str | Path, cfg: TrainConfig, out: str | Path
             on_step(step, total, m)
 
     try:
-        result = train_sae(ds, cfg, on_step=step_cb)
+        result = train_sae(ds, cfg, on_step=step_cb, supervision=targets)
+        if spec is not None:
+            # The assignment travels in cfg.json (hashed, signed into deployments), beside the
+            # reference keys that reference loaders read.
+            result.sae.cfg = SaeConfig(**{**result.sae.cfg.model_dump(), SUPERVISION_KEY: spec.model_dump(mode="json")})
         outcome = TrainOutcome(folder=None, weights_sha256=None, result=result,
                                dataset_sha256=ds.manifest_sha256, base_model_hash=ds.base_model_hash,
                                hookpoint=ds.hookpoint)
@@ -158,6 +187,7 @@ def _train_and_record(activations: str | Path, cfg: TrainConfig, out: str | Path
             "train": cfg.model_dump(mode="json"), "resolved": {"lr": result.lr, "dead_tokens": result.dead_tokens},
             "steps": result.steps, "tokens": result.tokens, "seconds": result.seconds, "metrics": result.final,
             "mlflow_run_id": tracker.run_id if tracker else None,
+            "supervised_by": [c.name for c in spec.concepts] if spec else [],
         }
         (out_path / TRAINING_NAME).write_text(pretty_json(lineage))
         if tracker is not None:
@@ -189,6 +219,24 @@ def _train_and_record(activations: str | Path, cfg: TrainConfig, out: str | Path
         if tracker is not None:
             tracker.finish("FAILED")
         raise
+
+
+def _plan_supervision(store: Any, ds: Any, cfg: TrainConfig, req: SuperviseRequest) -> tuple[Any, Any]:
+    from registry.errors import NotFound
+
+    concepts = []
+    for cname in dict.fromkeys(req.concepts):
+        try:
+            rec = store.get_concept(cname)
+        except NotFound:
+            raise SupervisionRefused(f"unknown concept {cname!r}; register it with `concept add --prompts`") from None
+        if not rec.prompts:
+            raise SupervisionRefused(f"concept {cname!r} has no prompts; register it with `concept add --prompts`")
+        concepts.append(ConceptLabels(rec.name, rec.kind, tuple(rec.prompts)))
+    n_latents = cfg.sae_config(ds.d_in, ds.hookpoint).n_latents
+    return plan_supervision(ds.manifest.prompts, concepts, n_latents=n_latents, k=cfg.k,
+                            latents_per_concept=req.latents_per_concept, assign_weight=req.assign_weight,
+                            decorrelation_weight=req.decorrelation_weight)
 
 
 def _check_may_register(store: Any, actor: str | None) -> None:

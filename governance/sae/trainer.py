@@ -30,6 +30,7 @@ from governance.common.errors import GovernanceError
 from governance.formats.sae_config import SaeConfig
 from governance.sae.data import ActivationDataset, iter_batches, read_shard
 from governance.sae.model import TopKSAE, batch_topk_indices
+from governance.sae.supervision import SupervisionTargets, forbidden, init_dedicated, supervision_losses
 
 REFERENCE_LATENTS = 20_480  # 1280 x 16: the width the reference lr 4e-4 was tuned for
 REFERENCE_DEAD_TOKENS = 10_000_000
@@ -145,21 +146,35 @@ class _BatchTopKCode(torch.autograd.Function):
     without the [N, n] gather / index_add traffic that dominated a step before."""
 
     @staticmethod
-    def forward(ctx, x_c: Tensor, w_enc: Tensor, b_enc: Tensor, w_dec: Tensor, m: int):  # type: ignore[override]
+    def forward(ctx, x_c: Tensor, w_enc: Tensor, b_enc: Tensor, w_dec: Tensor, m: int,  # type: ignore[override]
+                forbid: tuple[Tensor, Tensor] | None = None):
         n_tok, n = x_c.shape[0], w_enc.shape[0]
         pre = torch.addmm(b_enc, x_c, w_enc.t())
+        saved = None
+        if forbid is not None:
+            # Supervision: a concept's dedicated latents never enter the code of a row whose
+            # prompt lacks the concept, and always enter (with their own value, zero when
+            # negative) the code of a row whose prompt has it. Finite extremes, so that the
+            # selection's NaN guard does not see inf - inf.
+            cols_f, mask = forbid
+            saved = pre[:, cols_f].clone()
+            pre[:, cols_f] = torch.where(mask, -1e30, 1e30).to(pre.dtype)
         flat = pre.view(-1)
         idx = batch_topk_indices(flat, m)  # in increasing order: CSR rows without a sort
+        if saved is not None:
+            pre[:, forbid[0]] = saved
         vals = flat[idx].clamp_min(0)
         rows, cols = idx // n, idx % n
         crow = _crow(rows, n_tok)
         x_hat = _csr(crow, cols, vals, (n_tok, n)) @ w_dec
         ctx.save_for_backward(x_c, w_enc, w_dec, rows, cols, vals, crow)
-        ctx.mark_non_differentiable(vals, cols)
-        return x_hat, vals, cols
+        # The code's values stay differentiable: the supervision's decorrelation loss is a
+        # function of them (its gradient joins the decode's in backward).
+        ctx.mark_non_differentiable(cols, rows)
+        return x_hat, vals, cols, rows
 
     @staticmethod
-    def backward(ctx, g: Tensor, _gv: Tensor, _gc: Tensor):  # type: ignore[override]
+    def backward(ctx, g: Tensor, g_vals: Tensor | None, _gc: Tensor, _gr: Tensor):  # type: ignore[override]
         x_c, w_enc, w_dec, rows, cols, vals, crow = ctx.saved_tensors
         n_tok, n = x_c.shape[0], w_enc.shape[0]
         g = g.contiguous()
@@ -169,15 +184,18 @@ class _BatchTopKCode(torch.autograd.Function):
         grad_w_dec = _csr(ccol, rows_t, vals[by_latent], (n, n_tok)) @ g
         pattern = _csr(crow, cols, vals, (n_tok, n))
         gv = torch.sparse.sampled_addmm(pattern, g, w_dec.t(), beta=0.0).values()
+        if g_vals is not None:
+            gv = gv + g_vals
         gpre = gv * (vals > 0)
         grad_x_c = _csr(crow, cols, gpre, (n_tok, n)) @ w_enc
         grad_w_enc = _csr(ccol, rows_t, gpre[by_latent], (n, n_tok)) @ x_c
         grad_b_enc = torch.zeros(n, dtype=gpre.dtype, device=gpre.device).index_add_(0, cols, gpre)
-        return grad_x_c, grad_w_enc, grad_b_enc, grad_w_dec, None
+        return grad_x_c, grad_w_enc, grad_b_enc, grad_w_dec, None, None
 
 
-def sae_losses(sae: TopKSAE, x: Tensor, dead_mask: Tensor | None, k_aux: int
-               ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def sae_losses(sae: TopKSAE, x: Tensor, dead_mask: Tensor | None, k_aux: int,
+               sup: SupervisionTargets | None = None, y: Tensor | None = None,
+               ) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Tensor]]:
     """(fvu, auxk, active latent ids (one per non-zero activation), x_hat) on one batch with
     the Batch-TopK rule.
 
@@ -188,7 +206,8 @@ def sae_losses(sae: TopKSAE, x: Tensor, dead_mask: Tensor | None, k_aux: int
     n_tok, n = x.shape[0], sae.n_latents
     x_c = x.to(sae.W_dec.dtype) - sae.b_dec
     m = min(sae.k * n_tok, n_tok * n)
-    x_hat_c, vals, cols = _BatchTopKCode.apply(x_c, sae.encoder.weight, sae.encoder.bias, sae.W_dec, m)
+    forbid = forbidden(sup, y) if sup is not None and y is not None else None
+    x_hat_c, vals, cols, rows = _BatchTopKCode.apply(x_c, sae.encoder.weight, sae.encoder.bias, sae.W_dec, m, forbid)
     x_hat = x_hat_c + sae.b_dec
     total_var = (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
     loss_fvu = (x_hat - x).pow(2).sum() / total_var
@@ -206,7 +225,11 @@ def sae_losses(sae: TopKSAE, x: Tensor, dead_mask: Tensor | None, k_aux: int
         residual = (x - x_hat).detach()
         scale = min(n_dead / k_aux, 1.0)  # fewer dead latents than k_aux: a weaker signal
         auxk = scale * (e_hat - residual).pow(2).sum() / total_var
-    return loss_fvu, auxk, cols[vals > 0], x_hat
+    extra: dict[str, Tensor] = {}
+    if sup is not None and y is not None:
+        extra["assign_loss"], extra["decorrelation_loss"] = supervision_losses(
+            x_c, sae.encoder.weight, sae.encoder.bias, rows, cols, vals, y, sup, total_var)
+    return loss_fvu, auxk, cols[vals > 0], x_hat, extra
 
 
 # --- distributed ----------------------------------------------------------------------------------
@@ -247,8 +270,10 @@ def _default_device() -> torch.device:
 
 # --- training -------------------------------------------------------------------------------------
 
-def train_sae(ds: ActivationDataset, cfg: TrainConfig, on_step: StepCallback | None = None) -> TrainResult:
-    """Train on `ds`; call `on_step(step, total_steps, metrics)` on rank 0 after every step."""
+def train_sae(ds: ActivationDataset, cfg: TrainConfig, on_step: StepCallback | None = None,
+              supervision: SupervisionTargets | None = None) -> TrainResult:
+    """Train on `ds`; call `on_step(step, total_steps, metrics)` on rank 0 after every step.
+    With `supervision` (governance.sae.supervision), its concepts' latents are trained as theirs."""
     rank, world = dist_info()
     device = torch.device(cfg.device) if cfg.device else _default_device()
     torch.manual_seed(cfg.seed)
@@ -257,6 +282,7 @@ def train_sae(ds: ActivationDataset, cfg: TrainConfig, on_step: StepCallback | N
     n = sae_cfg.n_latents
     lr = cfg.resolved_lr(n)
     k_aux = cfg.k_aux or max(1, ds.d_in // 2)
+    sup = supervision.to(device) if supervision is not None else None
 
     per_rank = cfg.batch_tokens // world
     if per_rank < 1:
@@ -283,14 +309,19 @@ def train_sae(ds: ActivationDataset, cfg: TrainConfig, on_step: StepCallback | N
     step = 0
     t0 = time.perf_counter()
     for epoch in range(cfg.epochs):
-        batches = iter_batches(ds, per_rank, steps_per_epoch, epoch, cfg.seed, rank, world, cfg.buffer_tokens)
-        for xb in batches:
+        batches = iter_batches(ds, per_rank, steps_per_epoch, epoch, cfg.seed, rank, world, cfg.buffer_tokens,
+                               with_prompt_index=sup is not None)
+        for item in batches:
+            xb, y = (item[0], sup.labels[item[1].to(device)]) if sup is not None else (item, None)
             x = xb.to(device=device, dtype=torch.float32, non_blocking=True)
             if step == 0:
-                _init_b_dec(sae, x, world)
+                _init_b_dec(sae, x, world, sup, y)
             dead_mask = since_fired > dead_tokens
-            loss_fvu, auxk, active, x_hat = sae_losses(sae, x, dead_mask, k_aux)
+            loss_fvu, auxk, active, x_hat, sup_losses = sae_losses(sae, x, dead_mask, k_aux, sup, y)
             loss = loss_fvu + cfg.auxk_alpha * auxk
+            if sup is not None:
+                loss = (loss + sup.assign_weight * sup_losses["assign_loss"]
+                        + sup.decorrelation_weight * sup_losses["decorrelation_loss"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if world > 1:
@@ -320,6 +351,7 @@ def train_sae(ds: ActivationDataset, cfg: TrainConfig, on_step: StepCallback | N
                         "explained_variance": float(explained_variance(x, x_hat)),
                         "lr": cur_lr,
                         "epoch": float(epoch),
+                        **{name: float(v) for name, v in sup_losses.items()},
                     }
                 history.append(m)
                 if on_step is not None:
@@ -337,9 +369,12 @@ def train_sae(ds: ActivationDataset, cfg: TrainConfig, on_step: StepCallback | N
                        tokens=step * global_batch, seconds=seconds, final=final, history=history)
 
 
-def _init_b_dec(sae: TopKSAE, x: Tensor, world: int) -> None:
+def _init_b_dec(sae: TopKSAE, x: Tensor, world: int, sup: SupervisionTargets | None = None,
+                y: Tensor | None = None) -> None:
     with torch.no_grad():
         sae.b_dec.data.copy_(geometric_median(x).to(sae.b_dec.dtype))
+        if sup is not None and y is not None:
+            init_dedicated(sae, x.to(sae.W_dec.dtype) - sae.b_dec, y, sup)
         if world > 1:
             # One model on every rank: rank 0's first batch and initial weights win.
             for p in sae.parameters():

@@ -115,3 +115,33 @@ def choose_features(
         out += [FeatureChoice(int(timesteps[col]), i, float(score[i, col]), float(s[i, col]), float(g[i, col]))
                 for i in feats]
     return out, score
+
+
+def choose_assigned(
+    mu_all: torch.Tensor,
+    counts: torch.Tensor,
+    target: int,
+    timesteps: list[int],
+    gamma: float,
+    features: list[int],
+) -> tuple[list[FeatureChoice], torch.Tensor]:
+    """The concept's dedicated latents of a concept-supervised SAE (governance.sae.supervision) at
+    every timestep, with the paper's scales and gates (SAEURON.md s. 6: the intervention is the
+    same, only the selection changes). Same contract as `choose_features`; the scores are the
+    paper's, recorded for the reviewer, not used to select."""
+    k, n = mu_all.shape[0], mu_all.shape[1]
+    if k < 2:
+        raise ValueError("scoring needs at least one other concept of the same kind")
+    if mu_all.shape[2] != len(timesteps):
+        raise ValueError(f"{mu_all.shape[2]} timestep columns for {len(timesteps)} timesteps")
+    if not features or any(not 0 <= i < n for i in features) or len(set(features)) != len(features):
+        raise ValueError(f"assigned latents must be distinct ids in [0, {n})")
+    others = [j for j in range(k) if j != target]
+    mu_c = mu_all[target].to(torch.float64)
+    score = concept_scores(mu_c, pooled_mean(mu_all[others], counts[others]))
+    s, g = scales(mu_c, gamma), gates(mu_all)
+    out: list[FeatureChoice] = []
+    for col in sorted(range(len(timesteps)), key=lambda c: -timesteps[c]):
+        out += [FeatureChoice(int(timesteps[col]), i, float(score[i, col]), float(s[i, col]), float(g[i, col]))
+                for i in features]
+    return out, score

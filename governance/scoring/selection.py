@@ -12,11 +12,30 @@ from governance.scoring.maths import FeatureChoice, choose_features
 
 # How features are scored and gated: the paper's (SAEURON.md s. 3-4) or specificity-aware
 # (governance.scoring.specificity: per-image peaks, gates calibrated on the other concepts).
-METHODS = ("saeuron", "specific")
+# "assigned": a concept-supervised SAE's dedicated latents (governance.sae.supervision).
+METHODS = ("saeuron", "specific", "assigned")
 
 
 class ScoringError(GovernanceError):
     """A scoring or sweep request that cannot be honoured."""
+
+
+def assigned_latents(sae: Any, concept: str) -> list[int]:
+    """The latents a concept-supervised SAE dedicated to `concept`, read from its hash-checked
+    cfg.json (governance.formats.supervision); a ScoringError when it was not supervised by it."""
+    from governance.common.errors import FormatError
+    from governance.formats.supervision import supervision_of
+
+    try:
+        spec = supervision_of(sae.cfg, sae.n_latents)
+    except FormatError as exc:
+        raise ScoringError(str(exc)) from None
+    latents = spec.latents_of(concept) if spec else None
+    if not latents:
+        by = ", ".join(c.name for c in spec.concepts) if spec else "no concept"
+        raise ScoringError(f"the SAE assigns no latents to {concept!r} (it was supervised by {by}); "
+                           "train one with `sae train --supervise`")
+    return latents
 
 
 def entries_by_timestep(choices: list[FeatureChoice], timesteps: list[int]) -> FeaturesByTimestep:
@@ -28,7 +47,8 @@ def entries_by_timestep(choices: list[FeatureChoice], timesteps: list[int]) -> F
 
 
 def choose(stats: Any, *, gamma: float, method: str = "saeuron", tau: float | None = None,
-           top_n: int | None = None, gate_quantile: float = 1.0) -> tuple[list[FeatureChoice], Any]:
+           top_n: int | None = None, gate_quantile: float = 1.0,
+           assigned: list[int] | None = None) -> tuple[list[FeatureChoice], Any]:
     """The features of concept 0 of `stats` (a ConceptStats) under one selection rule; raises
     ScoringError on a rule that cannot be applied."""
     try:
@@ -40,6 +60,12 @@ def choose(stats: Any, *, gamma: float, method: str = "saeuron", tau: float | No
             if stats.peaks is None:
                 raise ValueError("specific selection needs statistics with per-image peaks")
             return choose_specific(stats.mu, stats.peaks, 0, stats.timesteps, gamma, top_n, gate_quantile)
+        if method == "assigned":
+            from governance.scoring.maths import choose_assigned
+
+            if not assigned:
+                raise ValueError(f"the SAE assigns no latents to {stats.names[0]!r} (it was not supervised by it)")
+            return choose_assigned(stats.mu, stats.counts, 0, stats.timesteps, gamma, assigned)
         if method != "saeuron":
             raise ValueError(f"unknown selection method {method!r} (one of {', '.join(METHODS)})")
         return choose_features(stats.mu, stats.counts, 0, stats.timesteps, gamma, tau=tau, top_n=top_n)

@@ -21,7 +21,9 @@ from governance.common.jsonio import pretty_json
 from governance.formats.mapping import EvidenceRef, MappingSpec, Selection
 from governance.scoring.heatmap import HEATMAP_NAME, render_heatmap
 from governance.scoring.maths import FeatureChoice
-from governance.scoring.selection import ChildRun, ScoringError, Selected, Selector, choose, entries_by_timestep
+from governance.scoring.selection import (
+    ChildRun, ScoringError, Selected, Selector, assigned_latents, choose, entries_by_timestep,
+)
 from governance.scoring.statistics import ConceptPrompts, ConceptStats, collect_concept_stats
 
 
@@ -32,8 +34,9 @@ class ScoreRequest(BaseModel):
     sae: str
     tau: float | None = Field(default=None, gt=0, lt=100)
     top_n: int | None = Field(default=None, gt=0)
-    # "saeuron": the paper's score and gates; "specific": governance.scoring.specificity.
-    method: Literal["saeuron", "specific"] = "saeuron"
+    # "saeuron": the paper's score and gates; "specific": governance.scoring.specificity;
+    # "assigned": a concept-supervised SAE's latents of the concept (governance.sae.supervision).
+    method: Literal["saeuron", "specific", "assigned"] = "saeuron"
     gate_quantile: float = Field(default=1.0, gt=0, le=1)
     gamma: float = -1.0
     steps: int = Field(default=50, gt=0)
@@ -50,6 +53,10 @@ class ScoreRequest(BaseModel):
             raise ValueError("give --tau or --top-n, not both")
         if self.method == "specific" and self.tau is not None:
             raise ValueError("--method specific takes --top-n, not --tau")
+        if self.method == "assigned":
+            if self.tau is not None or self.top_n is not None:
+                raise ValueError("--method assigned takes the SAE's latents of the concept, not --tau or --top-n")
+            return self
         if self.tau is None and self.top_n is None:
             if self.method == "specific":
                 raise ValueError("--method specific needs --top-n")
@@ -112,6 +119,8 @@ def build_spec(req: ScoreRequest, scheduler: str, choices: list[FeatureChoice], 
     per_t = entries_by_timestep(choices, timesteps)
     if req.method == "specific":
         selection = Selection(rule="specific", top_n=req.top_n)
+    elif req.method == "assigned":
+        selection = Selection(rule="assigned", top_n=len({c.feature for c in choices}))
     elif req.top_n is None:
         selection = Selection(rule="tau", tau=req.tau)
     else:
@@ -151,6 +160,8 @@ def score_concept(store: Any, req: ScoreRequest, actor: str | None,
     sae_rec = store.get_sae(req.sae)
     sae = TopKSAE.load(sae_folder(sae_rec), expected_sha256=sae_rec.weights_sha256,
                        device=req.device)
+    if req.method == "assigned" or getattr(selector, "needs_assigned", False):
+        assigned_latents(sae, target.name)  # refused before minutes of sampling
     model = req.model or default_model_for(store, sae_rec)
     if model is None:
         raise ScoringError("give --model (the SAE names no registered base model and no toy world is installed)")
@@ -179,11 +190,13 @@ def score_concept(store: Any, req: ScoreRequest, actor: str | None,
         if selector is not None:
             # An operating-point search (concept sweep): it picks the rule and gamma from evidence.
             extra = selector(pipe, sae, sae_rec.hook_point, stats, target.kind)
-            req = req.model_copy(update={"tau": extra.tau, "top_n": extra.top_n, "gamma": extra.gamma,
-                                         "method": extra.method,
+            req = req.model_copy(update={"tau": extra.tau,
+                                         "top_n": extra.top_n if extra.method != "assigned" else None,
+                                         "gamma": extra.gamma, "method": extra.method,
                                          "gate_quantile": (extra.params.get("sweep") or {}).get("gate_quantile", 1.0)})
         choices, scores = choose(stats, gamma=req.gamma, method=req.method, tau=req.tau, top_n=req.top_n,
-                                 gate_quantile=req.gate_quantile)
+                                 gate_quantile=req.gate_quantile,
+                                 assigned=assigned_latents(sae, target.name) if req.method == "assigned" else None)
     except BaseException:
         if tracker is not None:
             tracker.finish("FAILED")

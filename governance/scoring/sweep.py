@@ -20,7 +20,9 @@ from governance.evaluation.metrics import EVAL_SEEDS, generate_jobs, judge, unle
 from governance.formats.blocklist import BlockedConcept, BlocklistSpec, SaeRef
 from governance.formats.sweep import OBJECTIVES, SWEEP_NAME, SweepPoint, SweepTable
 from governance.scoring.maths import FeatureChoice
-from governance.scoring.selection import ChildRun, ScoringError, Selected, choose, entries_by_timestep
+from governance.scoring.selection import (
+    ChildRun, ScoringError, Selected, assigned_latents, choose, entries_by_timestep,
+)
 from governance.scoring.statistics import ConceptStats
 from governance.toyworld.grammar import ToyPrompt, all_prompts, attribute_of, registry_kind
 Progress = Callable[[int, int], None]  # (images done, images total)
@@ -34,6 +36,9 @@ class SweepRequest(BaseModel):
     # Feature counts per timestep under specificity-aware selection (governance.scoring.specificity).
     specific_top_ns: list[int] = Field(default_factory=list)
     gate_quantile: float = Field(default=1.0, gt=0, le=1)
+    # One more rule, "assigned": the concept's dedicated latents of a concept-supervised SAE
+    # (its cfg.json's supervision), tried with every gamma.
+    assigned: bool = False
     multipliers: list[float] = Field(min_length=1)
     seeds: tuple[int, ...] = Field(default=(100,), min_length=1)
     batch_size: int = Field(default=32, gt=0)
@@ -44,8 +49,8 @@ class SweepRequest(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> SweepRequest:
-        if not self.taus and not self.top_ns and not self.specific_top_ns:
-            raise ValueError("give at least one --taus, --top-ns or --specific-top-ns value")
+        if not self.taus and not self.top_ns and not self.specific_top_ns and not self.assigned:
+            raise ValueError("give at least one --taus, --top-ns or --specific-top-ns value, or --assigned")
         if any(not 0 < t < 100 for t in self.taus):
             raise ValueError("every tau must lie in (0, 100)")
         if any(n <= 0 for n in self.top_ns + self.specific_top_ns):
@@ -55,9 +60,10 @@ class SweepRequest(BaseModel):
             raise ValueError(f"sweep seeds must differ from the evaluation seeds {EVAL_SEEDS}")
         return self
 
-    def rules(self) -> list[tuple[str, float]]:
+    def rules(self, n_assigned: int = 0) -> list[tuple[str, float]]:
         return ([("tau", t) for t in self.taus] + [("top_n", n) for n in self.top_ns]
-                + [("specific", n) for n in self.specific_top_ns])
+                + [("specific", n) for n in self.specific_top_ns]
+                + ([("assigned", n_assigned)] if self.assigned else []))
 
     def needs_peaks(self) -> bool:
         return bool(self.specific_top_ns)
@@ -71,8 +77,11 @@ def objective_value(objective: str, ua: float, ira: float, cra: float) -> float:
     return min(ua, ira, cra)
 
 
-def rule_kwargs(rule: str, value: float, gate_quantile: float = 1.0) -> dict[str, Any]:
+def rule_kwargs(rule: str, value: float, gate_quantile: float = 1.0,
+                assigned: list[int] | None = None) -> dict[str, Any]:
     """A sweep point's rule as the keyword arguments of `selection.choose`."""
+    if rule == "assigned":
+        return {"method": "assigned", "assigned": list(assigned or [])}
     if rule == "tau":
         return {"method": "saeuron", "tau": value}
     if rule == "top_n":
@@ -104,7 +113,7 @@ def blocklist_for(concept: str, kind: str, hook: str, gamma: float, choices: lis
 def point_run(p: SweepPoint, sweep: SweepRequest, chosen: bool = False) -> ChildRun:
     """A sweep point as a child run of the scoring run. The rule's value is also a param named
     after the rule (`top_n`, `tau`, `specific_top_n`), so the compare view can plot it."""
-    key = {"tau": "tau", "top_n": "top_n", "specific": "specific_top_n"}[p.rule]
+    key = {"tau": "tau", "top_n": "top_n", "specific": "specific_top_n", "assigned": "assigned_latents"}[p.rule]
     return ChildRun(
         name=f"{p.rule} {p.value:g} gamma {p.gamma:g}", kind="sweep-point",
         params={"rule": p.rule, "value": p.value, key: p.value, "gamma": p.gamma, "objective": sweep.objective,
@@ -124,14 +133,16 @@ def make_selector(sweep: SweepRequest, *, steps: int, guidance: float,
             attribute_of(concept)
         except KeyError:
             raise ScoringError(f"sweep measures on the toy world, whose classifiers do not know {concept!r}") from None
+        assigned = assigned_latents(sae, concept) if sweep.assigned else []
         jobs = sweep_jobs(concept, sweep.seeds)
-        grid = [(r, v, g) for r, v in sweep.rules() for g in sweep.multipliers]
+        grid = [(r, v, g) for r, v in sweep.rules(len(assigned)) for g in sweep.multipliers]
         total, done = len(grid) * len(jobs), 0
         scheduler = type(pipe.scheduler).__name__
         points: list[SweepPoint] = []
         for rule, value, gamma in grid:
             try:
-                choices, _ = choose(stats, gamma=gamma, **rule_kwargs(rule, value, sweep.gate_quantile))
+                choices, _ = choose(stats, gamma=gamma,
+                                    **rule_kwargs(rule, value, sweep.gate_quantile, assigned))
             except ScoringError as exc:
                 raise ScoringError(f"sweep point {rule}={value}: {exc}") from None
             spec = blocklist_for(concept, registry_kind(concept), hook, gamma, choices, stats.timesteps, scheduler,
@@ -159,7 +170,7 @@ def make_selector(sweep: SweepRequest, *, steps: int, guidance: float,
             tau=best.value if best.rule == "tau" else None,
             top_n=int(best.value) if best.rule != "tau" else None,
             gamma=best.gamma,
-            method="specific" if best.rule == "specific" else "saeuron",
+            method=best.rule if best.rule in ("specific", "assigned") else "saeuron",
             evidence=[{"kind": "sweep", "ref": table.evidence_text()}],
             artifacts={SWEEP_NAME: table.file_text().encode()},
             # Percent, as every UA / IRA / CRA saegov shows (the sweep table keeps fractions).
@@ -167,9 +178,11 @@ def make_selector(sweep: SweepRequest, *, steps: int, guidance: float,
                      "sweep.objective": 100 * best.objective, "sweep.points": float(len(points))},
             children=children,
             params={"sweep": {"taus": sweep.taus, "top_ns": sweep.top_ns, "specific_top_ns": sweep.specific_top_ns,
-                              "gate_quantile": sweep.gate_quantile, "multipliers": sweep.multipliers,
+                              "gate_quantile": sweep.gate_quantile, "assigned": sweep.assigned,
+                              "multipliers": sweep.multipliers,
                               "seeds": list(sweep.seeds), "objective": sweep.objective}},
         )
 
     select.needs_peaks = sweep.needs_peaks()  # type: ignore[attr-defined]
+    select.needs_assigned = sweep.assigned  # type: ignore[attr-defined]
     return select

@@ -13,8 +13,8 @@ import pytest
 
 from governance.common.errors import FormatError
 from governance.formats import (
-    activations, audit_log, blocklist, checkpoint, deployment, mapping, prompts, sae_config, sweep, trace,
-    trusted_keys,
+    activations, audit_log, blocklist, checkpoint, deployment, mapping, prompts, sae_config, supervision, sweep,
+    trace, trusted_keys,
 )
 
 OLD = Path(__file__).parent / "data" / "stop10"
@@ -143,10 +143,29 @@ def _trusted_keys(tmp: Path) -> tuple[Any, Any]:
     return keys, trusted_keys.read_trusted_keys(tmp / "t.json")
 
 
+def _supervision(tmp: Path) -> tuple[Any, Any]:
+    # New with issue 14 (no stop-10 file): a supervised SAE's cfg.json is an old one plus the
+    # `supervision` key, which an unsupervised cfg.json lacks.
+    cfg, _ = sae_config.read_sae_config(DEPLOYMENT / "saegov" / "sae")
+    assert supervision.supervision_of(cfg) is None
+    spec = supervision.SupervisionSpec(
+        concepts=[supervision.SupervisedConcept(name="red", kind="colour", latents=[0], prompts_sha256="ab" * 32,
+                                                positive_prompts=4)],
+        latents_per_concept=1, assign_weight=10.0, decorrelation_weight=100.0)
+    sae_config.write_sae_config(tmp, sae_config.SaeConfig(**{**cfg.model_dump(), "supervision": spec.model_dump()}))
+    again, raw = sae_config.read_sae_config(tmp)
+    assert {k: v for k, v in json.loads(raw).items() if k != "supervision"} == cfg.to_json_dict()
+    bad = dict(json.loads(raw), supervision={**spec.model_dump(), "latents_per_concept": 2})
+    with pytest.raises(FormatError, match="supervision"):
+        supervision.supervision_of(bad)
+    return spec, supervision.supervision_of(again, cfg.n_latents)
+
+
 FORMATS: dict[str, Callable[[Path], tuple[Any, Any]]] = {
     "sae_config": _sae, "activations": _activations, "mapping": _mapping, "blocklist": _blocklist,
     "deployment": _deployment_manifest, "trace": _trace, "sweep": _sweep, "prompts": _prompts,
     "checkpoint": _checkpoint, "trusted_keys": _trusted_keys, "audit_log": _audit_log,
+    "supervision": _supervision,
 }
 
 

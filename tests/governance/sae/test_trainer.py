@@ -87,7 +87,7 @@ def test_auxk_trains_only_dead_latents() -> None:
     x = torch.randn(64, 16)
     dead = torch.zeros(64, dtype=torch.bool)
     dead[:10] = True
-    fvu, auxk, active, x_hat = sae_losses(sae, x, dead, k_aux=8)
+    fvu, auxk, active, x_hat, _ = sae_losses(sae, x, dead, k_aux=8)
     assert float(auxk.detach()) > 0 and active.numel() <= 2 * 64
     # The sparse training decode equals the dense Batch-TopK definition.
     from governance.sae.model import batch_topk
@@ -96,7 +96,7 @@ def test_auxk_trains_only_dead_latents() -> None:
     auxk.backward()
     g = sae.W_dec.grad.abs().sum(1)
     assert float(g[:10].sum()) > 0 and float(g[10:].sum()) == 0.0
-    _, auxk0, _, _ = sae_losses(sae, x, torch.zeros(64, dtype=torch.bool), k_aux=8)
+    _, auxk0, _, _, _ = sae_losses(sae, x, torch.zeros(64, dtype=torch.bool), k_aux=8)
     assert float(auxk0) == 0.0
 
 
@@ -115,7 +115,7 @@ def test_sparse_training_step_has_the_dense_definitions_gradients(dead_count: in
     x = torch.randn(40, 12)
     dead = torch.zeros(48, dtype=torch.bool)
     dead[torch.randperm(48)[:dead_count]] = True
-    fvu, auxk, active, x_hat = sae_losses(sae, x, dead, k_aux=4)
+    fvu, auxk, active, x_hat, _ = sae_losses(sae, x, dead, k_aux=4)
     (fvu + auxk / 32).backward()
     sparse_grads = [p.grad.clone() for p in sae.parameters()]
     sae.zero_grad()
