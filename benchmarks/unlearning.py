@@ -7,10 +7,13 @@ concept sweep` (sweep images disjoint from evaluation), the chosen point applied
 blocklist and measured on the evaluation images (styled prompts, seeds 0 and 1) with UA / IRA /
 CRA and CRA by kind. Then, per method: all concepts of a kind but one at once (for every kept
 one), and one blocklist holding a colour, a shape and a style at their blocks. `--oracle` adds
-the per-token oracle's bound at each concept's block (benchmarks/oracle_steering.py).
+the per-token oracle's bound at each concept's block (benchmarks/oracle_steering.py). The method
+"assigned" blocks a concept-supervised SAE's dedicated latents (`sae train --supervise`), read from
+the --sae-assigned folders.
 
     python benchmarks/unlearning.py --sae sae-colour --sae sae-shape --sae sae-style \\
-        --methods saeuron,specific --oracle --out unlearning.json
+        --sae-assigned sup-colour --sae-assigned sup-shape --sae-assigned sup-style \\
+        --methods saeuron,specific,assigned --oracle --out unlearning.json
 
 Prints one markdown table (misses per concept, never averaged away) and writes --out JSON.
 """
@@ -38,8 +41,8 @@ GRIDS: dict[tuple[str, str], tuple[list[int], list[float]]] = {
     ("style", "specific"): ([8, 16], [-10.0, -30.0, -100.0]),
     # A concept-supervised SAE's dedicated latents: only gamma is searched.
     ("colour", "assigned"): ([], [-2.0, -5.0, -10.0, -20.0, -50.0]),
-    ("shape", "assigned"): ([], [-5.0, -20.0, -50.0, -100.0, -300.0]),
-    ("style", "assigned"): ([], [-5.0, -20.0, -50.0, -100.0, -300.0]),
+    ("shape", "assigned"): ([], [-2.0, -5.0, -10.0, -20.0, -50.0, -100.0]),
+    ("style", "assigned"): ([], [-2.0, -5.0, -10.0, -20.0, -50.0, -100.0]),
 }
 DEFAULT_HOOKS = {"colour": "up_blocks.1.attentions.2", "shape": "mid_block.attentions.0",
                  "style": "up_blocks.1.attentions.1"}
@@ -52,6 +55,9 @@ def pct(x: float | None) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sae", action="append", required=True, help="SAE folder (repeat: one per hook point)")
+    ap.add_argument("--sae-assigned", action="append", default=[],
+                    help="concept-supervised SAE folder for the 'assigned' method (repeat: one per hook point; "
+                         "default: the --sae folders)")
     ap.add_argument("--at", default=",".join(f"{k}={h}" for k, h in DEFAULT_HOOKS.items()),
                     help="kind=hook point for each kind (default: each kind's block)")
     ap.add_argument("--model", default=None, help="pipeline folder (default: the committed toy world)")
@@ -86,12 +92,19 @@ def main() -> None:
         print(f"[{time.monotonic() - t0:5.0f} s] {line}", flush=True)
 
     pipe = load_pipeline(args.model)
-    saes: dict[str, Any] = {}
-    for folder in args.sae:
-        sae = TopKSAE.load(folder).eval()
-        if not sae.cfg.hookpoint:
-            raise SystemExit(f"{folder}: cfg.json names no hookpoint")
-        saes[sae.cfg.hookpoint] = sae
+
+    def load_saes(folders: list[str]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for folder in folders:
+            sae = TopKSAE.load(folder).eval()
+            if not sae.cfg.hookpoint:
+                raise SystemExit(f"{folder}: cfg.json names no hookpoint")
+            out[sae.cfg.hookpoint] = sae
+        return out
+
+    saes = load_saes(args.sae)
+    # The paper's and the specific method read the --sae SAEs, "assigned" the supervised ones.
+    by_method = {"saeuron": saes, "specific": saes, "assigned": {**saes, **load_saes(args.sae_assigned)}}
     at = dict(item.split("=", 1) for item in args.at.split(",") if item)
     kinds = [k for k in ATTRIBUTES if at.get(k) in saes]
     if not kinds:
@@ -101,10 +114,10 @@ def main() -> None:
     seeds = tuple(int(x) for x in args.sweep_seeds.split(",") if x)
     jobs = eval_jobs()
 
-    def evaluate(entries: list[Any], targets: list[str]) -> dict[str, Any]:
+    def evaluate(entries: list[Any], targets: list[str], method: str) -> dict[str, Any]:
         hooks = sorted({e.hook_point for e in entries})
         spec = BlocklistSpec(name="bench", saes=[SaeRef(hook_point=h) for h in hooks], entries=entries)
-        apply_blocklist(pipe, EnforcedBlocklist(spec=spec, saes={h: saes[h] for h in hooks}))
+        apply_blocklist(pipe, EnforcedBlocklist(spec=spec, saes={h: by_method[method][h] for h in hooks}))
         try:
             images = generate_jobs(pipe, jobs, steps, guidance)
         finally:
@@ -117,16 +130,17 @@ def main() -> None:
     for c in concepts:
         kind = attribute_of(c)
         hook = at[kind]
-        if kind not in stats:
-            cps = [ConceptPrompts(n, tuple(p.text for p in all_prompts() if getattr(p, kind) == n))
-                   for n in ATTRIBUTES[kind]]
-            stats[kind] = collect_concept_stats(pipe, saes[hook], hook, cps, steps=steps, guidance=guidance,
-                                                seed=0, batch_size=32, peaks=True)
-            log(f"statistics of the {kind}s at {hook}")
-        st = stats[kind].with_target(c)
         for method in methods:
+            sae = by_method[method][hook]
+            if (kind, id(sae)) not in stats:
+                cps = [ConceptPrompts(n, tuple(p.text for p in all_prompts() if getattr(p, kind) == n))
+                       for n in ATTRIBUTES[kind]]
+                stats[(kind, id(sae))] = collect_concept_stats(pipe, sae, hook, cps, steps=steps, guidance=guidance,
+                                                               seed=0, batch_size=32, peaks=True)
+                log(f"statistics of the {kind}s at {hook}" + (" (supervised SAE)" if sae is not saes[hook] else ""))
+            st = stats[(kind, id(sae))].with_target(c)
             top_ns, gammas = GRIDS[(kind, method)]
-            sup = supervision_of(saes[hook].cfg, saes[hook].n_latents)
+            sup = supervision_of(sae.cfg, sae.n_latents)
             assigned = (sup.latents_of(c) if sup else None) or []  # the sweep reads the same cfg
             if method == "assigned" and not assigned:
                 log(f"{c:9s} {method:8s} skipped: the SAE at {hook} was not supervised by {c}")
@@ -135,14 +149,14 @@ def main() -> None:
                                  specific_top_ns=top_ns if method == "specific" else [],
                                  assigned=method == "assigned",
                                  multipliers=gammas, seeds=seeds, objective=args.objective)
-            chosen = make_selector(sweep, steps=steps, guidance=guidance)(pipe, saes[hook], hook, st, kind)
+            chosen = make_selector(sweep, steps=steps, guidance=guidance)(pipe, sae, hook, st, kind)
             table = json.loads(chosen.evidence[0]["ref"])
             best = table["chosen"]
             choices, _ = choose(st, gamma=best["gamma"], **rule_kwargs(best["rule"], best["value"], assigned=assigned))
             spec = blocklist_for(c, registry_kind(c), hook, best["gamma"], choices, st.timesteps,
                                  type(pipe.scheduler).__name__, steps)
             entries[(method, c)] = spec.entries[0]
-            m = evaluate([spec.entries[0]], [c])[c]
+            m = evaluate([spec.entries[0]], [c], method)[c]
             row = {"concept": c, "kind": kind, "hook_point": hook, "method": method,
                    "chosen": {k: best[k] for k in ("rule", "value", "gamma", "UA", "IRA", "CRA")},
                    "UA": m["UA"], "IRA": m["IRA"], "CRA": m["CRA"], "CRA_by_kind": m["CRA_by_kind"]}
@@ -172,7 +186,7 @@ def main() -> None:
                     continue
                 for keep in names:
                     targets = [n for n in names if n != keep]
-                    m = evaluate([entries[(method, n)] for n in targets], targets)
+                    m = evaluate([entries[(method, n)] for n in targets], targets, method)
                     run = {"method": method, "run": f"all {kind}s but {keep}",
                            "UA": {n: m[n]["UA"] for n in targets}, "kept_accuracy": m[targets[0]]["IRA"],
                            "CRA": {n: m[n]["CRA"] for n in targets}}
@@ -181,7 +195,7 @@ def main() -> None:
                         + f"  kept {pct(run['kept_accuracy'])}  CRA {pct(min(run['CRA'].values()))}")
             trio = [c for c in args.trio.split(",") if c]
             if all((method, c) in entries for c in trio):
-                m = evaluate([entries[(method, c)] for c in trio], trio)
+                m = evaluate([entries[(method, c)] for c in trio], trio, method)
                 run = {"method": method, "run": "trio " + "+".join(trio),
                        "per_concept": {c: {k: m[c][k] for k in ("UA", "IRA", "CRA")} for c in trio}}
                 multi.append(run)
@@ -197,7 +211,7 @@ def main() -> None:
               f"gamma {ch['gamma']:g} | {pct(r['UA'])} | {pct(r['IRA'])} | {pct(r['CRA'])} | "
               + ", ".join(f"{k} {pct(v)}" for k, v in r["CRA_by_kind"].items())
               + (f" | {ob['UA']:.0f} / {ob['others_kept']:.0f} (alpha {ob['alpha']:g})" if ob else " | -") + " |")
-    args.out.write_text(json.dumps({"saes": args.sae, "at": at, "model": args.model, "objective": args.objective,
+    args.out.write_text(json.dumps({"saes": args.sae, "saes_assigned": args.sae_assigned, "at": at, "model": args.model, "objective": args.objective,
                                     "sweep_seeds": list(seeds), "grids": {f"{k}/{m}": v for (k, m), v in GRIDS.items()},
                                     "per_concept": rows, "multi": multi, "oracle": oracle}, indent=2, default=str))
     log(f"wrote {args.out}")

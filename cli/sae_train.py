@@ -35,9 +35,9 @@ from governance.common.errors import UsageError
               help="Comma-separated registry concepts: each gets dedicated latents, trained on the rows of its "
                    "registered prompts (a concept-supervised SAE; `concept sweep --assigned` blocks them).")
 @click.option("--latents-per-concept", type=int, default=1, show_default=True, help="With --supervise.")
-@click.option("--assign-weight", type=float, default=10.0, show_default=True,
+@click.option("--assign-weight", type=float, default=1.0, show_default=True,
               help="With --supervise: weight of keeping a concept's latents silent off its images.")
-@click.option("--decorrelation-weight", type=float, default=100.0, show_default=True,
+@click.option("--decorrelation-weight", type=float, default=10.0, show_default=True,
               help="With --supervise: weight of keeping what tells a concept's images apart out of other latents.")
 @actor_option
 @json_option

@@ -8,7 +8,9 @@ from math import prod
 from pathlib import Path
 
 from governance.common.hashing import sha256_bytes, sha256_file
+from governance.common.errors import FormatError
 from governance.formats.sae_config import CFG_NAME, WEIGHTS_NAME, SaeConfig
+from governance.formats.supervision import supervision_of
 from governance.formats.validation import parse_json_model
 from registry.errors import ValidationFailed
 
@@ -95,6 +97,12 @@ def inspect_sae_folder(folder: Path) -> SAECheckpointInfo:
             raise ValidationFailed(f"{folder}: missing {p.name}")
     raw = cfg_path.read_bytes()
     cfg: SaeConfig = parse_json_model(SaeConfig, raw, str(cfg_path))
+    try:
+        # A supervised SAE's assignment is read when a concept is scored on it: refused here,
+        # at registration, rather than later.
+        supervision_of(cfg, cfg.n_latents)
+    except FormatError as exc:
+        raise ValidationFailed(f"{cfg_path}: {exc}") from None
     tensors = read_safetensors_header(weights_path)
     for name, shape in cfg.weight_shapes().items():
         if name not in tensors:

@@ -67,7 +67,7 @@ def test_supervised_sae_from_registry_prompts_to_its_mapping(ws: dict) -> None:
     sup = cfg["supervision"]
     assert [(c["name"], c["kind"], c["latents"], c["positive_prompts"]) for c in sup["concepts"]] == [
         ("red", "colour", [0, 1], 2), ("green", "colour", [2, 3], 2)]
-    assert sup["assign_weight"] == 10.0 and sup["decorrelation_weight"] == 100.0
+    assert sup["assign_weight"] == 1.0 and sup["decorrelation_weight"] == 10.0
     # The reference keys are untouched: a reference loader reads the SAE as a plain TopK SAE.
     assert cfg["k"] == 8 and cfg["expansion_factor"] == 4 and cfg["d_in"] == 64
     assert json.loads((out / "training.json").read_text())["supervised_by"] == ["red", "green"]
@@ -98,6 +98,11 @@ def test_supervised_sae_from_registry_prompts_to_its_mapping(ws: dict) -> None:
     (out / "cfg.json").write_text(json.dumps(edited))
     one_line_error(runner.invoke(saegov, ["concept", "score", "red", "--method", "assigned", *common]),
                    "not the registered one")
+    # Nor can such a folder be registered: a malformed assignment is refused at import.
+    edited["supervision"]["concepts"][0]["latents"] = [2]  # green's
+    (out / "cfg.json").write_text(json.dumps(edited))
+    one_line_error(runner.invoke(saegov, ["sae", "import", str(out), "--name", "edited", "--actor", "erin"]),
+                   "share a latent")
 
 
 def test_supervision_is_refused_before_training(ws: dict) -> None:
