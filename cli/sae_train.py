@@ -56,6 +56,11 @@ def train_cmd(activations: Path, expansion: int, num_latents: int, k: int, epoch
         cfg = TrainConfig(expansion_factor=expansion, num_latents=num_latents, k=k, epochs=epochs, lr=lr,
                           batch_tokens=batch_tokens, dead_tokens=dead_tokens, seed=seed, device=device)
         sup = None
+        ctx = click.get_current_context()
+        given = [f"--{n.replace('_', '-')}" for n in ("latents_per_concept", "assign_weight", "decorrelation_weight")
+                 if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
+        if supervise is None and given:
+            raise UsageError(f"{', '.join(given)} only apply with --supervise")
         if supervise is not None:
             names = [n.strip() for n in supervise.split(",") if n.strip()]
             sup = SuperviseRequest(concepts=names, latents_per_concept=latents_per_concept,

@@ -649,6 +649,8 @@ class Store:
                 raise ValidationFailed(
                     f"feature {top} is outside SAE {sae_row.name}@{sae_row.version} "
                     f"(width {sae_row.n_latents})")
+            if spec.selection.rule == "assigned":
+                _check_assigned(spec, concept, sae_row)
             spec_json = spec.to_json_dict()
             ev = [e.model_dump(mode="json") for e in spec.evidence] + list(evidence or [])
             row = FeatureMapping(
@@ -1593,3 +1595,26 @@ def _generation(g: Generation, creator: str) -> GenerationRecord:
     return GenerationRecord(id=g.id, deployment_id=g.deployment_id, prompt_sha256=g.prompt_sha256,
                             seed=g.seed, trace=json.loads(g.trace), trace_sha256=g.trace_sha256,
                             created_by=creator, created_at=g.created_at)
+
+
+def _check_assigned(spec: MappingSpec, concept: str, sae_row: Any) -> None:
+    """An "assigned" mapping claims the SAE's dedicated latents of the concept: it must select
+    exactly those, at every timestep, from an SAE whose config (hash-pinned) records them."""
+    from governance.common.errors import FormatError
+    from governance.formats.supervision import supervision_of
+
+    where = f"SAE {sae_row.name}@{sae_row.version}"
+    if not sae_row.cfg_sha256:
+        raise ValidationFailed(f"{where} has no recorded cfg.json hash; an 'assigned' mapping needs one")
+    try:
+        sup = supervision_of(sae_row.config or {}, sae_row.n_latents)
+    except FormatError as exc:
+        raise ValidationFailed(f"{where}: {exc}") from None
+    latents = sup.latents_of(concept) if sup else None
+    if not latents:
+        raise ValidationFailed(f"{where} assigns no latents to {concept!r}; an 'assigned' mapping cannot claim it")
+    for t, entries in spec.timesteps.items():
+        if sorted(e.feature for e in entries) != sorted(latents):
+            raise ValidationFailed(f"'assigned' mapping of {concept!r} selects features "
+                                   f"{sorted(e.feature for e in entries)} at timestep {t}, not the latents "
+                                   f"{sorted(latents)} {where} assigns to it")

@@ -3,14 +3,16 @@
 Kept in the SAE's `cfg.json` under the key `supervision`, beside the reference keys: reference
 loaders drop unknown keys, so a supervised SAE still loads as a plain TopK SAE, while saegov
 reads the assignment from the same hashed file the registry, the deployments and the signatures
-already pin (`cfg_sha256`). Nobody can point a concept at other latents without changing that
-hash.
+already pin (`cfg_sha256`): once an SAE is registered, its concepts cannot be pointed at other
+latents without changing that hash, and the registry refuses an "assigned" mapping whose
+features are not the recorded latents. The record of an imported SAE (`sae import`) is its
+importer's claim, like the rest of its cfg.json; the audit log names who made it.
 
     "supervision": {
       "format": "saegov.supervision/v1",
       "concepts": [{"name": "red", "kind": "colour", "latents": [0], "prompts_sha256": "...",
                     "positive_prompts": 32}, ...],
-      "latents_per_concept": 1, "assign_weight": 1.0, "decorrelation_weight": 1.0,
+      "latents_per_concept": 1, "assign_weight": 1.0, "decorrelation_weight": 10.0,
       "labels": "registry prompts"
     }
 """
@@ -47,8 +49,8 @@ class SupervisionSpec(BaseModel):
     format: Literal["saegov.supervision/v1"] = FORMAT
     concepts: list[SupervisedConcept] = Field(min_length=1)
     latents_per_concept: int = Field(gt=0)
-    assign_weight: float = Field(ge=0)
-    decorrelation_weight: float = Field(ge=0)
+    assign_weight: float = Field(ge=0, le=1e6, allow_inf_nan=False)
+    decorrelation_weight: float = Field(ge=0, le=1e6, allow_inf_nan=False)
     labels: Literal["registry prompts"] = "registry prompts"
 
     @model_validator(mode="after")

@@ -104,8 +104,8 @@ class SuperviseRequest(BaseModel):
     latents_per_concept: int = Field(default=1, gt=0)
     # Measured on the toy world (docs/evaluation.md): 1 / 10 did better than 10 / 100 on 5 of the
     # 7 shapes and styles.
-    assign_weight: float = Field(default=1.0, ge=0)
-    decorrelation_weight: float = Field(default=10.0, ge=0)
+    assign_weight: float = Field(default=1.0, ge=0, le=1e6, allow_inf_nan=False)
+    decorrelation_weight: float = Field(default=10.0, ge=0, le=1e6, allow_inf_nan=False)
 
 
 def train_and_record(activations: str | Path, cfg: TrainConfig, *, out: str | Path | None = None,

@@ -54,10 +54,11 @@ class SupervisionTargets:
     labels: Tensor
     assign_weight: float
     decorrelation_weight: float
+    names: tuple[str, ...] = ()
 
     def to(self, device: torch.device) -> SupervisionTargets:
         return SupervisionTargets(self.latents.to(device), self.labels.to(device), self.assign_weight,
-                                  self.decorrelation_weight)
+                                  self.decorrelation_weight, self.names)
 
 
 def prompts_sha256(prompts: tuple[str, ...] | list[str]) -> str:
@@ -66,9 +67,10 @@ def prompts_sha256(prompts: tuple[str, ...] | list[str]) -> str:
 
 def plan_supervision(dataset_prompts: list[str], concepts: list[ConceptLabels], *, n_latents: int, k: int,
                      latents_per_concept: int = 1, assign_weight: float = 1.0,
-                     decorrelation_weight: float = 1.0) -> tuple[SupervisionSpec, SupervisionTargets]:
+                     decorrelation_weight: float = 10.0) -> tuple[SupervisionSpec, SupervisionTargets]:
     """The record and the training targets; refused (one line) before any training when a
-    concept labels no row, or every row, of the dataset, or the latents do not fit."""
+    concept labels no row, or every row, of the dataset, or the latents do not fit: neither in
+    the SAE nor in a row's code, where the latents forced in may take at most half of k."""
     if not concepts:
         raise SupervisionRefused("supervision needs at least one concept")
     if latents_per_concept <= 0:
@@ -96,10 +98,17 @@ def plan_supervision(dataset_prompts: list[str], concepts: list[ConceptLabels], 
         ids = list(range(j * latents_per_concept, (j + 1) * latents_per_concept))
         records.append(SupervisedConcept(name=c.name, kind=c.kind, latents=ids, prompts_sha256=prompts_sha256(c.prompts),
                                          positive_prompts=len({p for p, y in zip(dataset_prompts, col.tolist()) if y})))
+    forced = int(labels.sum(1).max()) * latents_per_concept
+    if forced > k // 2:
+        # Forced in with +inf-like priority, they would crowd the other latents out of the
+        # Batch-TopK budget (k per row on average) and the SAE would stop reconstructing.
+        raise SupervisionRefused(f"a prompt is labelled with {forced // latents_per_concept} supervising concept(s) x "
+                                 f"{latents_per_concept} latent(s) = {forced} forced latents, more than half of k={k}; "
+                                 "supervise fewer concepts per prompt or use fewer latents per concept")
     spec = SupervisionSpec(concepts=records, latents_per_concept=latents_per_concept, assign_weight=assign_weight,
                            decorrelation_weight=decorrelation_weight)
     latents = torch.arange(total, dtype=torch.long).view(len(concepts), latents_per_concept)
-    return spec, SupervisionTargets(latents, labels, assign_weight, decorrelation_weight)
+    return spec, SupervisionTargets(latents, labels, assign_weight, decorrelation_weight, tuple(names))
 
 
 def forbidden(targets: SupervisionTargets, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -133,6 +142,24 @@ def init_dedicated(sae: torch.nn.Module, x_c: Tensor, y: Tensor, targets: Superv
             w_enc[lat] = v * row_norm
             b_enc[lat] = 0.0
             w_dec[lat] = v
+
+
+@torch.no_grad()
+def inference_firing(sae: torch.nn.Module, x: Tensor, y: Tensor, targets: SupervisionTargets) -> dict[str, float]:
+    """Under the inference rule (per-token TopK, no forcing): per concept, the share of its rows
+    where one of its latents is in the code, and the share of the other rows. A supervised SAE
+    whose latents never win a token's TopK would give mappings that block nothing."""
+    vals, idx = sae.encode(x)  # type: ignore[attr-defined]
+    out: dict[str, float] = {}
+    for j in range(targets.latents.shape[0]):
+        lat = targets.latents[j].to(idx.device)
+        on = ((vals > 0) & torch.isin(idx, lat)).any(-1)
+        pos = y[:, j]
+        name = targets.names[j] if j < len(targets.names) else str(j)
+        out[f"supervision.{name}.fires_on_concept_pct"] = 100.0 * float(on[pos].float().mean()) if bool(pos.any()) else 0.0
+        out[f"supervision.{name}.fires_elsewhere_pct"] = (100.0 * float(on[~pos].float().mean())
+                                                         if bool((~pos).any()) else 0.0)
+    return out
 
 
 def supervision_losses(x_c: Tensor, w_enc: Tensor, b_enc: Tensor, rows: Tensor, cols: Tensor, vals: Tensor,

@@ -28,9 +28,11 @@ from torch import Tensor
 
 from governance.common.errors import GovernanceError
 from governance.formats.sae_config import SaeConfig
-from governance.sae.data import ActivationDataset, iter_batches, read_shard
+from governance.sae.data import ActivationDataset, iter_batches, read_prompt_index, read_shard
 from governance.sae.model import TopKSAE, batch_topk_indices
-from governance.sae.supervision import SupervisionTargets, forbidden, init_dedicated, supervision_losses
+from governance.sae.supervision import (
+    SupervisionTargets, forbidden, inference_firing, init_dedicated, supervision_losses,
+)
 
 REFERENCE_LATENTS = 20_480  # 1280 x 16: the width the reference lr 4e-4 was tuned for
 REFERENCE_DEAD_TOKENS = 10_000_000
@@ -157,7 +159,7 @@ class _BatchTopKCode(torch.autograd.Function):
             # negative) the code of a row whose prompt has it. Finite extremes, so that the
             # selection's NaN guard does not see inf - inf.
             cols_f, mask = forbid
-            saved = pre[:, cols_f].clone()
+            saved = pre[:, cols_f]  # advanced indexing: already a copy
             pre[:, cols_f] = torch.where(mask, -1e30, 1e30).to(pre.dtype)
         flat = pre.view(-1)
         idx = batch_topk_indices(flat, m)  # in increasing order: CSR rows without a sort
@@ -317,11 +319,17 @@ def train_sae(ds: ActivationDataset, cfg: TrainConfig, on_step: StepCallback | N
             if step == 0:
                 _init_b_dec(sae, x, world, sup, y)
             dead_mask = since_fired > dead_tokens
+            if sup is not None:
+                # A dedicated latent is the assignment's to train: AuxK would fit it on every
+                # row, other concepts' included.
+                dead_mask[sup.latents.reshape(-1)] = False
             loss_fvu, auxk, active, x_hat, sup_losses = sae_losses(sae, x, dead_mask, k_aux, sup, y)
             loss = loss_fvu + cfg.auxk_alpha * auxk
             if sup is not None:
                 loss = (loss + sup.assign_weight * sup_losses["assign_loss"]
                         + sup.decorrelation_weight * sup_losses["decorrelation_loss"])
+                if not bool(torch.isfinite(loss)):
+                    raise TrainRefused(f"the supervised loss is not finite at step {step}; lower the weights")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if world > 1:
@@ -365,6 +373,8 @@ def train_sae(ds: ActivationDataset, cfg: TrainConfig, on_step: StepCallback | N
         final["train_dead_pct"] = 100.0 * float((since_fired > dead_tokens).float().mean())
         final["train_fvu_last"] = history[-1]["fvu"]
         final["tokens_per_s"] = step * global_batch / max(seconds, 1e-9)
+        if sup is not None:
+            final.update(_supervision_metrics(sae, ds, sup, cfg.eval_tokens))
     return TrainResult(sae=sae, config=cfg, lr=lr, dead_tokens=dead_tokens, steps=step,
                        tokens=step * global_batch, seconds=seconds, final=final, history=history)
 
@@ -379,6 +389,17 @@ def _init_b_dec(sae: TopKSAE, x: Tensor, world: int, sup: SupervisionTargets | N
             # One model on every rank: rank 0's first batch and initial weights win.
             for p in sae.parameters():
                 dist.broadcast(p.data, src=0)
+
+
+@torch.no_grad()
+def _supervision_metrics(sae: TopKSAE, ds: ActivationDataset, sup: SupervisionTargets, max_tokens: int) -> dict[str, float]:
+    """Where each concept's latents fire under the inference rule, on the same strided rows as
+    `sae_metrics`."""
+    stride = max(1, math.ceil(ds.total_rows / max_tokens))
+    x = torch.cat([read_shard(p, r, ds.d_in)[::stride] for p, r in ds.shards])
+    pidx = torch.cat([read_prompt_index(p, r)[::stride] for p, r in ds.shards])
+    device = sae.W_dec.device
+    return inference_firing(sae, x.to(device=device, dtype=torch.float32), sup.labels[pidx.to(device)], sup)
 
 
 @torch.no_grad()

@@ -136,6 +136,11 @@ def choose_assigned(
         raise ValueError(f"{mu_all.shape[2]} timestep columns for {len(timesteps)} timesteps")
     if not features or any(not 0 <= i < n for i in features) or len(set(features)) != len(features):
         raise ValueError(f"assigned latents must be distinct ids in [0, {n})")
+    if not bool((mu_all[target][features] > 0).any()):
+        # Under the per-token TopK of inference they never fire on the concept's prompts: the
+        # scale gamma * mu would be 0 and the mapping would block nothing.
+        raise ValueError(f"the assigned latents {features} never fire on the concept's statistics prompts "
+                         "(per-token TopK); the SAE's supervision did not take")
     others = [j for j in range(k) if j != target]
     mu_c = mu_all[target].to(torch.float64)
     score = concept_scores(mu_c, pooled_mean(mu_all[others], counts[others]))

@@ -160,8 +160,12 @@ def score_concept(store: Any, req: ScoreRequest, actor: str | None,
     sae_rec = store.get_sae(req.sae)
     sae = TopKSAE.load(sae_folder(sae_rec), expected_sha256=sae_rec.weights_sha256,
                        device=req.device)
+    supervision = None
     if req.method == "assigned" or getattr(selector, "needs_assigned", False):
-        assigned_latents(sae, target.name)  # refused before minutes of sampling
+        if not sae_rec.cfg_sha256:
+            raise ScoringError(f"SAE {sae_rec.ref} has no recorded cfg.json hash: its assignment cannot be trusted")
+        supervision = {"latents": assigned_latents(sae, target.name),  # refused before minutes of sampling
+                       "cfg_sha256": sae_rec.cfg_sha256}
     model = req.model or default_model_for(store, sae_rec)
     if model is None:
         raise ScoringError("give --model (the SAE names no registered base model and no toy world is installed)")
@@ -210,6 +214,7 @@ def score_concept(store: Any, req: ScoreRequest, actor: str | None,
         "contrast_concepts": ",".join(c.name for c in concepts[1:]), "skipped_concepts": ",".join(skipped),
         "scheduler": scheduler, "scheduler_config": json.dumps(dict(pipe.scheduler.config), default=str),
         "timesteps": len(stats.timesteps),
+        **({"assigned": supervision} if supervision else {}),
         **extra.params,
     }
     evidence: list[dict[str, Any]] = []

@@ -113,7 +113,7 @@ def blocklist_for(concept: str, kind: str, hook: str, gamma: float, choices: lis
 def point_run(p: SweepPoint, sweep: SweepRequest, chosen: bool = False) -> ChildRun:
     """A sweep point as a child run of the scoring run. The rule's value is also a param named
     after the rule (`top_n`, `tau`, `specific_top_n`), so the compare view can plot it."""
-    key = {"tau": "tau", "top_n": "top_n", "specific": "specific_top_n", "assigned": "assigned_latents"}[p.rule]
+    key = {"tau": "tau", "top_n": "top_n", "specific": "specific_top_n", "assigned": "n_assigned_latents"}[p.rule]
     return ChildRun(
         name=f"{p.rule} {p.value:g} gamma {p.gamma:g}", kind="sweep-point",
         params={"rule": p.rule, "value": p.value, key: p.value, "gamma": p.gamma, "objective": sweep.objective,

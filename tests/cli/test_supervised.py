@@ -73,6 +73,7 @@ def test_supervised_sae_from_registry_prompts_to_its_mapping(ws: dict) -> None:
     assert json.loads((out / "training.json").read_text())["supervised_by"] == ["red", "green"]
     rec = ws["store"].get_sae("sup")
     assert rec.config["supervision"] == sup  # the registry's lineage names the supervising concepts
+    assert {"supervision.red.fires_on_concept_pct", "supervision.green.fires_elsewhere_pct"} <= set(rec.metrics)
 
     common = ["--sae", "sup", "--steps", "2", "--model", ws["model"], "--no-mlflow", "--actor", "erin", "--json"]
     res = runner.invoke(saegov, ["concept", "score", "red", "--method", "assigned", "--multiplier", "-3", *common])
@@ -90,6 +91,18 @@ def test_supervised_sae_from_registry_prompts_to_its_mapping(ws: dict) -> None:
     green = ws["store"].get_mapping(json.loads(res.stdout)["mapping_id"])
     assert green.selection_rule == "assigned"
     assert all(sorted(e.feature for e in es) == [2, 3] for es in green.timesteps.values())
+
+    # The registry refuses an "assigned" mapping that claims other latents (written by hand).
+    from governance.formats.mapping import FeatureEntry, MappingSpec, Selection
+    from registry.errors import ValidationFailed
+
+    forged = MappingSpec(concept="red", selection=Selection(rule="assigned", top_n=2), gamma=-3.0,
+                         scheduler="DDIMScheduler", num_steps=2,
+                         timesteps={501: [FeatureEntry(feature=f, score=0.0, scale=-1.0, gate=0.0) for f in (0, 7)]})
+    with pytest.raises(ValidationFailed, match=r"not the latents \[0, 1\]"):
+        ws["store"].create_mapping("sup", None, forged, "erin")
+    with pytest.raises(ValidationFailed, match="assigns no latents to 'blue'"):
+        ws["store"].create_mapping("sup", None, forged.model_copy(update={"concept": "blue"}), "erin")
 
     # A concept the SAE was not supervised by, and an assignment edited in the folder, are refused.
     one_line_error(runner.invoke(saegov, ["concept", "score", "blue", "--method", "assigned", *common]),
@@ -117,3 +130,7 @@ def test_supervision_is_refused_before_training(ws: dict) -> None:
     assert [s.name for s in ws["store"].list_saes()] == []
     one_line_error(runner.invoke(saegov, ["sae", "train", "--activations", str(ws["acts"]), "--supervise", "red",
                                           "--latents-per-concept", "0", *TRAIN]), "latents_per_concept")
+    one_line_error(runner.invoke(saegov, ["sae", "train", "--activations", str(ws["acts"]), "--supervise", "red",
+                                          "--assign-weight", "inf", *TRAIN]), "assign_weight")
+    one_line_error(runner.invoke(saegov, ["sae", "train", "--activations", str(ws["acts"]),
+                                          "--decorrelation-weight", "3", *TRAIN]), "only apply with --supervise")

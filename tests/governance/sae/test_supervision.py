@@ -38,6 +38,12 @@ def test_labels_come_from_registered_prompts_and_bad_plans_are_refused() -> None
         plan_supervision(PROMPTS, [RED, BLUE], n_latents=8, k=6, latents_per_concept=2)
     with pytest.raises(SupervisionRefused, match="twice"):
         plan_supervision(PROMPTS, [RED, RED], n_latents=64, k=4)
+    # Forced into every labelled row's code, they may take at most half of k: two concepts on
+    # one prompt x 2 latents = 4 > 6 // 2.
+    circle = ConceptLabels("circle", "shape", ("a red circle", "a blue circle", "a circle"))
+    with pytest.raises(SupervisionRefused, match="more than half of k=6"):
+        plan_supervision(PROMPTS, [RED, circle], n_latents=64, k=6, latents_per_concept=2)
+    assert plan_supervision(PROMPTS, [RED, circle], n_latents=64, k=8, latents_per_concept=2)[0]
 
 
 def test_supervision_record_in_cfg_is_validated() -> None:
@@ -147,3 +153,6 @@ def test_a_planted_concept_direction_lands_in_its_dedicated_latent(tmp_path: Pat
     off_concept = float((z[pidx >= 2] > 0).float().mean())
     assert cos > 0.95, cos
     assert on_planted > 0.95 and off_concept < 0.08, (on_planted, off_concept)
+    # The final metrics say the same, per concept, under the inference rule.
+    assert res.final["supervision.red.fires_on_concept_pct"] > 30  # a third of red's rows are planted
+    assert res.final["supervision.red.fires_elsewhere_pct"] < 8
