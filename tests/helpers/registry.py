@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
-from registry.db import make_engine
+from registry.db import make_engine, upgrade
 from registry.store import Store
 
 
@@ -113,3 +113,27 @@ def make_model_folder(root: Path, channels: int) -> Path:
         "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
         "block_out_channels": [channels] * 3, "layers_per_block": 2}))
     return folder
+
+# Three colour concepts with two prompts each, at the block the scoring tests hook.
+HOOK = "up_blocks.1.attentions.1"
+PROMPTS = {
+    "red": ["a red circle", "a red square in striped style"],
+    "green": ["a green circle", "a green square in striped style"],
+    "blue": ["a blue circle", "a blue square in striped style"],
+}
+
+
+def local_workspace(home: Path, monkeypatch: Any, admin: str) -> Store:
+    """A fresh workspace at `home` for this test's environment: a migrated SQLite registry with
+    `admin` as its first actor, a local MLflow store (no tracking URI inherited)."""
+    home.mkdir(parents=True, exist_ok=True)
+    url = f"sqlite:///{home / 'registry.db'}"
+    monkeypatch.setenv("SAEGOV_HOME", str(home))
+    monkeypatch.setenv("SAEGOV_DATABASE_URL", url)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    store = Store.open(url)
+    store.add_actor(admin, "admin", None)
+    return store

@@ -17,32 +17,16 @@ from governance.common.hashing import sha256_file
 from governance.formats.sae_config import SaeConfig
 from governance.sae.model import TopKSAE
 from governance.scoring.maths import choose_features
-from registry.db import make_engine, upgrade
+from tests.helpers.registry import HOOK, PROMPTS, local_workspace
 from registry.store import Store
 
 torch.set_num_threads(1)
-
-HOOK = "up_blocks.1.attentions.1"
-PROMPTS = {
-    "red": ["a red circle", "a red square in striped style"],
-    "green": ["a green circle", "a green square in striped style"],
-    "blue": ["a blue circle", "a blue square in striped style"],
-}
 
 
 @pytest.fixture
 def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, toy_model: Path) -> tuple[Store, Path]:  # noqa: F811
     home = tmp_path / "home"
-    home.mkdir()
-    url = f"sqlite:///{home / 'registry.db'}"
-    monkeypatch.setenv("SAEGOV_HOME", str(home))
-    monkeypatch.setenv("SAEGOV_DATABASE_URL", url)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    engine = make_engine(url)
-    upgrade(engine)
-    engine.dispose()
-    store = Store.open(url)
-    store.add_actor("erin", "admin", None)
+    store = local_workspace(home, monkeypatch, "erin")
     for name, prompts in PROMPTS.items():
         store.add_concept(name, "colour", "erin", prompts=prompts)
     store.add_concept("striped", "style", "erin", prompts=["a red circle in striped style"])
