@@ -115,8 +115,15 @@ def train_and_record(activations: str | Path, cfg: TrainConfig, *, out: str | Pa
                      supervise: SuperviseRequest | None = None) -> TrainOutcome:
     created_pg = init_distributed_from_env()
     try:
-        return _train_and_record(activations, cfg, out, name, actor, use_mlflow, register, store, on_step,
-                                 supervise)
+        outcome = _train_and_record(activations, cfg, out, name, actor, use_mlflow, register, store, on_step,
+                                    supervise)
+        if created_pg:
+            import torch.distributed as dist
+
+            # Rank 0 still saves, measures and registers: the other ranks wait for it rather than
+            # tear the process group down under it (gloo aborts a process whose peer left early).
+            dist.barrier()
+        return outcome
     finally:
         if created_pg:
             import torch.distributed as dist
