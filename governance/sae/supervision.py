@@ -22,14 +22,13 @@ Both are added to FVU + AuxK with the weights recorded in the SAE's `supervision
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from governance.common.errors import GovernanceError
+from governance.formats.activations import prompts_sha256
 from governance.formats.supervision import SupervisedConcept, SupervisionSpec
 
 
@@ -59,10 +58,6 @@ class SupervisionTargets:
     def to(self, device: torch.device) -> SupervisionTargets:
         return SupervisionTargets(self.latents.to(device), self.labels.to(device), self.assign_weight,
                                   self.decorrelation_weight, self.names)
-
-
-def prompts_sha256(prompts: tuple[str, ...] | list[str]) -> str:
-    return hashlib.sha256(json.dumps(list(prompts), ensure_ascii=False).encode()).hexdigest()
 
 
 def plan_supervision(dataset_prompts: list[str], concepts: list[ConceptLabels], *, n_latents: int, k: int,
@@ -96,7 +91,7 @@ def plan_supervision(dataset_prompts: list[str], concepts: list[ConceptLabels], 
                                      "contrast it with")
         labels[:, j] = col
         ids = list(range(j * latents_per_concept, (j + 1) * latents_per_concept))
-        records.append(SupervisedConcept(name=c.name, kind=c.kind, latents=ids, prompts_sha256=prompts_sha256(c.prompts),
+        records.append(SupervisedConcept(name=c.name, kind=c.kind, latents=ids, prompts_sha256=prompts_sha256(list(c.prompts)),
                                          positive_prompts=len({p for p, y in zip(dataset_prompts, col.tolist()) if y})))
     forced = int(labels.sum(1).max()) * latents_per_concept
     if forced > k // 2:
