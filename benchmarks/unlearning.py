@@ -76,9 +76,8 @@ def main() -> None:
     from governance.enforcement.intervention import EnforcedBlocklist, apply_blocklist, remove_blocklist
     from governance.evaluation.metrics import eval_jobs, generate_jobs, judge, unlearning_metrics
     from governance.formats.blocklist import BlocklistSpec, SaeRef
-    from governance.formats.supervision import supervision_of
     from governance.sae.model import TopKSAE
-    from governance.scoring.selection import choose
+    from governance.scoring.selection import ScoringError, assigned_latents, choose
     from governance.scoring.statistics import ConceptPrompts, collect_concept_stats
     from governance.scoring.sweep import SweepRequest, blocklist_for, make_selector, rule_kwargs
     from governance.toyworld.grammar import ATTRIBUTES, all_prompts, attribute_of, registry_kind
@@ -140,11 +139,13 @@ def main() -> None:
                 log(f"statistics of the {kind}s at {hook}" + (" (supervised SAE)" if sae is not saes[hook] else ""))
             st = stats[(kind, id(sae))].with_target(c)
             top_ns, gammas = GRIDS[(kind, method)]
-            sup = supervision_of(sae.cfg, sae.n_latents)
-            assigned = (sup.latents_of(c) if sup else None) or []  # the sweep reads the same cfg
-            if method == "assigned" and not assigned:
-                log(f"{c:9s} {method:8s} skipped: the SAE at {hook} was not supervised by {c}")
-                continue
+            assigned: list[int] = []
+            if method == "assigned":
+                try:
+                    assigned = assigned_latents(sae, c)  # what the sweep reads from the same cfg
+                except ScoringError as exc:
+                    log(f"{c:9s} {method:8s} skipped: {exc}")
+                    continue
             sweep = SweepRequest(top_ns=top_ns if method == "saeuron" else [],
                                  specific_top_ns=top_ns if method == "specific" else [],
                                  assigned=method == "assigned",

@@ -200,7 +200,7 @@ def score_concept(store: Any, req: ScoreRequest, actor: str | None,
                                          "gate_quantile": (extra.params.get("sweep") or {}).get("gate_quantile", 1.0)})
         choices, scores = choose(stats, gamma=req.gamma, method=req.method, tau=req.tau, top_n=req.top_n,
                                  gate_quantile=req.gate_quantile,
-                                 assigned=assigned_latents(sae, target.name) if req.method == "assigned" else None)
+                                 assigned=supervision["latents"] if supervision and req.method == "assigned" else None)
     except BaseException:
         if tracker is not None:
             tracker.finish("FAILED")
