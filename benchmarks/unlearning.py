@@ -9,7 +9,10 @@ CRA and CRA by kind. Then, per method: all concepts of a kind but one at once (f
 one), and one blocklist holding a colour, a shape and a style at their blocks. `--oracle` adds
 the per-token oracle's bound at each concept's block (benchmarks/oracle_steering.py). The method
 "assigned" blocks a concept-supervised SAE's dedicated latents (`sae train --supervise`), read from
-the --sae-assigned folders.
+the --sae-assigned folders (at each hook point, the one whose supervision names the concept).
+`--second kind=hook` adds, for every concept of that kind and every method, a blocking at two
+blocks: the one-block mapping held in force while a second sweep picks the point at `hook`, as
+`concept sweep --with-mapping` does (rows "method, 2 blocks").
 
     python benchmarks/unlearning.py --sae sae-colour --sae sae-shape --sae sae-style \\
         --sae-assigned sup-colour --sae-assigned sup-shape --sae-assigned sup-style \\
@@ -60,6 +63,9 @@ def main() -> None:
                          "default: the --sae folders)")
     ap.add_argument("--at", default=",".join(f"{k}={h}" for k, h in DEFAULT_HOOKS.items()),
                     help="kind=hook point for each kind (default: each kind's block)")
+    ap.add_argument("--second", default="",
+                    help="kind=hook point: also block that kind's concepts at this second block, swept with "
+                         "the first block's mapping in force (comma-separated)")
     ap.add_argument("--model", default=None, help="pipeline folder (default: the committed toy world)")
     ap.add_argument("--methods", default="saeuron,specific")
     ap.add_argument("--concepts", default="", help="comma-separated (default: every concept of the kinds given)")
@@ -79,7 +85,7 @@ def main() -> None:
     from governance.sae.model import TopKSAE
     from governance.scoring.selection import ScoringError, assigned_latents, choose
     from governance.scoring.statistics import ConceptPrompts, collect_concept_stats
-    from governance.scoring.sweep import SweepRequest, blocklist_for, make_selector, rule_kwargs
+    from governance.scoring.sweep import InForceBlocking, SweepRequest, blocklist_for, make_selector, rule_kwargs
     from governance.toyworld.grammar import ATTRIBUTES, all_prompts, attribute_of, registry_kind
     from governance.toyworld.loading import load_pipeline
     from governance.toyworld.quality import DEFAULT_GUIDANCE, DEFAULT_STEPS
@@ -92,19 +98,36 @@ def main() -> None:
 
     pipe = load_pipeline(args.model)
 
-    def load_saes(folders: list[str]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
+    def load_saes(folders: list[str]) -> list[Any]:
+        out = []
         for folder in folders:
             sae = TopKSAE.load(folder).eval()
             if not sae.cfg.hookpoint:
                 raise SystemExit(f"{folder}: cfg.json names no hookpoint")
-            out[sae.cfg.hookpoint] = sae
+            out.append(sae)
         return out
 
-    saes = load_saes(args.sae)
-    # The paper's and the specific method read the --sae SAEs, "assigned" the supervised ones.
-    by_method = {"saeuron": saes, "specific": saes, "assigned": {**saes, **load_saes(args.sae_assigned)}}
+    saes = {s.cfg.hookpoint: s for s in load_saes(args.sae)}
+    supervised = load_saes(args.sae_assigned)
+
+    def sae_for(method: str, concept: str, hook: str) -> Any:
+        """The paper's and the specific method read the --sae SAEs; "assigned" the supervised one
+        at `hook` whose supervision names the concept (else the --sae one, which it skips)."""
+        if method == "assigned":
+            for s in supervised:
+                if s.cfg.hookpoint == hook:
+                    try:
+                        assigned_latents(s, concept)
+                        return s
+                    except ScoringError:
+                        pass
+        return saes[hook]
+
     at = dict(item.split("=", 1) for item in args.at.split(",") if item)
+    second = dict(item.split("=", 1) for item in args.second.split(",") if item)
+    for kind, hook in second.items():
+        if hook not in saes or hook == at.get(kind):
+            raise SystemExit(f"--second {kind}={hook}: give an --sae at that hook point, other than the kind's block")
     kinds = [k for k in ATTRIBUTES if at.get(k) in saes]
     if not kinds:
         raise SystemExit(f"no SAE at any kind's hook point {at}")
@@ -113,58 +136,85 @@ def main() -> None:
     seeds = tuple(int(x) for x in args.sweep_seeds.split(",") if x)
     jobs = eval_jobs()
 
-    def evaluate(entries: list[Any], targets: list[str], method: str) -> dict[str, Any]:
-        hooks = sorted({e.hook_point for e in entries})
-        spec = BlocklistSpec(name="bench", saes=[SaeRef(hook_point=h) for h in hooks], entries=entries)
-        apply_blocklist(pipe, EnforcedBlocklist(spec=spec, saes={h: by_method[method][h] for h in hooks}))
+    def evaluate(held: list[tuple[Any, Any]], targets: list[str]) -> dict[str, Any] | None:
+        """`held`: (blocklist entry, its SAE) pairs; None when two of them need different SAEs
+        at one hook point (a blocklist holds one SAE per hook point)."""
+        by_hook: dict[str, Any] = {}
+        for e, s in held:
+            if by_hook.setdefault(e.hook_point, s) is not s:
+                return None
+        spec = BlocklistSpec(name="bench", saes=[SaeRef(hook_point=h) for h in sorted(by_hook)],
+                             entries=[e for e, _ in held])
+        apply_blocklist(pipe, EnforcedBlocklist(spec=spec, saes=by_hook))
         try:
             images = generate_jobs(pipe, jobs, steps, guidance)
         finally:
             remove_blocklist(pipe)
         return unlearning_metrics(judge(images, jobs), targets)
 
-    stats: dict[str, Any] = {}
+    stats: dict[tuple[str, str, int], Any] = {}
+
+    def stats_of(kind: str, hook: str, sae: Any) -> Any:
+        if (kind, hook, id(sae)) not in stats:
+            cps = [ConceptPrompts(n, tuple(p.text for p in all_prompts() if getattr(p, kind) == n))
+                   for n in ATTRIBUTES[kind]]
+            stats[(kind, hook, id(sae))] = collect_concept_stats(pipe, sae, hook, cps, steps=steps, guidance=guidance,
+                                                                 seed=0, batch_size=32, peaks=True)
+            log(f"statistics of the {kind}s at {hook}" + (" (supervised SAE)" if sae is not saes[hook] else ""))
+        return stats[(kind, hook, id(sae))]
+
+    def sweep_at(c: str, kind: str, method: str, hook: str, in_force: list[tuple[Any, Any]]) -> tuple[Any, Any, dict]:
+        """The concept's point at `hook` chosen by the sweep, with `in_force` (entry, SAE) pairs
+        applied at every point: (entry, SAE, the chosen sweep point)."""
+        sae = sae_for(method, c, hook)
+        st = stats_of(kind, hook, sae).with_target(c)
+        top_ns, gammas = GRIDS[(kind, method)]
+        assigned = assigned_latents(sae, c) if method == "assigned" else []  # what the sweep reads from the same cfg
+        sweep = SweepRequest(top_ns=top_ns if method == "saeuron" else [],
+                             specific_top_ns=top_ns if method == "specific" else [],
+                             assigned=method == "assigned",
+                             multipliers=gammas, seeds=seeds, objective=args.objective)
+        held = InForceBlocking(entries=[e for e, _ in in_force], saes={e.hook_point: s for e, s in in_force})
+        chosen = make_selector(sweep, steps=steps, guidance=guidance, in_force=held)(pipe, sae, hook, st, kind)
+        best = json.loads(chosen.evidence[0]["ref"])["chosen"]
+        choices, _ = choose(st, gamma=best["gamma"], **rule_kwargs(best["rule"], best["value"], assigned=assigned))
+        spec = blocklist_for(c, registry_kind(c), hook, best["gamma"], choices, st.timesteps,
+                             type(pipe.scheduler).__name__, steps)
+        return spec.entries[-1], sae, best
+
     rows: list[dict[str, Any]] = []
-    entries: dict[tuple[str, str], Any] = {}
+    entries: dict[tuple[str, str], list[tuple[Any, Any]]] = {}  # (method label, concept) -> held pairs
+    labels: list[str] = []
     for c in concepts:
         kind = attribute_of(c)
-        hook = at[kind]
         for method in methods:
-            sae = by_method[method][hook]
-            if (kind, id(sae)) not in stats:
-                cps = [ConceptPrompts(n, tuple(p.text for p in all_prompts() if getattr(p, kind) == n))
-                       for n in ATTRIBUTES[kind]]
-                stats[(kind, id(sae))] = collect_concept_stats(pipe, sae, hook, cps, steps=steps, guidance=guidance,
-                                                               seed=0, batch_size=32, peaks=True)
-                log(f"statistics of the {kind}s at {hook}" + (" (supervised SAE)" if sae is not saes[hook] else ""))
-            st = stats[(kind, id(sae))].with_target(c)
-            top_ns, gammas = GRIDS[(kind, method)]
-            assigned: list[int] = []
-            if method == "assigned":
+            plan = [at[kind]] + ([second[kind]] if kind in second else [])
+            held: list[tuple[Any, Any]] = []
+            for n_blocks, hook in enumerate(plan, start=1):
                 try:
-                    assigned = assigned_latents(sae, c)  # what the sweep reads from the same cfg
+                    entry, sae, best = sweep_at(c, kind, method, hook, held)
                 except ScoringError as exc:
-                    log(f"{c:9s} {method:8s} skipped: {exc}")
-                    continue
-            sweep = SweepRequest(top_ns=top_ns if method == "saeuron" else [],
-                                 specific_top_ns=top_ns if method == "specific" else [],
-                                 assigned=method == "assigned",
-                                 multipliers=gammas, seeds=seeds, objective=args.objective)
-            chosen = make_selector(sweep, steps=steps, guidance=guidance)(pipe, sae, hook, st, kind)
-            table = json.loads(chosen.evidence[0]["ref"])
-            best = table["chosen"]
-            choices, _ = choose(st, gamma=best["gamma"], **rule_kwargs(best["rule"], best["value"], assigned=assigned))
-            spec = blocklist_for(c, registry_kind(c), hook, best["gamma"], choices, st.timesteps,
-                                 type(pipe.scheduler).__name__, steps)
-            entries[(method, c)] = spec.entries[0]
-            m = evaluate([spec.entries[0]], [c], method)[c]
-            row = {"concept": c, "kind": kind, "hook_point": hook, "method": method,
-                   "chosen": {k: best[k] for k in ("rule", "value", "gamma", "UA", "IRA", "CRA")},
-                   "UA": m["UA"], "IRA": m["IRA"], "CRA": m["CRA"], "CRA_by_kind": m["CRA_by_kind"]}
-            rows.append(row)
-            log(f"{c:9s} {method:8s} {best['rule']}={best['value']:g} gamma={best['gamma']:g}  UA {pct(m['UA'])} "
-                f"IRA {pct(m['IRA'])} CRA {pct(m['CRA'])} "
-                + json.dumps({k: round(100 * v, 1) for k, v in m["CRA_by_kind"].items()}))
+                    log(f"{c:9s} {method:8s} at {hook} skipped: {exc}")
+                    break
+                held = [*held, (entry, sae)]
+                label = method if n_blocks == 1 else f"{method}, 2 blocks"
+                if label not in labels:
+                    labels.append(label)
+                entries[(label, c)] = held
+                m = evaluate(held, [c])
+                if m is None:
+                    log(f"{c:9s} {label}: two SAEs at one hook point, skipped")
+                    break
+                m = m[c]
+                row = {"concept": c, "kind": kind, "hook_point": " + ".join(e.hook_point for e, _ in held),
+                       "method": label,
+                       "chosen": {k: best[k] for k in ("rule", "value", "gamma", "UA", "IRA", "CRA")},
+                       "gammas": [e.gamma for e, _ in held],
+                       "UA": m["UA"], "IRA": m["IRA"], "CRA": m["CRA"], "CRA_by_kind": m["CRA_by_kind"]}
+                rows.append(row)
+                log(f"{c:9s} {label:18s} {best['rule']}={best['value']:g} gammas={row['gammas']}  UA {pct(m['UA'])} "
+                    f"IRA {pct(m['IRA'])} CRA {pct(m['CRA'])} "
+                    + json.dumps({k: round(100 * v, 1) for k, v in m["CRA_by_kind"].items()}))
 
     oracle: dict[str, Any] = {}
     if args.oracle:
@@ -180,14 +230,17 @@ def main() -> None:
 
     multi: list[dict[str, Any]] = []
     if not args.no_multi:
-        for method in methods:
+        for method in labels:
             for kind in kinds:
                 names = ATTRIBUTES[kind]
                 if not all((method, n) in entries for n in names):
                     continue
                 for keep in names:
                     targets = [n for n in names if n != keep]
-                    m = evaluate([entries[(method, n)] for n in targets], targets, method)
+                    m = evaluate([p for n in targets for p in entries[(method, n)]], targets)
+                    if m is None:
+                        log(f"{method:8s} all {kind}s but {keep}: two SAEs at one hook point, skipped")
+                        continue
                     run = {"method": method, "run": f"all {kind}s but {keep}",
                            "UA": {n: m[n]["UA"] for n in targets}, "kept_accuracy": m[targets[0]]["IRA"],
                            "CRA": {n: m[n]["CRA"] for n in targets}}
@@ -196,7 +249,10 @@ def main() -> None:
                         + f"  kept {pct(run['kept_accuracy'])}  CRA {pct(min(run['CRA'].values()))}")
             trio = [c for c in args.trio.split(",") if c]
             if all((method, c) in entries for c in trio):
-                m = evaluate([entries[(method, c)] for c in trio], trio, method)
+                m = evaluate([p for c in trio for p in entries[(method, c)]], trio)
+                if m is None:
+                    log(f"{method:8s} trio: two SAEs at one hook point, skipped")
+                    continue
                 run = {"method": method, "run": "trio " + "+".join(trio),
                        "per_concept": {c: {k: m[c][k] for k in ("UA", "IRA", "CRA")} for c in trio}}
                 multi.append(run)
@@ -209,10 +265,10 @@ def main() -> None:
         ch = r["chosen"]
         ob = oracle.get(r["concept"], {}).get("bound")
         print(f"| {r['concept']} | `{r['hook_point']}` | {r['method']} | {ch['rule']} {ch['value']:g}, "
-              f"gamma {ch['gamma']:g} | {pct(r['UA'])} | {pct(r['IRA'])} | {pct(r['CRA'])} | "
+              f"gamma {', '.join(f'{g:g}' for g in r['gammas'])} | {pct(r['UA'])} | {pct(r['IRA'])} | {pct(r['CRA'])} | "
               + ", ".join(f"{k} {pct(v)}" for k, v in r["CRA_by_kind"].items())
               + (f" | {ob['UA']:.0f} / {ob['others_kept']:.0f} (alpha {ob['alpha']:g})" if ob else " | -") + " |")
-    args.out.write_text(json.dumps({"saes": args.sae, "saes_assigned": args.sae_assigned, "at": at, "model": args.model, "objective": args.objective,
+    args.out.write_text(json.dumps({"saes": args.sae, "saes_assigned": args.sae_assigned, "at": at, "second": second, "model": args.model, "objective": args.objective,
                                     "sweep_seeds": list(seeds), "grids": {f"{k}/{m}": v for (k, m), v in GRIDS.items()},
                                     "per_concept": rows, "multi": multi, "oracle": oracle}, indent=2, default=str))
     log(f"wrote {args.out}")

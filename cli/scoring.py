@@ -1,6 +1,7 @@
 """`saegov concept score NAME --sae ID`: select a concept's SAE features into a draft mapping."""
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -65,7 +66,7 @@ def score_cmd(name: str, sae_ref: str, tau: float | None, top_n: int | None, gam
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from governance.scoring.service import ScoreRequest, score_concept
+    from governance.scoring.service import ScoreRequest, load_in_force, score_concept
 
     req = ScoreRequest(concept=name, sae=sae_ref, tau=tau, top_n=top_n, gamma=gamma, method=method,
                        gate_quantile=gate_quantile, steps=steps,
@@ -113,12 +114,16 @@ def score_cmd(name: str, sae_ref: str, tau: float | None, top_n: int | None, gam
                    "ua_ira_cra: (UA + IRA + CRA) / 3.")
 @click.option("--sweep-seeds", default="100", show_default=True,
               help="Seeds of the sweep images (never the evaluation seeds 0, 1).")
+@click.option("--with-mapping", "with_mappings", type=int, multiple=True,
+              help="A mapping of the same concept at another hook point, held in force at every sweep point "
+                   "(repeat): the concept is blocked at several blocks, and the new mapping is published only "
+                   "beside it.")
 @statistics_options(batch_size=32)
 @actor_option
 @json_option
 def sweep_cmd(name: str, sae_ref: str, taus: str | None, top_ns: str | None, specific_top_ns: str | None,
               gate_quantile: float, assigned: bool, multipliers: str, objective: str, sweep_seeds: str,
-              steps: int, guidance: float, seed: int, model: str | None, batch_size: int, device: str | None,
+              with_mappings: tuple[int, ...], steps: int, guidance: float, seed: int, model: str | None, batch_size: int, device: str | None,
               no_mlflow: bool, actor: str | None, as_json: bool) -> None:
     """Pick concept NAME's operating point by measured effect; store it as a draft mapping.
 
@@ -128,7 +133,7 @@ def sweep_cmd(name: str, sae_ref: str, taus: str | None, top_ns: str | None, spe
     """
     from cli.progress import stage_progress
     from governance.scoring.selection import ScoringError
-    from governance.scoring.service import ScoreRequest, score_concept
+    from governance.scoring.service import ScoreRequest, load_in_force, score_concept
     from governance.formats.sweep import parse_sweep_table
     from governance.scoring.sweep import SweepRequest, make_selector
     from governance.toyworld.grammar import is_toy_concept
@@ -144,8 +149,9 @@ def sweep_cmd(name: str, sae_ref: str, taus: str | None, top_ns: str | None, spe
     if not is_toy_concept(name):
         raise ScoringError(f"sweep measures on the toy world, whose classifiers do not know {name!r}")
     store = open_store()
+    in_force = load_in_force(store, list(with_mappings), name, sae_ref, req.device)
     with stage_progress() as progress:
-        selector = make_selector(sweep, steps=steps, guidance=guidance,
+        selector = make_selector(sweep, steps=steps, guidance=guidance, in_force=in_force,
                                  progress=lambda d, t: progress(f"sweep {name}", d, t, {}))
         out = score_concept(store, req, actor, progress=lambda d, t: progress(f"statistics {name}", d, t, {}),
                             selector=selector)
@@ -153,17 +159,22 @@ def sweep_cmd(name: str, sae_ref: str, taus: str | None, top_ns: str | None, spe
     table = parse_sweep_table(out.spec.evidence_of("sweep")[0].ref)
     if as_json:
         print_json({"mapping_id": m.id, "state": m.state, "concept": m.concept, "sae": m.sae_ref,
-                    "n_features": m.n_features, "mlflow_run_id": out.mlflow_run_id, "sweep": table,
+                    "n_features": m.n_features, "mlflow_run_id": out.mlflow_run_id,
+                    "sweep": json.loads(table.evidence_text()),
                     "skipped_concepts": out.skipped_concepts})
         return
     click.echo(f"objective: {table.objective}")
+    for r in table.with_mappings or []:
+        click.echo(f"measured with mapping {r.mapping_id} in force at {r.hook_point}")
     click.echo(f"{'rule':>8s} {'value':>7s} {'gamma':>6s} {'UA':>6s} {'IRA':>6s} {'CRA':>6s} {'objective':>10s}")
     for p in table.points:
         mark = " <- chosen" if p == table.chosen else ""
         click.echo(f"{p.rule:>8s} {p.value:7g} {p.gamma:6g} {100 * p.UA:6.1f} {100 * p.IRA:6.1f} "
                    f"{100 * p.CRA:6.1f} {100 * p.objective:10.1f}{mark}")
     click.echo(f"draft mapping {m.id}: concept {m.concept!r} on SAE {m.sae_ref}, {m.n_features} entries"
-               + (f"; MLflow run {out.mlflow_run_id}" if out.mlflow_run_id else ""))
+               + (f"; MLflow run {out.mlflow_run_id}" if out.mlflow_run_id else "")
+               + (f"; publish it with mapping {', '.join(str(r.mapping_id) for r in table.with_mappings)}"
+                  if table.with_mappings else ""))
     if out.skipped_concepts:
         click.echo(f"note: concepts without prompts were left out of the contrast: {', '.join(out.skipped_concepts)}",
                    err=True)

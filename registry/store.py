@@ -651,6 +651,7 @@ class Store:
                     f"(width {sae_row.n_latents})")
             if spec.selection.rule == "assigned":
                 _check_assigned(spec, concept, sae_row)
+            _check_chosen_with(s, spec, concept, sae_row.hook_point)
             spec_json = spec.to_json_dict()
             ev = [e.model_dump(mode="json") for e in spec.evidence] + list(evidence or [])
             row = FeatureMapping(
@@ -688,6 +689,19 @@ class Store:
     def get_mapping(self, mapping_id: int | str, with_features: bool = True) -> MappingRecord:
         with self._read() as s:
             return _mapping(self._mapping_row(s, mapping_id), with_features)
+
+    def check_in_force(self, mapping_ids: Sequence[int], concept: str, hook_point: str) -> list[MappingRecord]:
+        """The mappings a sweep of `concept` at `hook_point` may hold in force (`concept sweep
+        --with-mapping`), checked as `create_mapping` will check the sweep's result, so that a
+        refusal comes before minutes of sampling: same concept, intact, not rejected or revoked,
+        each at its own hook point other than `hook_point`."""
+        with self._read() as s:
+            rows = [self._mapping_row(s, m) for m in dict.fromkeys(mapping_ids)]
+            for row in rows:
+                if row.state in ("rejected", "revoked"):
+                    raise ValidationFailed(f"mapping {row.id} is {row.state}; a sweep cannot be measured with it")
+            _check_chosen_with_rows(s, rows, concept, hook_point)
+            return [_mapping(r, True) for r in rows]
 
     def list_mappings(self, state: str | None = None, concept: str | None = None,
                       sae: SAERef | None = None) -> list[MappingRecord]:
@@ -896,6 +910,7 @@ class Store:
                 if logged != "approved":
                     raise AuditVerificationError(f"mapping {m.id} ({m.concept.name}) is approved in the table but "
                                                  f"{logged or 'unknown'} in the audit log; refusing to publish")
+            _check_published_together(name, mappings)
             by_hook: dict[str, SAEVersion] = {}
             for m in sorted(mappings, key=lambda m: m.id):
                 seen = by_hook.setdefault(m.sae.hook_point, m.sae)
@@ -1595,6 +1610,51 @@ def _generation(g: Generation, creator: str) -> GenerationRecord:
     return GenerationRecord(id=g.id, deployment_id=g.deployment_id, prompt_sha256=g.prompt_sha256,
                             seed=g.seed, trace=json.loads(g.trace), trace_sha256=g.trace_sha256,
                             created_by=creator, created_at=g.created_at)
+
+
+def _check_chosen_with(s: Session, spec: MappingSpec, concept: str, hook_point: str) -> None:
+    """A mapping measured with others in force (CHOSEN_WITH evidence) must name existing, intact
+    mappings of its own concept, by their current spec hash, at other hook points than its own."""
+    try:
+        refs = spec.chosen_with()
+    except ValueError as exc:
+        raise ValidationFailed(str(exc)) from None
+    rows = []
+    for mid, sha in refs.items():
+        row = s.get(FeatureMapping, mid)
+        if row is None:
+            raise ValidationFailed(f"the mapping is recorded as chosen with mapping {mid}, which does not exist")
+        if row.spec_sha256 != sha:
+            raise ValidationFailed(f"the mapping is recorded as chosen with mapping {mid} of sha256 {sha[:12]}, "
+                                   f"but mapping {mid} is {row.spec_sha256[:12]}")
+        rows.append(row)
+    _check_chosen_with_rows(s, rows, concept, hook_point)
+
+
+def _check_chosen_with_rows(s: Session, rows: list[FeatureMapping], concept: str, hook_point: str) -> None:
+    seen = {hook_point}
+    for row in rows:
+        if row.concept.name != concept:
+            raise ValidationFailed(f"mapping {row.id} is of {row.concept.name!r}, not {concept!r}: only mappings "
+                                   "of the same concept at other blocks can be measured together")
+        if row.sae.hook_point in seen:
+            raise ValidationFailed(f"mapping {row.id} is at {row.sae.hook_point}, where another mapping of the "
+                                   "sweep already is: one mapping per hook point")
+        seen.add(row.sae.hook_point)
+        _require_intact(s, row, "measure a mapping with it")
+
+
+def _check_published_together(name: str, mappings: list[FeatureMapping]) -> None:
+    """A mapping whose operating point was measured with other mappings in force is what its
+    evidence says only beside them: a version holding it without them (or with other versions
+    of them) would run an operating point nobody measured."""
+    present = {m.id: m.spec_sha256 for m in mappings}
+    for m in mappings:
+        for mid, sha in MappingSpec.model_validate(m.spec).chosen_with().items():
+            if present.get(mid) != sha:
+                raise ValidationFailed(
+                    f"mapping {m.id} ({m.concept.name} at {m.sae.hook_point}) was chosen with mapping {mid} in "
+                    f"force; add mapping {mid} to blocklist {name!r} too (its sweep measured them together)")
 
 
 def _check_assigned(spec: MappingSpec, concept: str, sae_row: Any) -> None:

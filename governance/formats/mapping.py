@@ -15,6 +15,10 @@ from governance.common.jsonio import canonical_json, pretty_json
 from governance.formats.validation import read_json_model
 
 MAPPING_FORMAT = "saegov.mapping/v1"
+# Evidence that the mapping's operating point was measured with another mapping of the same
+# concept in force at another hook point (`concept sweep --with-mapping`): ref `mapping:<id>`,
+# sha256 that mapping's spec_sha256. The registry publishes the mapping only beside it.
+CHOSEN_WITH = "chosen_with"
 
 
 class FeatureEntry(BaseModel):
@@ -97,6 +101,17 @@ class MappingSpec(BaseModel):
 
     def evidence_of(self, kind: str) -> list[EvidenceRef]:
         return [e for e in self.evidence if e.kind == kind]
+
+    def chosen_with(self) -> dict[int, str]:
+        """mapping id -> spec_sha256 of the mappings this one was measured with (CHOSEN_WITH);
+        a ValueError on a malformed reference, since it decides what may be published alone."""
+        out: dict[int, str] = {}
+        for e in self.evidence_of(CHOSEN_WITH):
+            head, _, tail = e.ref.partition(":")
+            if head != "mapping" or not tail.isdigit() or e.sha256 is None:
+                raise ValueError(f"{CHOSEN_WITH} evidence {e.ref!r} is not 'mapping:<id>' with the mapping's sha256")
+            out[int(tail)] = e.sha256
+        return out
 
 
 def read_mapping(path: Path) -> MappingSpec:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from governance.common.jsonio import pretty_json
 from governance.formats.validation import parse_json_model
@@ -33,6 +33,17 @@ class SweepPoint(BaseModel):
     n_features: int
 
 
+class InForce(BaseModel):
+    """A mapping of the same concept at another hook point, applied at every point of a sweep:
+    the point was measured, and so chosen, with it in force (blocking at several blocks)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mapping_id: int
+    hook_point: str
+    spec_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
 class SweepTableHeader(BaseModel):
     """What evaluation needs of any sweep table, including hand-written evidence: which seeds,
     on which wording."""
@@ -55,13 +66,15 @@ class SweepTable(SweepTableHeader):
     images_per_point: int
     chosen: SweepPoint
     points: list[SweepPoint]
+    # Left out of the JSON when None, so that a one-block table reads as it always did.
+    with_mappings: list[InForce] | None = None
 
     def evidence_text(self) -> str:
         """The table as the `ref` of a mapping's `sweep` evidence (compact, sorted keys)."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return json.dumps(self.model_dump(mode="json", exclude_none=True), sort_keys=True)
 
     def file_text(self) -> str:
-        return pretty_json(self.model_dump(mode="json"))
+        return pretty_json(self.model_dump(mode="json", exclude_none=True))
 
 
 def parse_sweep_table(text: str, what: str = "sweep table") -> SweepTable:

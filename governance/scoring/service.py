@@ -95,6 +95,36 @@ def default_model_for(store: Any, sae_rec: Any) -> str | None:
     return embedded_model()
 
 
+def load_in_force(store: Any, mapping_ids: list[int], concept: str, sae_ref: str, device: str = "cpu") -> Any:
+    """The mappings a sweep holds in force (`concept sweep --with-mapping`), checked by the
+    registry and with their SAEs loaded (weights hash-checked): a
+    governance.scoring.sweep.InForceBlocking, or a refusal before any sampling."""
+    from governance.formats.blocklist import BlockedConcept
+    from governance.formats.sweep import InForce
+    from governance.sae.model import TopKSAE
+    from governance.scoring.sweep import InForceBlocking
+    from governance.tracking.artifacts import sae_folder
+
+    held = InForceBlocking()
+    if not mapping_ids:
+        return held
+    sae_rec = store.get_sae(sae_ref)
+    base = sae_base_model_hash(sae_rec)
+    for rec in store.check_in_force(mapping_ids, concept, sae_rec.hook_point):
+        other = store.get_sae(rec.sae_id)
+        theirs = sae_base_model_hash(other)
+        if base and theirs and base != theirs:
+            raise ScoringError(f"mapping {rec.id} is on SAE {other.ref}, trained on another base model "
+                               f"({theirs[:12]}) than SAE {sae_rec.ref} ({base[:12]})")
+        held.saes[other.hook_point] = TopKSAE.load(sae_folder(other), expected_sha256=other.weights_sha256,
+                                                   device=device)
+        held.entries.append(BlockedConcept(concept=rec.concept, kind=rec.concept_kind, mapping_id=rec.id,
+                                           hook_point=other.hook_point, gamma=rec.gamma, scheduler=rec.scheduler,
+                                           num_steps=rec.num_steps, timesteps=rec.timesteps or {}))
+        held.refs.append(InForce(mapping_id=rec.id, hook_point=other.hook_point, spec_sha256=rec.spec_sha256))
+    return held
+
+
 def plan(store: Any, req: ScoreRequest) -> tuple[Any, list[ConceptPrompts], list[str]]:
     """(target record, [target, peers...] prompts, skipped peer names) or a one-line refusal."""
     target = store.get_concept(req.concept)

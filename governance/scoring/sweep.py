@@ -5,6 +5,11 @@ SAEURON.md section 3: objects were tuned per concept by a grid over tau x gamma 
 a one-concept blocklist, sweep images are generated and judged by the toy world's exact
 classifiers, and the best point becomes the draft mapping; the whole table is its evidence.
 
+A sweep may run with other mappings of the same concept in force at other hook points
+(`--with-mapping`): every point is then measured with them, so the chosen point is one of a
+blocking at several blocks; the table and the mapping's evidence name them, and the registry
+publishes the new mapping only beside them.
+
 Sweep images never overlap the evaluation images (`governance.evaluation.eval_jobs`: styled
 prompts, seeds 0 and 1): colours and shapes are swept on the style-free wording ("a red circle"),
 which evaluation never uses; styles, which only the styled wording can ask for, on other seeds.
@@ -12,13 +17,15 @@ which evaluation never uses; styles, which only the styled wording can ask for, 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from governance.evaluation.metrics import EVAL_SEEDS, generate_jobs, judge, unlearning_metrics
 from governance.formats.blocklist import BlockedConcept, BlocklistSpec, SaeRef
-from governance.formats.sweep import OBJECTIVES, SWEEP_NAME, SweepPoint, SweepTable
+from governance.formats.mapping import CHOSEN_WITH
+from governance.formats.sweep import OBJECTIVES, SWEEP_NAME, InForce, SweepPoint, SweepTable
 from governance.scoring.maths import FeatureChoice
 from governance.scoring.selection import (
     ChildRun, ScoringError, Selected, assigned_latents, choose, entries_by_timestep,
@@ -69,6 +76,20 @@ class SweepRequest(BaseModel):
         return bool(self.specific_top_ns)
 
 
+@dataclass
+class InForceBlocking:
+    """Mappings of the swept concept at other hook points, applied at every sweep point: their
+    blocklist entries (each naming its hook point), the SAE at each of those hook points, and
+    what the table and the new mapping's evidence record of them."""
+
+    entries: list[BlockedConcept] = field(default_factory=list)
+    saes: dict[str, Any] = field(default_factory=dict)  # hook point -> TopKSAE
+    refs: list[InForce] = field(default_factory=list)
+
+    def evidence(self) -> list[dict[str, Any]]:
+        return [{"kind": CHOSEN_WITH, "ref": f"mapping:{r.mapping_id}", "sha256": r.spec_sha256} for r in self.refs]
+
+
 def objective_value(objective: str, ua: float, ira: float, cra: float) -> float:
     if objective == "ua_ira":
         return (ua + ira) / 2
@@ -103,11 +124,15 @@ def best_point(points: list[SweepPoint]) -> SweepPoint:
 
 
 def blocklist_for(concept: str, kind: str, hook: str, gamma: float, choices: list[FeatureChoice],
-                  timesteps: list[int], scheduler: str, steps: int) -> BlocklistSpec:
-    """A one-concept, unapproved blocklist spec: what a sweep point applies to the base pipeline."""
-    entry = BlockedConcept(concept=concept, kind=kind, gamma=gamma, scheduler=scheduler, num_steps=steps,
-                           timesteps=entries_by_timestep(choices, timesteps))
-    return BlocklistSpec(name="sweep", sae=SaeRef(hook_point=hook), entries=[entry])
+                  timesteps: list[int], scheduler: str, steps: int,
+                  in_force: list[BlockedConcept] | None = None) -> BlocklistSpec:
+    """An unapproved blocklist spec: what a sweep point applies to the base pipeline, its one
+    entry at `hook` beside the `in_force` entries at other hook points."""
+    entry = BlockedConcept(concept=concept, kind=kind, hook_point=hook, gamma=gamma, scheduler=scheduler,
+                           num_steps=steps, timesteps=entries_by_timestep(choices, timesteps))
+    others = list(in_force or [])
+    hooks = sorted({hook, *(e.hook_point for e in others if e.hook_point)})
+    return BlocklistSpec(name="sweep", saes=[SaeRef(hook_point=h) for h in hooks], entries=[*others, entry])
 
 
 def point_run(p: SweepPoint, sweep: SweepRequest, chosen: bool = False) -> ChildRun:
@@ -123,8 +148,10 @@ def point_run(p: SweepPoint, sweep: SweepRequest, chosen: bool = False) -> Child
         tags={"saegov.sweep.chosen": "true" if chosen else "false"})
 
 
-def make_selector(sweep: SweepRequest, *, steps: int, guidance: float,
-                  progress: Progress | None = None) -> Callable[[Any, Any, str, ConceptStats, str], Selected]:
+def make_selector(sweep: SweepRequest, *, steps: int, guidance: float, progress: Progress | None = None,
+                  in_force: InForceBlocking | None = None) -> Callable[[Any, Any, str, ConceptStats, str], Selected]:
+    held = in_force or InForceBlocking()
+
     def select(pipe: Any, sae: Any, hook: str, stats: ConceptStats, kind: str) -> Selected:
         from governance.enforcement.intervention import EnforcedBlocklist, apply_blocklist, remove_blocklist
 
@@ -133,6 +160,11 @@ def make_selector(sweep: SweepRequest, *, steps: int, guidance: float,
             attribute_of(concept)
         except KeyError:
             raise ScoringError(f"sweep measures on the toy world, whose classifiers do not know {concept!r}") from None
+        if hook in held.saes:
+            raise ScoringError(f"a mapping in force is at {hook}, the hook point being swept; "
+                               "a blocklist holds one SAE per hook point")
+        if any(e.concept != concept for e in held.entries):
+            raise ScoringError(f"the mappings in force must be of {concept!r}, the concept being swept")
         assigned = assigned_latents(sae, concept) if sweep.assigned else []
         jobs = sweep_jobs(concept, sweep.seeds)
         grid = [(r, v, g) for r, v in sweep.rules(len(assigned)) for g in sweep.multipliers]
@@ -146,8 +178,8 @@ def make_selector(sweep: SweepRequest, *, steps: int, guidance: float,
             except ScoringError as exc:
                 raise ScoringError(f"sweep point {rule}={value}: {exc}") from None
             spec = blocklist_for(concept, registry_kind(concept), hook, gamma, choices, stats.timesteps, scheduler,
-                                 steps)
-            apply_blocklist(pipe, EnforcedBlocklist(spec=spec, saes=sae))
+                                 steps, in_force=held.entries)
+            apply_blocklist(pipe, EnforcedBlocklist(spec=spec, saes={**held.saes, hook: sae}))
             try:
                 base = done
                 images = generate_jobs(pipe, jobs, steps, guidance, batch=sweep.batch_size,
@@ -165,13 +197,13 @@ def make_selector(sweep: SweepRequest, *, steps: int, guidance: float,
         children = [point_run(p, sweep, chosen=p == best) for p in points]
         table = SweepTable(objective=OBJECTIVES[sweep.objective], seeds=list(sweep.seeds), images_per_point=len(jobs),
                            prompts="styled wording, sweep seeds" if styled else "style-free wording",
-                           chosen=best, points=points)
+                           chosen=best, points=points, with_mappings=list(held.refs) or None)
         return Selected(
             tau=best.value if best.rule == "tau" else None,
             top_n=int(best.value) if best.rule != "tau" else None,
             gamma=best.gamma,
             method=best.rule if best.rule in ("specific", "assigned") else "saeuron",
-            evidence=[{"kind": "sweep", "ref": table.evidence_text()}],
+            evidence=[{"kind": "sweep", "ref": table.evidence_text()}, *held.evidence()],
             artifacts={SWEEP_NAME: table.file_text().encode()},
             # Percent, as every UA / IRA / CRA saegov shows (the sweep table keeps fractions).
             metrics={"sweep.UA": 100 * best.UA, "sweep.IRA": 100 * best.IRA, "sweep.CRA": 100 * best.CRA,
@@ -180,7 +212,8 @@ def make_selector(sweep: SweepRequest, *, steps: int, guidance: float,
             params={"sweep": {"taus": sweep.taus, "top_ns": sweep.top_ns, "specific_top_ns": sweep.specific_top_ns,
                               "gate_quantile": sweep.gate_quantile, "assigned": sweep.assigned,
                               "multipliers": sweep.multipliers,
-                              "seeds": list(sweep.seeds), "objective": sweep.objective}},
+                              "seeds": list(sweep.seeds), "objective": sweep.objective,
+                              **({"with_mappings": [r.model_dump() for r in held.refs]} if held.refs else {})}},
         )
 
     select.needs_peaks = sweep.needs_peaks()  # type: ignore[attr-defined]

@@ -146,6 +146,59 @@ def test_mapping_validation(store: Store, tmp_path: Path) -> None:
     assert m.n_features == 4 and m.evidence[0]["ref"] == "run-123"
 
 
+def test_a_mapping_measured_with_another_is_published_only_beside_it(store: Store, tmp_path: Path) -> None:
+    """`concept sweep --with-mapping`: the new mapping's evidence names the mapping it was measured
+    with (id and spec hash). The registry refuses a reference it cannot honour, and a version
+    holding the mapping without the one it was measured with."""
+    from governance.formats.mapping import CHOSEN_WITH, EvidenceRef
+
+    upstream, downstream = "up_blocks.1.attentions.1", "up_blocks.1.attentions.2"
+    a = approved_mapping(store, tmp_path, "red", "sae-a", upstream)
+    sha_a = store.get_mapping(a).spec_sha256
+    sae_b = store.import_sae_folder(make_sae_folder(tmp_path, "sae-b"), "erin", hook_point=downstream)
+    base = MappingSpec.model_validate(mapping_spec("red"))
+
+    def chosen_with(ref: str, sha: str | None = sha_a, concept: str = "red") -> MappingSpec:
+        spec = MappingSpec.model_validate(mapping_spec(concept))
+        return spec.model_copy(update={"evidence": [EvidenceRef(kind=CHOSEN_WITH, ref=ref, sha256=sha)]})
+
+    store.add_concept("green", "colour", "erin", prompts=["a green square"])
+    for spec, needle in [(chosen_with("mapping:999"), "mapping 999, which does not exist"),
+                         (chosen_with(f"mapping:{a}", "cd" * 32), f"but mapping {a} is {sha_a[:12]}"),
+                         (chosen_with(f"run:{a}"), "is not 'mapping:<id>'"),
+                         (chosen_with(f"mapping:{a}", None), "is not 'mapping:<id>'"),
+                         (chosen_with(f"mapping:{a}", concept="green"), f"mapping {a} is of 'red', not 'green'")]:
+        with pytest.raises(ValidationFailed, match=needle):
+            store.create_mapping(sae_b.id, spec.concept, spec, "erin")
+    with pytest.raises(ValidationFailed, match="where another mapping of the sweep already is"):
+        store.create_mapping("sae-a", "red", chosen_with(f"mapping:{a}"), "erin")  # both at `upstream`
+    # The sweep's own check, before any sampling, says the same.
+    with pytest.raises(ValidationFailed, match="where another mapping"):
+        store.check_in_force([a], "red", upstream)
+    with pytest.raises(ValidationFailed, match="is of 'red', not 'green'"):
+        store.check_in_force([a], "green", downstream)
+    assert [m.id for m in store.check_in_force([a, a], "red", downstream)] == [a]
+
+    b = store.create_mapping(sae_b.id, "red", chosen_with(f"mapping:{a}"), "erin").id
+    assert store.get_mapping(b).evidence == [{"kind": CHOSEN_WITH, "ref": f"mapping:{a}", "sha256": sha_a}]
+    store.propose(b, "erin", "swept with mapping a in force")
+    store.approve(b, "rob", "ok")
+    store.create_blocklist("red-two-blocks", [b], "erin")
+    with pytest.raises(ValidationFailed, match=rf"mapping {b} \(red at {downstream}\) was chosen with mapping {a} "
+                                               rf"in force; add mapping {a}"):
+        store.publish_blocklist("red-two-blocks", "erin")
+    store.edit_blocklist("red-two-blocks", "erin", add=[a])
+    v1 = store.publish_blocklist("red-two-blocks", "erin")
+    assert sorted((e.mapping_id, e.hook_point) for e in v1.entries) == [(a, upstream), (b, downstream)]
+    assert [s.hook_point for s in v1.saes] == [upstream, downstream]
+    # Dropping the upstream mapping later is refused outright, not merely reviewed as a loosening.
+    store.edit_blocklist("red-two-blocks", "erin", remove=[a])
+    with pytest.raises(ValidationFailed, match=f"chosen with mapping {a} in force"):
+        store.publish_blocklist("red-two-blocks", "erin")
+    # A mapping measured alone publishes alone, as before.
+    assert base.chosen_with() == {}
+
+
 def test_blocklist_publish_rules_and_revocation(store: Store, tmp_path: Path) -> None:
     m1 = approved_mapping(store, tmp_path, "red")
     m2 = setup_mapping(store, tmp_path, "green")
