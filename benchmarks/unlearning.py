@@ -71,6 +71,8 @@ def main() -> None:
     ap.add_argument("--concepts", default="", help="comma-separated (default: every concept of the kinds given)")
     ap.add_argument("--objective", default="min_ua_ira_cra", choices=["min_ua_ira_cra", "ua_ira", "ua_ira_cra"])
     ap.add_argument("--sweep-seeds", default="100", help="seeds of the sweep images (never 0 or 1)")
+    ap.add_argument("--styled-sweep", action="store_true",
+                    help="sweep colours and shapes on the styled wording too (as `concept sweep --styled-sweep`)")
     ap.add_argument("--trio", default="red,triangle,dotted", help="the colour, shape and style blocked together")
     ap.add_argument("--no-multi", action="store_true", help="skip the several-concepts runs")
     ap.add_argument("--oracle", action="store_true", help="add the per-token oracle bound per concept")
@@ -173,7 +175,7 @@ def main() -> None:
         sweep = SweepRequest(top_ns=top_ns if method == "saeuron" else [],
                              specific_top_ns=top_ns if method == "specific" else [],
                              assigned=method == "assigned",
-                             multipliers=gammas, seeds=seeds, objective=args.objective)
+                             multipliers=gammas, seeds=seeds, objective=args.objective, styled=args.styled_sweep)
         held = InForceBlocking(entries=[e for e, _ in in_force], saes={e.hook_point: s for e, s in in_force})
         chosen = make_selector(sweep, steps=steps, guidance=guidance, in_force=held)(pipe, sae, hook, st, kind)
         best = json.loads(chosen.evidence[0]["ref"])["chosen"]
@@ -268,7 +270,7 @@ def main() -> None:
               f"gamma {', '.join(f'{g:g}' for g in r['gammas'])} | {pct(r['UA'])} | {pct(r['IRA'])} | {pct(r['CRA'])} | "
               + ", ".join(f"{k} {pct(v)}" for k, v in r["CRA_by_kind"].items())
               + (f" | {ob['UA']:.0f} / {ob['others_kept']:.0f} (alpha {ob['alpha']:g})" if ob else " | -") + " |")
-    args.out.write_text(json.dumps({"saes": args.sae, "saes_assigned": args.sae_assigned, "at": at, "second": second, "model": args.model, "objective": args.objective,
+    args.out.write_text(json.dumps({"saes": args.sae, "saes_assigned": args.sae_assigned, "at": at, "second": second, "model": args.model, "objective": args.objective, "styled_sweep": args.styled_sweep,
                                     "sweep_seeds": list(seeds), "grids": {f"{k}/{m}": v for (k, m), v in GRIDS.items()},
                                     "per_concept": rows, "multi": multi, "oracle": oracle}, indent=2, default=str))
     log(f"wrote {args.out}")

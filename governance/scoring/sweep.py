@@ -13,6 +13,8 @@ publishes the new mapping only beside them.
 Sweep images never overlap the evaluation images (`governance.evaluation.eval_jobs`: styled
 prompts, seeds 0 and 1): colours and shapes are swept on the style-free wording ("a red circle"),
 which evaluation never uses; styles, which only the styled wording can ask for, on other seeds.
+`styled=True` sweeps colours and shapes on the styled wording too (other seeds than evaluation's),
+the prompts a deployment will mostly see: three times the images per point.
 """
 from __future__ import annotations
 
@@ -53,6 +55,8 @@ class SweepRequest(BaseModel):
     # the concept by wrecking the object, or keeps the image by removing nothing, cannot win;
     # "ua_ira" is the paper's (UA + IRA) / 2, "ua_ira_cra" the mean of the three.
     objective: Literal["ua_ira", "ua_ira_cra", "min_ua_ira_cra"] = "min_ua_ira_cra"
+    # Colours and shapes on the styled wording too (styles always are).
+    styled: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> SweepRequest:
@@ -110,9 +114,9 @@ def rule_kwargs(rule: str, value: float, gate_quantile: float = 1.0,
     return {"method": "specific", "top_n": int(value), "gate_quantile": gate_quantile}
 
 
-def sweep_jobs(concept: str, seeds: tuple[int, ...]) -> list[tuple[ToyPrompt, int]]:
-    styles = attribute_of(concept) == "style"
-    prompts = [p for p in all_prompts() if (p.style is None) == (not styles)]
+def sweep_jobs(concept: str, seeds: tuple[int, ...], styled: bool = False) -> list[tuple[ToyPrompt, int]]:
+    styled = styled or attribute_of(concept) == "style"
+    prompts = [p for p in all_prompts() if (p.style is None) == (not styled)]
     return [(p, s) for p in prompts for s in seeds]
 
 
@@ -166,7 +170,7 @@ def make_selector(sweep: SweepRequest, *, steps: int, guidance: float, progress:
         if any(e.concept != concept for e in held.entries):
             raise ScoringError(f"the mappings in force must be of {concept!r}, the concept being swept")
         assigned = assigned_latents(sae, concept) if sweep.assigned else []
-        jobs = sweep_jobs(concept, sweep.seeds)
+        jobs = sweep_jobs(concept, sweep.seeds, sweep.styled)
         grid = [(r, v, g) for r, v in sweep.rules(len(assigned)) for g in sweep.multipliers]
         total, done = len(grid) * len(jobs), 0
         scheduler = type(pipe.scheduler).__name__
@@ -193,7 +197,7 @@ def make_selector(sweep: SweepRequest, *, steps: int, guidance: float, progress:
             points.append(SweepPoint(rule=rule, value=value, gamma=gamma, UA=ua, IRA=ira, CRA=cra, objective=score,
                                      n_entries=len(choices), n_features=len({c.feature for c in choices})))
         best = best_point(points)
-        styled = attribute_of(concept) == "style"
+        styled = sweep.styled or attribute_of(concept) == "style"
         children = [point_run(p, sweep, chosen=p == best) for p in points]
         table = SweepTable(objective=OBJECTIVES[sweep.objective], seeds=list(sweep.seeds), images_per_point=len(jobs),
                            prompts="styled wording, sweep seeds" if styled else "style-free wording",
@@ -212,7 +216,7 @@ def make_selector(sweep: SweepRequest, *, steps: int, guidance: float, progress:
             params={"sweep": {"taus": sweep.taus, "top_ns": sweep.top_ns, "specific_top_ns": sweep.specific_top_ns,
                               "gate_quantile": sweep.gate_quantile, "assigned": sweep.assigned,
                               "multipliers": sweep.multipliers,
-                              "seeds": list(sweep.seeds), "objective": sweep.objective,
+                              "seeds": list(sweep.seeds), "objective": sweep.objective, "styled": sweep.styled,
                               **({"with_mappings": [r.model_dump() for r in held.refs]} if held.refs else {})}},
         )
 

@@ -200,6 +200,10 @@ def test_concept_sweep_picks_the_best_measured_point(workspace: tuple[Store, Pat
     evaluated = {(p.text, s) for p, s in eval_jobs()}
     for concept in ("red", "circle", "dotted"):
         assert not {(p.text, s) for p, s in sweep_jobs(concept, (100,))} & evaluated
+        # --styled-sweep: the evaluation's wording, on the sweep's seeds
+        styled = sweep_jobs(concept, (100,), styled=True)
+        assert len(styled) == 48 and all(p.style for p, _ in styled) and not {(p.text, s) for p, s in styled} & evaluated
+    assert len(sweep_jobs("red", (100,))) == 16
     bad = CliRunner().invoke(saegov_cli(), ["concept", "sweep", "red", "--sae", "toy-sae", "--top-ns", "1",
                                             "--sweep-seeds", "0", "--actor", "erin"])
     assert bad.exit_code != 0 and bad.output.startswith("error:") and "evaluation seeds" in bad.output
