@@ -75,6 +75,24 @@ def test_classifier_rejects_blank_image() -> None:
     assert classify(white).style is None
 
 
+def test_debris_has_no_shape() -> None:
+    """What an edit leaves of a wrecked object is no shape: a shape cut in two, or a blob no
+    template fits. The intact render of the same shape is recognised."""
+    rng = np.random.default_rng(11)
+    img = render("red", "circle", "plain", rng)
+    assert classify_shape(img) == "circle"
+    cut = img.copy()
+    obj = (cut.max(axis=2).astype(int) - cut.min(axis=2)) > 60
+    cols = np.nonzero(obj.any(axis=0))[0]
+    mid = (cols.min() + cols.max()) // 2
+    cut[:, mid - 2:mid + 2] = 205  # the circle in two halves: neither holds 90 % of the object
+    assert classify_shape(cut) is None
+    blob = np.full((32, 32, 3), 205, dtype=np.uint8)
+    blob[8:10, 6:26] = (220, 40, 40)  # a thin red bar fits every template at IoU < 0.65
+    blob[10:24, 14:16] = (220, 40, 40)
+    assert classify_shape(blob) is None
+
+
 def test_neutral_values_are_not_mistaken_for_concepts() -> None:
     """An uncoloured diamond on the blank background has no colour, no shape and no style."""
     rng = np.random.default_rng(3)
