@@ -85,10 +85,14 @@ def _fresh_workspace(path: Path) -> None:
 @click.option("--multipliers", default=DEMO_MULTIPLIERS, show_default=True, help="Colour sweep: gammas.")
 @click.option("--style-top-ns", default=STYLE_TOP_NS, show_default=True, help="Style sweep: features per timestep.")
 @click.option("--style-multipliers", default=STYLE_MULTIPLIERS, show_default=True, help="Style sweep: gammas.")
+@click.option("--two-block-colour/--one-block-colour", default=True, show_default=True,
+              help="Also block the colour at the style's block, swept with its first mapping in force "
+                   "(concept sweep --with-mapping).")
 def demo(workspace: Path, colour: str, style: str, colour_hookpoint: str, style_hookpoint: str, top_ns: str,
-         multipliers: str, style_top_ns: str, style_multipliers: str) -> None:
-    """Collect and train an SAE at each concept's block, sweep both, review, publish one blocklist
-    holding both SAEs, deploy, generate, evaluate, promote to production, verify."""
+         multipliers: str, style_top_ns: str, style_multipliers: str, two_block_colour: bool) -> None:
+    """Collect and train an SAE at each concept's block, sweep both (the colour also at the style's
+    block, measured with its first mapping in force), review, publish one blocklist holding both
+    SAEs, deploy, generate, evaluate, promote to production, verify."""
     from governance.formats.prompts import write_prompts
     from governance.toyworld.loading import ToyWorldMissing
     from governance.toyworld.quality import DEFAULT_GUIDANCE, DEFAULT_STEPS
@@ -152,14 +156,20 @@ def demo(workspace: Path, colour: str, style: str, colour_hookpoint: str, style_
 
     click.secho("3. Operating-point sweep at each concept's block, review, blocklist", bold=True, err=True)
     grids = {colour: (top_ns, multipliers), style: (style_top_ns, style_multipliers)}
-    for concept in (colour, style):
-        _run(["concept", "sweep", concept, "--sae", saes[concept][0], "--top-ns", grids[concept][0],
-              "--multipliers", grids[concept][1], "--steps", steps, "--guidance", guidance, "--model", model,
-              "--batch-size", "32", "--actor", "erin"])
-    for mapping in ("1", "2"):
+    sweeps = [(colour, saes[colour][0], grids[colour], []), (style, saes[style][0], grids[style], [])]
+    if two_block_colour and colour_hookpoint != style_hookpoint:
+        # The colour again at the style's block (its SAE), measured with mapping 1 in force: the
+        # best measured option for red that keeps one SAE per block (docs/evaluation.md, stop 25).
+        sweeps.append((colour, saes[style][0], grids[colour], ["--with-mapping", "1"]))
+    for concept, sae_name, (grid_top_ns, grid_multipliers), extra in sweeps:
+        _run(["concept", "sweep", concept, "--sae", sae_name, "--top-ns", grid_top_ns,
+              "--multipliers", grid_multipliers, "--steps", steps, "--guidance", guidance, "--model", model,
+              "--batch-size", "32", *extra, "--actor", "erin"])
+    mappings = [str(i) for i in range(1, len(sweeps) + 1)]
+    for mapping in mappings:
         _run(["review", "propose", mapping, "--justification", "demo: block on policy request", "--actor", "erin"])
         _run(["review", "approve", mapping, "--justification", "sweep table and heatmap checked", "--actor", "rob"])
-    _run(["blocklist", "create", "demo", "--mapping", "1", "--mapping", "2", "--actor", "erin"])
+    _run(["blocklist", "create", "demo", *(x for m in mappings for x in ("--mapping", m)), "--actor", "erin"])
     _run(["blocklist", "publish", "demo", "--actor", "erin"])
 
     click.secho("4. Deployment, generation with traces", bold=True, err=True)
