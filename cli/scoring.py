@@ -152,7 +152,7 @@ def sweep_cmd(name: str, sae_ref: str, taus: str | None, top_ns: str | None, spe
     if not is_toy_concept(name):
         raise ScoringError(f"sweep measures on the toy world, whose classifiers do not know {name!r}")
     store = open_store()
-    in_force = load_in_force(store, list(with_mappings), name, sae_ref, req.device)
+    in_force = load_in_force(store, list(with_mappings), name, sae_ref, steps, req.device)
     with stage_progress() as progress:
         selector = make_selector(sweep, steps=steps, guidance=guidance, in_force=in_force,
                                  progress=lambda d, t: progress(f"sweep {name}", d, t, {}))

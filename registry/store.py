@@ -29,7 +29,7 @@ from governance.common.hashing import sha256_text
 from governance.common.jsonio import canonical_json
 from governance.common.timeutil import utcnow
 from governance.formats.checkpoint import Checkpoint
-from governance.formats.mapping import FeatureEntry, MappingSpec
+from governance.formats.mapping import CHOSEN_WITH, FeatureEntry, MappingSpec
 from governance.formats.validation import MAX_DESCRIPTION, check_name, read_json_model
 from registry import audit, signatures, workflow
 from registry.artifacts import inspect_sae_folder
@@ -652,6 +652,8 @@ class Store:
             if spec.selection.rule == "assigned":
                 _check_assigned(spec, concept, sae_row)
             _check_chosen_with(s, spec, concept, sae_row.hook_point)
+            if any(e.get("kind") == CHOSEN_WITH for e in evidence or []):
+                raise ValidationFailed(f"{CHOSEN_WITH} evidence belongs in the mapping spec, where its hash covers it")
             spec_json = spec.to_json_dict()
             ev = [e.model_dump(mode="json") for e in spec.evidence] + list(evidence or [])
             row = FeatureMapping(
@@ -697,9 +699,6 @@ class Store:
         each at its own hook point other than `hook_point`."""
         with self._read() as s:
             rows = [self._mapping_row(s, m) for m in dict.fromkeys(mapping_ids)]
-            for row in rows:
-                if row.state in ("rejected", "revoked"):
-                    raise ValidationFailed(f"mapping {row.id} is {row.state}; a sweep cannot be measured with it")
             _check_chosen_with_rows(s, rows, concept, hook_point)
             return [_mapping(r, True) for r in rows]
 
@@ -910,7 +909,7 @@ class Store:
                 if logged != "approved":
                     raise AuditVerificationError(f"mapping {m.id} ({m.concept.name}) is approved in the table but "
                                                  f"{logged or 'unknown'} in the audit log; refusing to publish")
-            _check_published_together(name, mappings)
+            _check_published_together(s, name, mappings)
             by_hook: dict[str, SAEVersion] = {}
             for m in sorted(mappings, key=lambda m: m.id):
                 seen = by_hook.setdefault(m.sae.hook_point, m.sae)
@@ -973,6 +972,7 @@ class Store:
                 if e.mapping.state != "approved":
                     raise ValidationFailed(f"mapping {e.mapping_id} ({e.mapping.concept.name}) of {name}@{v.version} "
                                            f"is {e.mapping.state}, not approved")
+            _check_published_together(s, name, [e.mapping for e in v.entries])
             v.state, v.approved_by_id, v.approved_at = "published", tx.actor.id, utcnow()
             s.flush()
             s.refresh(v)
@@ -1020,6 +1020,7 @@ class Store:
                 raise ValidationFailed(f"blocklist {blocklist}@{version} is {v.state}")
             for e in v.entries:
                 _require_intact(s, e.mapping, "record a deployment")
+            _check_published_together(s, blocklist, [e.mapping for e in v.entries])
             logged = _logged_version_state(s, f"{blocklist}@{v.version}")
             if logged != "published":
                 raise AuditVerificationError(f"blocklist {blocklist}@{v.version} is published in the table but "
@@ -1101,6 +1102,7 @@ class Store:
                 raise ValidationFailed(f"blocklist {ref} of deployment {d.id} is {v.state}")
             for e in v.entries:
                 _require_intact(s, e.mapping, "promote a deployment")
+            _check_published_together(s, v.blocklist.name, [e.mapping for e in v.entries])
             if _logged_version_state(s, ref) != "published":
                 raise AuditVerificationError(f"blocklist {ref} is published in the table but not in the audit log; "
                                              "refusing to promote")
@@ -1632,29 +1634,53 @@ def _check_chosen_with(s: Session, spec: MappingSpec, concept: str, hook_point: 
 
 
 def _check_chosen_with_rows(s: Session, rows: list[FeatureMapping], concept: str, hook_point: str) -> None:
+    """What a mapping at `hook_point` may be measured with: mappings of `concept`, intact, not
+    rejected or revoked, one per hook point and none at `hook_point`, and closed: every mapping
+    one of them was itself measured with is among them (else the new point would be measured
+    with a partner of a partner missing, or two mappings at one hook point)."""
     seen = {hook_point}
+    present = {r.id: r.spec_sha256 for r in rows}
     for row in rows:
         if row.concept.name != concept:
             raise ValidationFailed(f"mapping {row.id} is of {row.concept.name!r}, not {concept!r}: only mappings "
                                    "of the same concept at other blocks can be measured together")
+        if row.state in ("rejected", "revoked"):
+            raise ValidationFailed(f"mapping {row.id} is {row.state}; nothing can be measured with it")
         if row.sae.hook_point in seen:
             raise ValidationFailed(f"mapping {row.id} is at {row.sae.hook_point}, where another mapping of the "
                                    "sweep already is: one mapping per hook point")
         seen.add(row.sae.hook_point)
         _require_intact(s, row, "measure a mapping with it")
+        for mid, sha in _partners(row).items():
+            if present.get(mid) != sha:
+                raise ValidationFailed(f"mapping {row.id} was itself measured with mapping {mid}; "
+                                       f"hold mapping {mid} in force too")
 
 
-def _check_published_together(name: str, mappings: list[FeatureMapping]) -> None:
+def _partners(row: FeatureMapping) -> dict[int, str]:
+    """The CHOSEN_WITH references of a stored mapping (checked intact by the caller)."""
+    try:
+        return MappingSpec.model_validate(row.spec).chosen_with()
+    except ValueError as exc:
+        raise ValidationFailed(f"mapping {row.id}: {exc}") from None
+
+
+def _check_published_together(s: Session, name: str, mappings: list[FeatureMapping]) -> None:
     """A mapping whose operating point was measured with other mappings in force is what its
     evidence says only beside them: a version holding it without them (or with other versions
     of them) would run an operating point nobody measured."""
-    present = {m.id: m.spec_sha256 for m in mappings}
+    present = {m.id: m for m in mappings}
     for m in mappings:
-        for mid, sha in MappingSpec.model_validate(m.spec).chosen_with().items():
-            if present.get(mid) != sha:
-                raise ValidationFailed(
-                    f"mapping {m.id} ({m.concept.name} at {m.sae.hook_point}) was chosen with mapping {mid} in "
-                    f"force; add mapping {mid} to blocklist {name!r} too (its sweep measured them together)")
+        for mid, sha in _partners(m).items():
+            partner = present.get(mid)
+            if partner is not None and partner.spec_sha256 == sha:
+                continue
+            why = f"add mapping {mid} to blocklist {name!r} too (its sweep measured them together)"
+            gone = s.get(FeatureMapping, mid) if partner is None else None
+            if gone is not None and gone.state in ("rejected", "revoked"):
+                why = f"mapping {mid} is {gone.state}, so mapping {m.id} needs a new sweep"
+            raise ValidationFailed(f"mapping {m.id} ({m.concept.name} at {m.sae.hook_point}) was chosen with mapping "
+                                   f"{mid} in force; {why}")
 
 
 def _check_assigned(spec: MappingSpec, concept: str, sae_row: Any) -> None:

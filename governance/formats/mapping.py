@@ -6,6 +6,7 @@ scale applied above the gate and the gate; the same rows live in the registry.
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +20,8 @@ MAPPING_FORMAT = "saegov.mapping/v1"
 # concept in force at another hook point (`concept sweep --with-mapping`): ref `mapping:<id>`,
 # sha256 that mapping's spec_sha256. The registry publishes the mapping only beside it.
 CHOSEN_WITH = "chosen_with"
+# A row id the databases can hold (1 .. 2^63 - 1), in ASCII digits, without leading zeros.
+_CHOSEN_WITH_REF = re.compile(r"mapping:([1-9][0-9]{0,17})", re.ASCII)
 
 
 class FeatureEntry(BaseModel):
@@ -104,13 +107,17 @@ class MappingSpec(BaseModel):
 
     def chosen_with(self) -> dict[int, str]:
         """mapping id -> spec_sha256 of the mappings this one was measured with (CHOSEN_WITH);
-        a ValueError on a malformed reference, since it decides what may be published alone."""
+        a ValueError on a malformed or repeated reference, since it decides what may be
+        published alone."""
         out: dict[int, str] = {}
         for e in self.evidence_of(CHOSEN_WITH):
-            head, _, tail = e.ref.partition(":")
-            if head != "mapping" or not tail.isdigit() or e.sha256 is None:
-                raise ValueError(f"{CHOSEN_WITH} evidence {e.ref!r} is not 'mapping:<id>' with the mapping's sha256")
-            out[int(tail)] = e.sha256
+            m = _CHOSEN_WITH_REF.fullmatch(e.ref)
+            if m is None or e.sha256 is None:
+                raise ValueError(f"{CHOSEN_WITH} evidence {e.ref[:40]!r} is not 'mapping:<id>' with the mapping's sha256")
+            mid = int(m.group(1))
+            if mid in out:
+                raise ValueError(f"{CHOSEN_WITH} evidence names mapping {mid} twice")
+            out[mid] = e.sha256
         return out
 
 

@@ -95,7 +95,8 @@ def default_model_for(store: Any, sae_rec: Any) -> str | None:
     return embedded_model()
 
 
-def load_in_force(store: Any, mapping_ids: list[int], concept: str, sae_ref: str, device: str = "cpu") -> Any:
+def load_in_force(store: Any, mapping_ids: list[int], concept: str, sae_ref: str, steps: int,
+                  device: str = "cpu") -> Any:
     """The mappings a sweep holds in force (`concept sweep --with-mapping`), checked by the
     registry and with their SAEs loaded (weights hash-checked): a
     governance.scoring.sweep.InForceBlocking, or a refusal before any sampling."""
@@ -113,9 +114,12 @@ def load_in_force(store: Any, mapping_ids: list[int], concept: str, sae_ref: str
     for rec in store.check_in_force(mapping_ids, concept, sae_rec.hook_point):
         other = store.get_sae(rec.sae_id)
         theirs = sae_base_model_hash(other)
-        if base and theirs and base != theirs:
-            raise ScoringError(f"mapping {rec.id} is on SAE {other.ref}, trained on another base model "
-                               f"({theirs[:12]}) than SAE {sae_rec.ref} ({base[:12]})")
+        if base != theirs:  # also when only one of them records its base model: fail closed
+            raise ScoringError(f"mapping {rec.id} is on SAE {other.ref}, trained on base model "
+                               f"{(theirs or 'unrecorded')[:12]}, SAE {sae_rec.ref} on {(base or 'unrecorded')[:12]}")
+        if rec.num_steps != steps:
+            raise ScoringError(f"mapping {rec.id} was scored for {rec.num_steps} steps and the sweep runs {steps}: "
+                               f"give --steps {rec.num_steps}")
         held.saes[other.hook_point] = TopKSAE.load(sae_folder(other), expected_sha256=other.weights_sha256,
                                                    device=device)
         held.entries.append(BlockedConcept(concept=rec.concept, kind=rec.concept_kind, mapping_id=rec.id,

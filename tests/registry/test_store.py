@@ -167,9 +167,20 @@ def test_a_mapping_measured_with_another_is_published_only_beside_it(store: Stor
                          (chosen_with(f"mapping:{a}", "cd" * 32), f"but mapping {a} is {sha_a[:12]}"),
                          (chosen_with(f"run:{a}"), "is not 'mapping:<id>'"),
                          (chosen_with(f"mapping:{a}", None), "is not 'mapping:<id>'"),
+                         (chosen_with(f"mapping:0{a}"), "is not 'mapping:<id>'"),
+                         (chosen_with("mapping:\u0661"), "is not 'mapping:<id>'"),  # an Arabic-Indic 1
+                         (chosen_with("mapping:" + "9" * 30), "is not 'mapping:<id>'"),
                          (chosen_with(f"mapping:{a}", concept="green"), f"mapping {a} is of 'red', not 'green'")]:
         with pytest.raises(ValidationFailed, match=needle):
             store.create_mapping(sae_b.id, spec.concept, spec, "erin")
+    twice = chosen_with(f"mapping:{a}")
+    twice = twice.model_copy(update={"evidence": [EvidenceRef(kind=CHOSEN_WITH, ref=f"mapping:{a}", sha256="cd" * 32),
+                                                  *twice.evidence]})
+    with pytest.raises(ValidationFailed, match=f"names mapping {a} twice"):
+        store.create_mapping(sae_b.id, "red", twice, "erin")
+    with pytest.raises(ValidationFailed, match="belongs in the mapping spec"):
+        store.create_mapping(sae_b.id, "red", base, "erin",
+                             evidence=[{"kind": CHOSEN_WITH, "ref": f"mapping:{a}", "sha256": sha_a}])
     with pytest.raises(ValidationFailed, match="where another mapping of the sweep already is"):
         store.create_mapping("sae-a", "red", chosen_with(f"mapping:{a}"), "erin")  # both at `upstream`
     # The sweep's own check, before any sampling, says the same.
@@ -197,6 +208,24 @@ def test_a_mapping_measured_with_another_is_published_only_beside_it(store: Stor
         store.publish_blocklist("red-two-blocks", "erin")
     # A mapping measured alone publishes alone, as before.
     assert base.chosen_with() == {}
+
+    # The partners are closed under "measured with": c at `upstream` measured with b alone would
+    # be measured without a (b's partner) and at a's hook point; a third block must hold both.
+    third = "up_blocks.1.attentions.0"
+    sae_c = store.import_sae_folder(make_sae_folder(tmp_path, "sae-c"), "erin", hook_point=third)
+    sha_b = store.get_mapping(b).spec_sha256
+    with pytest.raises(ValidationFailed, match=f"mapping {b} was itself measured with mapping {a}; hold mapping {a}"):
+        store.check_in_force([b], "red", third)
+    with pytest.raises(ValidationFailed, match=f"was itself measured with mapping {a}"):
+        store.create_mapping(sae_c.id, "red", chosen_with(f"mapping:{b}", sha_b), "erin")
+    assert [m.id for m in store.check_in_force([a, b], "red", third)] == [a, b]
+    # Once a is revoked, nothing is measured with it, and b cannot be published without it.
+    store.revoke(a, "rob", "side effects")
+    with pytest.raises(ValidationFailed, match=f"mapping {a} is revoked; nothing can be measured"):
+        store.check_in_force([a], "red", downstream)
+    store.create_blocklist("red-b-only", [b], "erin")
+    with pytest.raises(ValidationFailed, match=f"mapping {a} is revoked, so mapping {b} needs a new sweep"):
+        store.publish_blocklist("red-b-only", "erin")
 
 
 def test_blocklist_publish_rules_and_revocation(store: Store, tmp_path: Path) -> None:
