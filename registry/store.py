@@ -696,7 +696,7 @@ class Store:
         """The mappings a sweep of `concept` at `hook_point` may hold in force (`concept sweep
         --with-mapping`), checked as `create_mapping` will check the sweep's result, so that a
         refusal comes before minutes of sampling: same concept, intact, not rejected or revoked,
-        each at its own hook point other than `hook_point`."""
+        each at its own hook point other than `hook_point`, and with their own partners."""
         with self._read() as s:
             rows = [self._mapping_row(s, m) for m in dict.fromkeys(mapping_ids)]
             _check_chosen_with_rows(s, rows, concept, hook_point)
