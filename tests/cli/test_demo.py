@@ -60,4 +60,5 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert explain.returncode == 0, explain.stderr
     rep = json.loads(explain.stdout)
     assert {(c["concept"], tuple(c["hook_points"])) for c in rep["suppressed"]} == {
-        ("red", ("up_blocks.1.attentions.1", "up_blocks.1.attentions.2")), ("dotted", ("up_blocks.1.attentions.1",))}
+        ("red", ("up_blocks.1.attentions.2",)), ("red", ("up_blocks.1.attentions.1",)),  # one row per mapping
+        ("dotted", ("up_blocks.1.attentions.1",))}
