@@ -106,11 +106,11 @@ def _template_params(shape: str, x0: float, x1: float, y0: float, y1: float) -> 
     raise ValueError(shape)
 
 
-def shape_scores(image: object) -> dict[str, float]:
-    """IoU of the object mask with each shape's (and the neutral diamond's) best-fitting template."""
-    arr = _as_array(image)
+def shape_scores(image: object, component: np.ndarray | None = None) -> dict[str, float]:
+    """IoU of the object mask with each shape's (and the neutral diamond's) best-fitting template.
+    `component`: the object mask's largest component, when the caller has it already."""
     candidates = (*SHAPES, NEUTRAL_SHAPE)
-    mask = _largest_component(object_mask(arr))
+    mask = component if component is not None else _largest_component(object_mask(_as_array(image)))
     if mask.sum() < 4:
         return {s: 0.0 for s in candidates}
     ys, xs = np.nonzero(mask)
@@ -131,11 +131,11 @@ def shape_scores(image: object) -> dict[str, float]:
 def classify_shape(image: object) -> str | None:
     """The object's shape; None for the neutral diamond, or when there is no one object whose
     outline fits a template (debris, fragments)."""
-    arr = _as_array(image)
-    mask = object_mask(arr)
-    if _largest_component(mask).sum() < SHAPE_MIN_CONNECTED * mask.sum():
+    mask = object_mask(_as_array(image))
+    component = _largest_component(mask)
+    if component.sum() < SHAPE_MIN_CONNECTED * mask.sum():
         return None
-    scores = shape_scores(arr)
+    scores = shape_scores(image, component)
     best = max(scores, key=lambda s: scores[s])
     return best if scores[best] >= SHAPE_MIN_IOU and best != NEUTRAL_SHAPE else None
 
