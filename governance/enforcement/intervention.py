@@ -112,6 +112,8 @@ class _Table:
     scales: torch.Tensor  # [F] (the only owner's scale; shared features: see `shared`)
     gates: torch.Tensor  # [F] lowest gate
     w_dec: torch.Tensor  # [F, d]
+    w_enc: torch.Tensor  # [F, d]: the selected features' encoder rows (the pre-filter)
+    b_enc: torch.Tensor  # [F]
     owners: list[list[int]]  # per feature, the entry index of every concept selecting it
     shared: dict[int, list[tuple[int, float, float]]]  # column -> [(entry, scale, gate)], > 1 owner
     scored: dict[int, int]  # entry index -> the scored timestep used (-1: entry has none)
@@ -280,6 +282,8 @@ class Enforcer:
             scales=torch.tensor([r[0][1] for r in rules], dtype=dtype, device=idx.device),
             gates=torch.tensor([min(g for _, _, g in r) for r in rules], dtype=dtype, device=idx.device),
             w_dec=site.sae.W_dec.detach()[idx],
+            w_enc=site.sae.encoder.weight.detach()[idx],
+            b_enc=site.sae.encoder.bias.detach()[idx],
             owners=[[o for o, _, _ in r] for r in rules],
             shared={j: r for j, r in enumerate(rules) if len(r) > 1},
             scored=scored,
@@ -350,13 +354,7 @@ class Enforcer:
             z_f = z.index_select(1, tab.features)  # [N, F]: 0 where not in the TopK
             fire = (z_f > tab.gates) & (z_f > 0)
         else:
-            # TopKSAE.pre_acts without its ReLU: y [N, n]; the pre-activations are relu(y). Only
-            # the selected columns are ReLU'd (and carry the gradient); the TopK test needs just
-            # each token's k-th largest y, as relu is monotone.
-            y = sae.encoder(xs - sae.b_dec)  # xs is already in the SAE's dtype
-            z_f = torch.relu(y.index_select(1, tab.features))  # [N, F] = pre_acts(xs)[:, features]
-            fire = (z_f > tab.gates) & (z_f > 0)  # the candidates, before the TopK test
-            fire = self._in_topk(sae.k, y.detach(), z_f.detach(), fire, tab.features)
+            z_f, fire = self._candidates(sae, xs, tab)
         if fire is not None and bool(fire.any()):
             scales, fired_for = self._scales(tab, z_f.detach(), fire)
             z_new = torch.where(fire, z_f * scales, z_f)
@@ -367,6 +365,47 @@ class Enforcer:
             x_hat = sae.decode(z)
             return 2 * x_hat - xs + (delta if delta is not None else 0)
         return None if delta is None else xs + delta
+
+    def _candidates(self, sae: TopKSAE, xs: torch.Tensor, tab: _Table
+                    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(z_f [N, F], fire [N, F]) in faithful mode: the selected features' pre-activations and
+        where they fire (gate passed and in the token's TopK); (None, None) where none can fire.
+
+        The TopK test needs a token's k-th largest pre-activation, hence the full encoder product,
+        but only for a token where some selected feature passes its gate. A pre-filter finds those
+        tokens from the selected features' columns alone (F of the n latents), with a margin that
+        bounds the rounding difference between that product and the full one, so no token that
+        fires is ever skipped; the full product is then taken for those tokens only, and every
+        decision and value comes from it, exactly as the dense definition computes them. A
+        generation without the concept (most tokens below the gates) pays for F columns, not n.
+        """
+        xc = xs - sae.b_dec  # xs is already in the SAE's dtype
+        with torch.no_grad():
+            xd = xc.detach()
+            small = torch.addmm(tab.b_enc, xd, tab.w_enc.T)
+            # Each dot product of d terms is within (d + 1) u sum|terms| of the exact value, in
+            # either computation; twice that, doubled again for safety, separates the two.
+            u = torch.finfo(xd.dtype).eps
+            margin = torch.addmm(tab.b_enc.abs(), xd.abs(), tab.w_enc.abs().T).mul_(4 * (xd.shape[1] + 2) * u)
+            small += margin
+            rows = ((small > tab.gates) & (small > 0)).any(dim=1).nonzero().flatten()
+        n = xs.shape[0]
+        if rows.numel() == 0:
+            return None, None
+        every = rows.numel() == n
+        # TopKSAE.pre_acts without its ReLU: y [R, n_latents]; only the selected columns are
+        # ReLU'd (and carry the gradient); the TopK test needs each token's k-th largest y, as relu
+        # is monotone.
+        y = sae.encoder(xc if every else xc.index_select(0, rows))
+        z_rows = torch.relu(y.index_select(1, tab.features))
+        z_f = z_rows if every else torch.zeros(n, z_rows.shape[1], dtype=z_rows.dtype,
+                                              device=z_rows.device).index_copy(0, rows, z_rows)
+        fire = (z_f > tab.gates) & (z_f > 0)  # the candidates, before the TopK test
+        position = None
+        if not every:
+            position = torch.full((n,), -1, dtype=torch.int64, device=rows.device)
+            position[rows] = torch.arange(rows.numel(), device=rows.device)
+        return z_f, self._in_topk(sae.k, y.detach(), z_f.detach(), fire, tab.features, position)
 
     @staticmethod
     def _scales(tab: _Table, z_f: torch.Tensor, fire: torch.Tensor
@@ -390,9 +429,11 @@ class Enforcer:
         return scales, fired_for
 
     def _in_topk(self, k: int, y: torch.Tensor, z_f: torch.Tensor, cand: torch.Tensor,
-                 features: torch.Tensor) -> torch.Tensor | None:
+                 features: torch.Tensor, position: torch.Tensor | None = None) -> torch.Tensor | None:
         """`cand` [N, F] restricted to the (token, feature) pairs whose feature is in the token's
-        per-token TopK of relu(y); None if no candidate is. `y` and `z_f` carry no gradient.
+        per-token TopK of relu(y); None if no candidate is. `y` and `z_f` carry no gradient. `y`
+        holds the full pre-activations of the tokens with a candidate: token i's row is
+        `position[i]` (all N tokens in order when `position` is None).
 
         Feature i with value v is in the TopK of its token iff fewer than k of the token's
         pre-activations rank above it: those > v (NaN ranks highest, as in torch.topk) and, among
@@ -407,11 +448,14 @@ class Enforcer:
         tok, col = pairs[:, 0], pairs[:, 1]  # row-major: tok is sorted
         v = z_f[tok, col]  # [P]
         rows, inverse = torch.unique_consecutive(tok, return_inverse=True)
+        if position is not None:
+            rows = position[rows]
         kth = torch.relu(self._kth_largest(k, y, None if rows.numel() == y.shape[0] else rows))[inverse]
         keep = v > kth
         tied = (v == kth).nonzero().flatten()
         if tied.numel():
-            r, vt = torch.relu(y.index_select(0, tok[tied])), v[tied]
+            at = tok[tied] if position is None else position[tok[tied]]
+            r, vt = torch.relu(y.index_select(0, at)), v[tied]
             n = r.shape[1]
             above = n - (r <= vt[:, None]).sum(-1)  # strictly above, NaN included
             lower = torch.arange(n, device=r.device).view(1, -1) < features[col[tied]].view(-1, 1)

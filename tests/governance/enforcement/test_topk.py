@@ -212,3 +212,86 @@ def test_gradient_flows_like_the_dense_definition(unet) -> None:
     (from_tokens(expected, 2, 8, 8) * w).sum().backward()
     assert torch.allclose(x1.grad, x2.grad, atol=1e-6)
     assert not torch.equal(x1.grad, w)  # the intervention's Jacobian is not the identity
+
+
+def encoder_rows(sae: TopKSAE) -> tuple[list[int], object]:
+    """How many tokens each call of the SAE's full encoder product saw."""
+    seen: list[int] = []
+    handle = sae.encoder.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
+    return seen, handle
+
+
+def test_tokens_below_every_gate_skip_the_full_product(unet) -> None:
+    """Only tokens where a selected feature may pass its gate get the full encoder product (for
+    the TopK test); the result is still the dense definition's, bit for bit."""
+    sae = random_sae()
+    t = ddim_timesteps(10)[0]
+    feats = [3, 17, 42]
+    x = torch.randn(2, 64, 8, 8)
+    concept = torch.rand(2, 1, 8, 8) < 0.25  # the concept's tokens: a quarter of the map
+    x += sae.encoder.weight.detach()[feats].sum(0).view(1, -1, 1, 1) * concept * 4
+    pre = sae.pre_acts(to_tokens(x))[:, feats].detach()
+    off = pre[~concept.permute(0, 2, 3, 1).reshape(-1)]
+    rules = {f: (-2.0, float(off[:, j].max()) + 0.05) for j, f in enumerate(feats)}  # above every other token
+    enf = Enforcer(fake_pipe(unet), EnforcedBlocklist(spec(rules, [t]), sae))
+    seen, handle = encoder_rows(sae)
+    try:
+        out = run_hook(enf, x, torch.full((2,), t))
+    finally:
+        handle.remove()
+    expected, fire = dense_reference(sae, to_tokens(x), feats, [-2.0] * 3, [rules[f][1] for f in feats])
+    assert fire.any()
+    assert seen and max(seen) <= int(concept.sum()) < 128
+    assert torch.equal(to_tokens(out), expected)
+    assert sum(r["tokens"] for r in enf.calls[-1].fired) == int(fire.sum())
+    # A map where no token reaches a gate costs no full product at all, and is left untouched.
+    seen, handle = encoder_rows(sae)
+    try:
+        assert run_hook(enf, torch.randn(2, 64, 8, 8) * 0.1, torch.full((2,), t)) is None
+    finally:
+        handle.remove()
+    assert seen == []
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gates_exactly_at_a_tokens_value_decide_as_the_dense_definition(unet, dtype: torch.dtype) -> None:
+    """The pre-filter's product may round differently from the full one; its margin must never
+    drop a token that fires, nor change a decision taken exactly at a gate."""
+    sae = random_sae().to(dtype)
+    t = ddim_timesteps(10)[0]
+    feats = [3, 17, 42]
+    x = torch.randn(2, 64, 8, 8) * 2
+    x += sae.encoder.weight.detach().float()[feats].sum(0).view(1, -1, 1, 1) * torch.rand(2, 1, 8, 8) * 3
+    pre = sae.pre_acts(to_tokens(x).to(dtype))[:, feats].float()
+    # Gates at a token's own value (it does not fire: z > g is false), and one ulp below another's.
+    g0 = float(pre[:, 0].max())
+    g1 = float(torch.nextafter(pre[:, 1].max(), torch.tensor(-1.0)))
+    g2 = float(pre[:, 2].median())
+    gates = [g0, g1, g2]
+    rules = {f: (-1.5, g) for f, g in zip(feats, gates)}
+    enf = Enforcer(fake_pipe(unet), EnforcedBlocklist(spec(rules, [t]), sae))
+    out = run_hook(enf, x, torch.full((2,), t))
+    expected, fire = dense_reference(sae, to_tokens(x), feats, [-1.5] * 3, gates)
+    assert fire.any()
+    assert out is not None and torch.equal(to_tokens(out), expected.to(x.dtype))
+
+
+def test_prefilter_margin_covers_a_rounding_difference(unet) -> None:
+    """The pre-filter's product of the selected columns may differ from the full product in the
+    last bits; a token that fires by the full product must survive the pre-filter even when the
+    pre-filter's value lands just below the gate (simulated: its bias lowered by 1e-5)."""
+    sae = random_sae()
+    t = ddim_timesteps(10)[0]
+    x = torch.randn(1, 64, 4, 4) * 2
+    x += sae.encoder.weight.detach()[3].view(1, -1, 1, 1) * 3
+    pre = sae.pre_acts(to_tokens(x))[:, 3].detach()
+    top = int(pre.argmax())
+    gate = float(torch.nextafter(pre[top], torch.tensor(-1.0)))  # only the top token passes
+    rules = {3: (-1.0, gate)}
+    enf = Enforcer(fake_pipe(unet), EnforcedBlocklist(spec(rules, [t]), sae))
+    tab = enf.table(t)
+    tab.b_enc = tab.b_enc - 1e-5  # the pre-filter now reads the top token below its gate
+    out = run_hook(enf, x, torch.full((1,), t))
+    expected, fire = dense_reference(sae, to_tokens(x), [3], [-1.0], [gate])
+    assert fire[top, 0] and int(fire.sum()) == 1
+    assert out is not None and torch.equal(to_tokens(out), expected)
