@@ -11,7 +11,10 @@ every token):
 
 Only the selected features' decoder rows are used (a sparse update), and only their TopK
 membership is needed: each is compared with its token's k-th largest pre-activation (ties go to
-the lower feature index), so no TopK indices are built. The reference code's
+the lower feature index), so no TopK indices are built. That k-th value needs the full encoder
+product, but only for the tokens where a selected feature passes its gate: a pre-filter on the
+selected features' columns (with a margin for rounding) finds them, so a token no gate lets
+through costs F columns of the encoder, not all of them. The reference code's
 `x_hat' + (x_hat - x)` (which is `2 x_hat - x` when nothing fires) is available only as the
 explicit `error_mode="reference"`.
 
