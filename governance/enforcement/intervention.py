@@ -117,6 +117,8 @@ class _Table:
     w_dec: torch.Tensor  # [F, d]
     w_enc: torch.Tensor  # [F, d]: the selected features' encoder rows (the pre-filter)
     b_enc: torch.Tensor  # [F]
+    w_enc_abs: torch.Tensor  # [F, d]: |w_enc|, for the pre-filter's rounding margin
+    b_enc_abs: torch.Tensor  # [F]
     owners: list[list[int]]  # per feature, the entry index of every concept selecting it
     shared: dict[int, list[tuple[int, float, float]]]  # column -> [(entry, scale, gate)], > 1 owner
     scored: dict[int, int]  # entry index -> the scored timestep used (-1: entry has none)
@@ -287,6 +289,8 @@ class Enforcer:
             w_dec=site.sae.W_dec.detach()[idx],
             w_enc=site.sae.encoder.weight.detach()[idx],
             b_enc=site.sae.encoder.bias.detach()[idx],
+            w_enc_abs=site.sae.encoder.weight.detach()[idx].abs(),
+            b_enc_abs=site.sae.encoder.bias.detach()[idx].abs(),
             owners=[[o for o, _, _ in r] for r in rules],
             shared={j: r for j, r in enumerate(rules) if len(r) > 1},
             scored=scored,
@@ -389,7 +393,7 @@ class Enforcer:
             # Each dot product of d terms is within (d + 1) u sum|terms| of the exact value, in
             # either computation; twice that, doubled again for safety, separates the two.
             u = torch.finfo(xd.dtype).eps
-            margin = torch.addmm(tab.b_enc.abs(), xd.abs(), tab.w_enc.abs().T).mul_(4 * (xd.shape[1] + 2) * u)
+            margin = torch.addmm(tab.b_enc_abs, xd.abs(), tab.w_enc_abs.T).mul_(4 * (xd.shape[1] + 2) * u)
             small += margin
             rows = ((small > tab.gates) & (small > 0)).any(dim=1).nonzero().flatten()
         n = xs.shape[0]
