@@ -392,7 +392,7 @@ class Enforcer:
             small = torch.addmm(tab.b_enc, xd, tab.w_enc.T)
             # Each dot product of d terms is within (d + 1) u sum|terms| of the exact value, in
             # either computation; twice that, doubled again for safety, separates the two.
-            u = torch.finfo(xd.dtype).eps
+            u = _matmul_rounding(xd.dtype)
             margin = torch.addmm(tab.b_enc_abs, xd.abs(), tab.w_enc_abs.T).mul_(4 * (xd.shape[1] + 2) * u)
             small += margin
             rows = ((small > tab.gates) & (small > 0)).any(dim=1).nonzero().flatten()
@@ -515,6 +515,17 @@ class Enforcer:
                     "tokens": int(fired_rows.numel()),
                     "samples": local if samples is None else [samples[i] for i in local],
                 })
+
+
+def _matmul_rounding(dtype: torch.dtype) -> float:
+    """The relative precision a matmul in `dtype` may round to. Float32 products run in TF32 or
+    bfloat16 when `torch.set_float32_matmul_precision` allows it (as some pipelines set for
+    speed); the pre-filter's margin must cover that, or it could drop a token that fires."""
+    eps = torch.finfo(dtype).eps
+    if dtype == torch.float32:
+        reduced = {"high": 2.0 ** -10, "medium": 2.0 ** -7}.get(torch.get_float32_matmul_precision(), 0.0)
+        return max(eps, reduced)
+    return eps
 
 
 def apply_blocklist(pipe: Any, blocklist: EnforcedBlocklist, *, error_mode: ErrorMode = "faithful",

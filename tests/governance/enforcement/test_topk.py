@@ -295,3 +295,19 @@ def test_prefilter_margin_covers_a_rounding_difference(unet) -> None:
     expected, fire = dense_reference(sae, to_tokens(x), [3], [-1.0], [gate])
     assert fire[top, 0] and int(fire.sum()) == 1
     assert out is not None and torch.equal(to_tokens(out), expected)
+
+
+def test_prefilter_margin_widens_when_float32_matmuls_may_run_in_reduced_precision() -> None:
+    from governance.enforcement.intervention import _matmul_rounding
+
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        assert _matmul_rounding(torch.float32) == torch.finfo(torch.float32).eps
+        torch.set_float32_matmul_precision("high")  # TF32: 10 mantissa bits
+        assert _matmul_rounding(torch.float32) == 2.0 ** -10
+        torch.set_float32_matmul_precision("medium")  # bfloat16 products
+        assert _matmul_rounding(torch.float32) == 2.0 ** -7
+        assert _matmul_rounding(torch.bfloat16) == torch.finfo(torch.bfloat16).eps
+    finally:
+        torch.set_float32_matmul_precision(before)
