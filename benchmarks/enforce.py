@@ -3,6 +3,7 @@ matmul alone (its lower bound), side by side, repeated, median and spread.
 
     SAEGOV_HOME=.saegov/demo .venv/bin/python benchmarks/enforce.py [--deployment .saegov/demo/deployments/demo]
     .venv/bin/python benchmarks/enforce.py --sd15 [--steps 2 --repeats 3]                  # SD 1.5 shape
+    .venv/bin/python benchmarks/enforce.py --kth                                           # k-th value rule
 
 Toy world: the demo's deployment (run `make demo` first), plain = the same weights without hooks.
 `--sd15`: the SD 1.5 UNet architecture with random weights at 512 px, batch 2 with CFG (4 UNet
@@ -90,6 +91,25 @@ def capture_block_output(pipe: Any, block: torch.nn.Module, run: Callable[[], An
     finally:
         h.remove()
     return captured["x"]
+
+
+def kth_crossover(args: argparse.Namespace) -> None:
+    """The two ways the hook finds each token's k-th largest pre-activation, side by side by row
+    width: numpy's partition and torch.topk (the rule in Enforcer._kth_largest picks by width)."""
+    import numpy as np
+
+    def partition(y: torch.Tensor) -> Any:
+        a = torch.neg(y).numpy()
+        a.partition(31, axis=-1)
+        return a[:, 31]
+
+    for rows, width in ((708, 1024), (1024, 1024), (1024, 2048), (1024, 4096), (1024, 8192), (1024, 20480)):
+        y = torch.randn(rows, width)
+        times = side_by_side({"numpy": lambda: partition(y),
+                              "topk": lambda: y.topk(32, dim=-1, sorted=True).values[:, -1]}, args.repeats)
+        assert np.allclose(-partition(y), y.topk(32, dim=-1).values[:, -1].numpy())
+        print(f"k-th value (k 32) of {rows} x {width}: numpy ms {spread(times['numpy'], 1e3, '.2f')}, "
+              f"torch.topk ms {spread(times['topk'], 1e3, '.2f')}")
 
 
 def toy(args: argparse.Namespace) -> None:
@@ -180,6 +200,7 @@ def main() -> None:
     ap.add_argument("--deployment", default=".saegov/demo/deployments/demo")
     ap.add_argument("--trusted-keys", default=None, help="trust store (default: the registry of SAEGOV_HOME)")
     ap.add_argument("--sd15", action="store_true", help="the SD 1.5 architecture at 512 px instead of the toy world")
+    ap.add_argument("--kth", action="store_true", help="only the k-th value crossover: numpy vs torch.topk by row width")
     ap.add_argument("--batch", type=int, default=8, help="toy world: images per call")
     ap.add_argument("--steps", type=int, default=2, help="--sd15: denoising steps per run")
     ap.add_argument("--repeats", type=int, default=5)
@@ -187,7 +208,10 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"threads={args.threads} loadavg={os.getloadavg()[0]:.2f}")
-    sd15(args) if args.sd15 else toy(args)
+    if args.kth:
+        kth_crossover(args)
+    else:
+        sd15(args) if args.sd15 else toy(args)
 
 
 if __name__ == "__main__":

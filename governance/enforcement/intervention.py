@@ -479,9 +479,8 @@ class Enforcer:
         k = min(k, n)
         if y.device.type == "cpu" and y.dtype in (torch.float32, torch.float64) and n <= 4096:
             # On rows of up to ~4,096 latents numpy's introselect (np.partition) beats torch.topk
-            # whatever the row count (2 threads, 1,024 rows: 2.4 vs 6.6 ms at 1,024 latents, 6.7 vs
-            # 9.2 at 4,096); on wider rows torch.topk wins (15 vs 20 ms at 8,192; 29 vs 48 ms at SD
-            # width, 20,480) (stop 26).
+            # whatever the row count; on wider rows (8,192; SD width, 20,480) torch.topk wins
+            # (`benchmarks/enforce.py --kth`, docs/performance.md).
             # It runs on -y with the k-th smallest as the pivot, which stays fast on rows with many
             # equal values (on +y with n-k as the pivot it did not). numpy sorts NaN last, so rows
             # with NaN are left to torch.topk: a NaN makes the sum NaN (a false alarm only costs time).
