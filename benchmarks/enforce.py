@@ -1,5 +1,5 @@
 """Enforced / plain pipeline latency, and the enforcement hook's time against the dense encoder
-matmul alone (its lower bound), side by side, repeated, median and spread.
+matmul alone (its bound when every token passes a gate), side by side, repeated, median and spread.
 
     SAEGOV_HOME=.saegov/demo .venv/bin/python benchmarks/enforce.py [--deployment .saegov/demo/deployments/demo]
     .venv/bin/python benchmarks/enforce.py --sd15 [--steps 2 --repeats 3]                  # SD 1.5 shape
@@ -59,7 +59,7 @@ def ratios(a: list[float], b: list[float]) -> list[float]:
 
 def hook_vs_matmul(enf: Any, site: Any, x: torch.Tensor, t: int, repeats: int, inner: int) -> dict[str, Any]:
     """The hook on one UNet call's block output against the dense encoder product of the same
-    tokens (the part of the hook no implementation can skip)."""
+    tokens (what an exact hook needs for every token past a gate; tokens below every gate skip it)."""
     enf.reader.current = torch.full((x.shape[0],), t)
     w = site.sae.encoder.weight.detach()
     tokens = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]).to(w.dtype).contiguous()
