@@ -112,6 +112,24 @@ def kth_crossover(args: argparse.Namespace) -> None:
               f"torch.topk ms {spread(times['topk'], 1e3, '.2f')}")
 
 
+def prompt_mixes(blocked: list[str], n: int) -> dict[str, list[str]]:
+    """Two batches of `n` toy prompts: half of them carrying every blocked concept (one per kind,
+    the other kinds from the values left free), and none carrying any. A deployment serves
+    mostly the second kind; the hook's exact TopK test costs the first kind far more."""
+    from governance.toyworld.grammar import ATTRIBUTES, attribute_of
+
+    blocked_by = {kind: [c for c in blocked if attribute_of(c) == kind] for kind in ATTRIBUTES}
+    free = {kind: [v for v in values if v not in blocked_by[kind]] for kind, values in ATTRIBUTES.items()}
+
+    def prompt(i: int, carry: bool) -> str:
+        pick = {kind: (blocked_by[kind][i % len(blocked_by[kind])] if carry and blocked_by[kind]
+                       else free[kind][i % len(free[kind])]) for kind in ATTRIBUTES}
+        return f"a {pick['colour']} {pick['shape']} in {pick['style']} style"
+
+    return {"half carry the blocked concepts": [prompt(i, i % 2 == 0) for i in range(n)],
+            "none carries one": [prompt(i, False) for i in range(n)]}
+
+
 def toy(args: argparse.Namespace) -> None:
     from governance.enforcement import EnforcedStableDiffusionPipeline
     from governance.enforcement.intervention import blocklist_suspended, enforcer_of
@@ -121,9 +139,10 @@ def toy(args: argparse.Namespace) -> None:
     enforced = EnforcedStableDiffusionPipeline.from_pretrained(args.deployment, check_registry=args.trusted_keys is None,
                                                                trusted_keys_file=args.trusted_keys)
     d = enforced.saegov.manifest.payload.defaults
-    prompts = ["a red circle in dotted style", "a blue square in plain style"] * (args.batch // 2)
+    enf = enforcer_of(enforced)
+    mixes = prompt_mixes([e.concept for e in enf.blocklist.spec.entries], args.batch)
 
-    def run(pipe: Any, hooks: bool) -> Callable[[], Any]:
+    def run(pipe: Any, hooks: bool, prompts: list[str]) -> Callable[[], Any]:
         def go() -> None:
             gens = [torch.Generator().manual_seed(i) for i in range(len(prompts))]
             # Plain: the same pipeline with its hooks off (plain diffusers refuses a deployment folder).
@@ -132,10 +151,14 @@ def toy(args: argparse.Namespace) -> None:
                      generator=gens, output_type="np")
         return go
 
-    times = side_by_side({"plain": run(enforced, False), "enforced": run(enforced, True)}, args.repeats)
-    print(f"toy world, {len(prompts)} images x {d.num_inference_steps} steps: plain s {spread(times['plain'])}, "
-          f"enforced s {spread(times['enforced'])}; enforced/plain {spread(ratios(times['enforced'], times['plain']))}")
-    enf = enforcer_of(enforced)
+    fns = {f"{name} {mode}": run(enforced, mode == "enforced", prompts)
+           for name, prompts in mixes.items() for mode in ("plain", "enforced")}
+    times = side_by_side(fns, args.repeats)
+    for name, prompts in mixes.items():
+        plain, enf_t = times[f"{name} plain"], times[f"{name} enforced"]
+        print(f"toy world, {name} ({len(prompts)} images x {d.num_inference_steps} steps, e.g. {prompts[0]!r}): "
+              f"plain s {spread(plain)}, enforced s {spread(enf_t)}; enforced/plain {spread(ratios(enf_t, plain))}")
+    prompts = mixes["half carry the blocked concepts"]
     site = next(iter(enf.sites.values()))
     x = capture_block_output(enforced, site.block,
                              lambda: enforced(prompts, num_inference_steps=2, guidance_scale=d.guidance_scale))
