@@ -62,6 +62,11 @@ def register(root: click.Group) -> None:
             b = result.metrics_before[c]
             click.echo(f"{c:10s} {m['kind']:7s} {_pct(m['UA'])} {_pct(m['IRA'])} {_pct(m['CRA'])}   "
                        f"({_pct(b['UA'])} {_pct(b['IRA'])} {_pct(b['CRA'])})")
+        click.echo("where the blocked features were suppressed (images; mean share of steps):")
+        for c, m in result.metrics.items():
+            f = m.get("fired") or {}
+            click.echo(f"{c:10s} its own images {_pct(f.get('images_own')).strip()} ({_pct(f.get('steps_own')).strip()}), "
+                       f"the other images {_pct(f.get('images_other')).strip()} ({_pct(f.get('steps_other')).strip()})")
         if result.attack:
             for c, a in result.attack["summary"].items():
                 parts = " ".join(f"{k} {_pct(v)}" for k, v in a.items() if k.startswith("UA") and v is not None)

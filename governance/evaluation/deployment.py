@@ -14,12 +14,14 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from governance.common.errors import GovernanceError, first_line
+from governance.evaluation.firing import firing_rates
 from governance.evaluation.metrics import EVAL_SEEDS, eval_jobs, generate_jobs, judge, unlearning_metrics
 from governance.formats.sweep import sweep_header
 from governance.toyworld.grammar import ToyPrompt, is_toy_concept
 
 if TYPE_CHECKING:
     from governance.evaluation.attack import AttackSettings
+    from governance.formats.trace import Trace
 
 Progress = Callable[[str, int, int], None]
 REPORT_NAME = "report.html"
@@ -51,7 +53,7 @@ class DeploymentEval:
     evaluation_id: int | None = None  # the registry's record of it (what a promotion names)
 
     def summary(self) -> dict[str, Any]:
-        keep = ("kind", "UA", "IRA", "CRA", "CRA_by_kind", "n_target_images", "misses")
+        keep = ("kind", "UA", "IRA", "CRA", "CRA_by_kind", "n_target_images", "misses", "fired")
         return {
             "deployment": self.deployment, "blocklist": self.blocklist, "targets": self.targets,
             "seeds": list(self.seeds), "steps": self.steps, "guidance": self.guidance, "images": len(self.jobs),
@@ -179,8 +181,12 @@ def evaluate_deployment(deployment: Path, *, store: Any | None, check_registry: 
     with blocklist_suspended(enforced):
         before = generate_jobs(enforced, jobs, d.num_inference_steps, d.guidance_scale,
                                progress=lambda i, n: tick("before", i, n))
-    after = generate_jobs(enforced, jobs, d.num_inference_steps, d.guidance_scale, progress=lambda i, n: tick("after", i, n))
+    traces: list[Trace] = []
+    after = generate_jobs(enforced, jobs, d.num_inference_steps, d.guidance_scale, progress=lambda i, n: tick("after", i, n),
+                          traces=traces)
     metrics = unlearning_metrics(judge(after, jobs), targets)
+    for c, fired in firing_rates(traces, [p for p, _ in jobs], targets).items():
+        metrics[c]["fired"] = fired
     metrics_before = unlearning_metrics(judge(before, jobs), targets)
     result = DeploymentEval(deployment=str(deployment), blocklist=payload.blocklist, targets=targets, seeds=seeds,
                             steps=d.num_inference_steps, guidance=d.guidance_scale, jobs=jobs, before=before,
@@ -248,6 +254,9 @@ def _track(result: DeploymentEval, payload: Any) -> str:
             for k in ("UA", "IRA", "CRA"):
                 if m[k] is not None:
                     metrics[f"{k}.{c}"] = 100 * m[k]
+            for k, v in (m.get("fired") or {}).items():
+                if v is not None and not k.startswith("n_"):
+                    metrics[f"fired.{k}.{c}"] = 100 * v
         for k, v in mean_metrics(result.metrics).items():
             if v is not None:
                 metrics[f"{k}.mean"] = 100 * v

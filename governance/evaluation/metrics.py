@@ -42,15 +42,17 @@ def judge(images: list[np.ndarray], jobs: list[tuple[ToyPrompt, int]]) -> list[J
 
 
 def generate_jobs(pipe: Any, jobs: Sequence[tuple[ToyPrompt | str, int]], steps: int, guidance: float,
-                  batch: int = 32, progress: Callable[[int, int], None] | None = None) -> list[np.ndarray]:
-    """(prompt or its text, seed) jobs -> images, in batches, each image from its own seed."""
+                  batch: int = 32, progress: Callable[[int, int], None] | None = None,
+                  traces: list | None = None) -> list[np.ndarray]:
+    """(prompt or its text, seed) jobs -> images, in batches, each image from its own seed; an
+    enforced pipeline's per-image traces go to `traces` when given, in the same order."""
     from governance.toyworld.quality import generate
 
     images: list[np.ndarray] = []
     for i in range(0, len(jobs), batch):
         chunk = jobs[i:i + batch]
         images += generate(pipe, [p if isinstance(p, str) else p.text for p, _ in chunk], [s for _, s in chunk],
-                           steps, guidance)
+                           steps, guidance, traces=traces)
         if progress:
             progress(len(images), len(jobs))
     return images

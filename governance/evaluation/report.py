@@ -61,10 +61,13 @@ def write_report(path: Path, *, title: str, metrics: dict[str, dict[str, Any]],
              f"<h1>{e(title)}</h1><table>"]
     parts += [f"<tr><th>{e(k)}</th><td>{e(str(v))}</td></tr>" for k, v in facts.items()]
     parts.append("</table><h2>Unlearning metrics (%)</h2><table><tr><th>target</th><th>kind</th><th>UA</th>"
-                 "<th>IRA</th><th>CRA</th><th>target images</th></tr>")
+                 "<th>IRA</th><th>CRA</th><th>target images</th><th>suppressed on its own images</th>"
+                 "<th>suppressed on the other images</th></tr>")
     for c, m in metrics.items():
+        f = m.get("fired") or {}
         parts.append(f"<tr><td>{e(c)}</td><td>{e(m['kind'])}</td><td>{_pct(m['UA'])}</td><td>{_pct(m['IRA'])}</td>"
-                     f"<td>{_pct(m['CRA'])}</td><td>{m['n_target_images']}</td></tr>")
+                     f"<td>{_pct(m['CRA'])}</td><td>{m['n_target_images']}</td><td>{_pct(f.get('images_own'))}</td>"
+                     f"<td>{_pct(f.get('images_other'))}</td></tr>")
     parts.append("</table><h2>Before / after</h2>")
     for caption, before, after in grids:
         parts.append(f"<h3>{e(caption)}</h3><div class='pair'><figure><img alt='before' src='{png_data_uri(before)}'>"

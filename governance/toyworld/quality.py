@@ -59,12 +59,16 @@ class QualityResult:
         }
 
 
-def generate(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: float) -> list[np.ndarray]:
-    """One image per (prompt, seed) pair, each from its own seeded generator."""
+def generate(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: float,
+             traces: list | None = None) -> list[np.ndarray]:
+    """One image per (prompt, seed) pair, each from its own seeded generator; an enforced
+    pipeline's per-image traces are appended to `traces` when given."""
     import torch
 
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     out = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, generator=gens, output_type="np")
+    if traces is not None:
+        traces.extend(out.trace_records)
     return [(img * 255).round().clip(0, 255).astype(np.uint8) for img in out.images]
 
 

@@ -171,11 +171,20 @@ def test_cli_eval_deployment_report_and_mlflow(world) -> None:
     assert m["kind"] == "colour" and m["n_target_images"] == 12
     for key in ("UA", "IRA", "CRA"):
         assert 0.0 <= m[key] <= 1.0
+    # Where red's features were suppressed, from the after-images' traces: the 12 red images
+    # against the other 36; the fixture's features (the red prompt's most frequent, gate 0) fire
+    # on red images.
+    fired = m["fired"]
+    assert (fired["n_own"], fired["n_other"]) == (12, 36) and fired["images_own"] > 0
+    assert all(0.0 <= fired[k] <= 1.0 for k in ("images_own", "images_other", "steps_own", "steps_other"))
+    assert fired["steps_own"] <= fired["images_own"]
     html = report.read_text()
+    assert "suppressed on the other images" in html
     assert html.count("data:image/png;base64,") == 2  # one before/after pair: one target
     assert "mapping:" in html and "deployment.record" in html  # the deployment's audit trail
     run = MlflowClient(tracking_uri=tracking_uri()).get_run(out["mlflow_run_id"])
     assert run.data.metrics["UA.red"] == pytest.approx(100 * m["UA"])
+    assert run.data.metrics["fired.images_other.red"] == pytest.approx(100 * fired["images_other"])
     assert run.data.params["targets"] == "red"
     logged = {a.path for a in MlflowClient(tracking_uri=tracking_uri()).list_artifacts(out["mlflow_run_id"], "evaluation")}
     assert {"evaluation/report.html", "evaluation/metrics.json", "evaluation/grid-red-before.png",
