@@ -32,9 +32,9 @@ DEMO_MULTIPLIERS = "-5,-10,-30"
 STYLE_TOP_NS = "4,8,16"
 STYLE_MULTIPLIERS = "-5,-10,-20"
 # % of a sweep's chosen point, and of the deployment's evaluation at promotion. Judged with the
-# strict shape rule (stop 25), the demo's blocklist (red at two blocks, dotted) keeps the other
-# kinds in 55-57 % of the blocked concepts' images and the other colours in 86 %: the floors sit
-# below that, so the demo shows the gate passing; a blocklist that wrecks more is refused.
+# strict shape rule (stop 25), the demo's blocklist keeps the other kinds in 68-69 % of the
+# blocked concepts' images (stop 28) and the other colours in 98 %: the floors sit below that, so
+# the demo shows the gate passing; a blocklist that wrecks more is refused.
 DEMO_POLICY = {"UA": "25", "IRA": "75", "CRA": "45"}
 
 
