@@ -25,8 +25,8 @@ COLOUR_HOOKPOINT = "up_blocks.1.attentions.2"
 STYLE_HOOKPOINT = "up_blocks.1.attentions.1"
 DEMO_K = "32"
 DEMO_TOP_NS = "1,2,4"
-# -30 beside the paper's colour gammas: on the styled sweep images red's weakest term peaks at
-# one feature x -30 or four x -10 (docs/evaluation.md, stop 28).
+# -30 beside the paper's colour gammas: on the styled sweep images one feature per timestep
+# removes red only at -30, four already at -5 (docs/evaluation.md, stop 28).
 DEMO_MULTIPLIERS = "-5,-10,-30"
 # Styles need more features and stronger scales at their block (docs/evaluation.md, stop 9's grid).
 STYLE_TOP_NS = "4,8,16"
@@ -100,9 +100,9 @@ def _fresh_workspace(path: Path) -> None:
 def demo(workspace: Path, colour: str, style: str, colour_hookpoint: str, style_hookpoint: str, top_ns: str,
          multipliers: str, style_top_ns: str, style_multipliers: str, styled_sweep: bool,
          two_block_colour: bool) -> None:
-    """Collect and train an SAE at each concept's block, sweep both (the colour also at the style's
-    block, measured with its first mapping in force), review, publish one blocklist holding both
-    SAEs, deploy, generate, evaluate, promote to production, verify."""
+    """Collect and train an SAE at each concept's block, sweep both (with --two-block-colour the
+    colour also at the style's block, measured with its first mapping in force), review, publish
+    one blocklist holding both SAEs, deploy, generate, evaluate, promote to production, verify."""
     from governance.formats.prompts import write_prompts
     from governance.toyworld.loading import ToyWorldMissing
     from governance.toyworld.quality import DEFAULT_GUIDANCE, DEFAULT_STEPS
