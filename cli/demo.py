@@ -33,7 +33,7 @@ STYLE_TOP_NS = "4,8,16"
 STYLE_MULTIPLIERS = "-5,-10,-20"
 # % of a sweep's chosen point, and of the deployment's evaluation at promotion. Judged with the
 # strict shape rule (stop 25), the demo's blocklist keeps the other kinds in 68-69 % of the
-# blocked concepts' images (stop 28) and the other colours in 98 %: the floors sit below that, so
+# blocked concepts' images (stop 28) and the other concepts of their kind in 98 %: the floors sit below that, so
 # the demo shows the gate passing; a blocklist that wrecks more is refused.
 DEMO_POLICY = {"UA": "25", "IRA": "75", "CRA": "45"}
 
