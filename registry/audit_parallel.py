@@ -66,7 +66,7 @@ def _verify_range(url: str, r: _Range, check: SignatureCheck, cp_max: int, last:
 
     engine = make_engine(url)
     try:
-        with engine.connect() as conn, closing(audit.iter_event_rows(conn, after=r.lo - 1, until=r.hi)) as rows:
+        with audit.reading(engine) as conn, closing(audit.iter_event_rows(conn, after=r.lo - 1, until=r.hi)) as rows:
             head = audit.read_head(conn) if last else None
             try:
                 rep = audit.verify_rows(rows, head=head, start=(r.lo - 1, r.start_hash), signatures=check,
@@ -92,7 +92,7 @@ def verify_parallel(engine: Engine, checkpoints: Sequence[Checkpoint], anchors: 
     bounds = [1 + i * size // workers for i in range(workers)] + [size + 1]
     ranges: list[_Range] = []
     checks: list[SignatureCheck] = []
-    with engine.connect() as conn:
+    with audit.reading(engine) as conn:
         for i in range(workers):
             lo = bounds[i]
             start = GENESIS_HASH if lo == 1 else conn.execute(

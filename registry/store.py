@@ -1213,7 +1213,7 @@ class Store:
                 size = audit.read_head(conn)[0]
             if (workers := workers_for(self.engine, size)) > 1:
                 return verify_parallel(self.engine, cps, anchors, size, workers).report
-            with self.engine.connect() as conn, closing(audit.iter_event_rows(conn)) as rows:
+            with audit.reading(self.engine) as conn, closing(audit.iter_event_rows(conn)) as rows:
                 return audit.verify_rows(rows, head=audit.read_head(conn), checkpoint=cps,
                                          signatures=signatures.SignatureCheck(anchors=anchors))
         except SQLAlchemyError as exc:
@@ -1224,7 +1224,7 @@ class Store:
         `size` must still be its head, and every later event must link from it. With `anchors`,
         every root of the key history must be one of them."""
         try:
-            with self.engine.connect() as conn:
+            with audit.reading(self.engine) as conn:
                 audit.check_bounds(conn)
                 if checkpoint.size:
                     stored = conn.execute(sa_text("SELECT hash FROM audit_events WHERE seq = :n"),
@@ -1289,7 +1289,7 @@ class Store:
 
         report = self.verify_audit()
         try:
-            with self.engine.connect() as conn, closing(audit.iter_event_rows(conn)) as rows:
+            with audit.reading(self.engine) as conn, closing(audit.iter_event_rows(conn)) as rows:
                 head = audit.read_head(conn)
                 if head[0] != report.size:
                     raise AuditVerificationError("the log grew while it was exported; export again", None)
@@ -1305,7 +1305,7 @@ class Store:
             raise ValidationFailed(f"the old checkpoint ({old.size} events) must be non-empty and no larger than "
                                    f"the new one ({new.size})")
         try:
-            with self.engine.connect() as conn, closing(audit.iter_event_rows(conn)) as rows:
+            with audit.reading(self.engine) as conn, closing(audit.iter_event_rows(conn)) as rows:
                 leaves = audit.verify_rows(rows, head=audit.read_head(conn), checkpoint=[old, new],
                                            signatures=signatures.SignatureCheck()).leaves
         except SQLAlchemyError as exc:
@@ -1318,7 +1318,7 @@ class Store:
         from registry.audit_parallel import verify_parallel, workers_for
 
         try:
-            with self.engine.connect() as conn:
+            with audit.reading(self.engine) as conn:
                 size = audit.read_head(conn)[0]
                 if (workers := workers_for(self.engine, size)) <= 1:
                     return audit.make_checkpoint(conn)
