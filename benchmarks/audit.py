@@ -132,10 +132,10 @@ def build_chain(store: Store, n: int, batch: int = 50_000) -> None:
 
 
 def bench_readers(store: Store, repeats: int) -> None:
-    """PostgreSQL: reading the whole log as the verifier does (keyset pages on a client-side
+    """PostgreSQL: reading the whole log as the verifier does (pages of seq ranges on a client-side
     cursor, audit.iter_event_rows) against the reader before it (one query streamed through a
     server-side cursor), interleaved."""
-    def keyset() -> int:
+    def seq_pages() -> int:
         with audit.reading(store.engine) as conn, closing(audit.iter_event_rows(conn)) as rows:
             return sum(1 for _ in rows)
 
@@ -145,16 +145,16 @@ def bench_readers(store: Store, repeats: int) -> None:
                 text(f"SELECT {audit._COLUMNS} FROM audit_events ORDER BY seq"))
             return sum(len(part) for part in result.partitions())
 
-    times: dict[str, list[float]] = {"keyset": [], "server cursor": []}
+    times: dict[str, list[float]] = {"seq pages": [], "server cursor": []}
     for _ in range(repeats):
-        for name, fn in (("keyset", keyset), ("server cursor", server_cursor)):
+        for name, fn in (("seq pages", seq_pages), ("server cursor", server_cursor)):
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
-    r = [a / b for a, b in zip(times["keyset"], times["server cursor"])]
+    r = [a / b for a, b in zip(times["seq pages"], times["server cursor"])]
     print("read the whole log, one process: " + "; ".join(
         f"{name} s median {statistics.median(v):.2f} (min {min(v):.2f}, max {max(v):.2f})" for name, v in times.items())
-        + f"; keyset / server cursor median {statistics.median(r):.2f} (min {min(r):.2f}, max {max(r):.2f})")
+        + f"; seq pages / server cursor median {statistics.median(r):.2f} (min {min(r):.2f}, max {max(r):.2f})")
 
 
 def reset(url: str | None) -> None:

@@ -64,3 +64,28 @@ def test_an_append_while_reading_is_not_a_broken_log(postgres_url: str) -> None:
         assert store.verify_audit().size == head[0] + 1
     finally:
         store.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("batch", [5, 6, 10_000])
+def test_a_second_row_with_a_read_seq_is_refused_at_a_page_edge(postgres_url: str, batch: int) -> None:
+    """Someone who can drop the primary key adds a second event 10 (a page ends there with
+    batch 5): every reader of the log would show it, so the walk must read it and refuse."""
+    store = Store.open(postgres_url)
+    try:
+        store.add_actor("alice", "admin", None)
+        for name, role in ACTORS[1:]:
+            store.add_actor(name, role, "alice")
+        _fill(store, 12)
+        drop_audit_triggers(store.engine)
+        with store.engine.begin() as conn:
+            conn.execute(text("ALTER TABLE audit_events DROP CONSTRAINT pk_audit_events"))
+            conn.execute(text("INSERT INTO audit_events SELECT * FROM audit_events WHERE seq = 10"))
+            conn.execute(text("UPDATE audit_events SET payload = '{}' WHERE ctid = (SELECT max(ctid) FROM "
+                              "audit_events WHERE seq = 10)"))
+        with audit.reading(store.engine) as conn, closing(audit.iter_event_rows(conn, batch=batch)) as rows:
+            assert sum(1 for r in rows if r[0] == 10) == 2
+        with pytest.raises(AuditVerificationError, match="event 10"):
+            store.verify_audit()
+    finally:
+        store.close()
