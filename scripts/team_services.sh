@@ -5,7 +5,8 @@
 #
 #   scripts/team_services.sh start [DIR]   # DIR default: ./.saegov-team; writes DIR/team.env
 #   source DIR/team.env                    # SAEGOV_DATABASE_URL, MLFLOW_TRACKING_URI
-#   scripts/team_services.sh stop [DIR]
+#   scripts/team_services.sh stop [DIR]     # data kept: start again to go on
+#   scripts/team_services.sh remove [DIR]   # stop, then delete DIR and the PostgreSQL data
 #
 # Needs the PostgreSQL server binaries (Debian: `apt-get install postgresql`) and the project's
 # virtualenv (`make install`; MLFLOW is .venv/bin/mlflow unless $MLFLOW is set).
@@ -80,7 +81,7 @@ export MLFLOW_TRACKING_URI=http://127.0.0.1:$ml_port
 EOF
     echo "team_services: PostgreSQL on 127.0.0.1:$pg_port, MLflow on http://127.0.0.1:$ml_port; source $dir/team.env" >&2
     ;;
-  stop)
+  stop|remove)
     if [ -f "$dir/mlflow.pid" ]; then
       pid="$(cat "$dir/mlflow.pid")"
       kill "$pid" 2>/dev/null || true
@@ -91,10 +92,21 @@ EOF
       "${runas[@]}" "$(cat "$dir/pg.bindir")/pg_ctl" -D "$(cat "$dir/pg.path")/data" -m fast stop >/dev/null 2>&1 || true
     fi
     rm -f "$dir/team.env"
-    echo "team_services: stopped (data kept in $dir; delete the folder to start afresh)" >&2
+    pgdir="$(cat "$dir/pg.path" 2>/dev/null || echo "$dir/pg")"
+    if [ "$cmd" = remove ]; then
+      # As root the server's data is outside DIR (/tmp/saegov-team-pg.*): deleting DIR alone
+      # would leave a whole cluster behind. Only a folder this script made is deleted.
+      case "$pgdir" in
+        "$dir"/*|/tmp/saegov-team-pg.*) rm -rf "$pgdir" ;;
+      esac
+      rm -rf "$dir"
+      echo "team_services: stopped and removed $dir and its PostgreSQL data" >&2
+    else
+      echo "team_services: stopped (data kept in $dir, PostgreSQL's in $pgdir; \`$0 remove $dir\` deletes both)" >&2
+    fi
     ;;
   *)
-    echo "usage: $0 start|stop [DIR]" >&2
+    echo "usage: $0 start|stop|remove [DIR]" >&2
     exit 2
     ;;
 esac

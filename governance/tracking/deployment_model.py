@@ -267,12 +267,19 @@ def load_deployment_model(uri: str, dst: Path | None = None) -> Any:
 
     from registry.store import Store
 
-    local = _checked_copy(uri, Path(dst or tempfile.mkdtemp(prefix="saegov-model-")))
-    model = mlflow.pyfunc.load_model(str(local))
-    store = Store.open_if_present()
-    if store is not None:
-        check_promoted(store, uri, model.unwrap_python_model().pipe.saegov)
-    return model
+    # Without `dst` the copy is ours to remove, loaded or refused: the model keeps its weights in
+    # memory, and a refused copy is not left behind (one per load, weights included).
+    tmp = None if dst is not None else Path(tempfile.mkdtemp(prefix="saegov-model-"))
+    try:
+        local = _checked_copy(uri, dst if dst is not None else tmp)
+        model = mlflow.pyfunc.load_model(str(local))
+        store = Store.open_if_present()
+        if store is not None:
+            check_promoted(store, uri, model.unwrap_python_model().pipe.saegov)
+        return model
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def fetch_deployment(uri: str, dst: Path) -> Path:
@@ -328,7 +335,6 @@ def serve(uri: str, host: str = "127.0.0.1", port: int = 5000, workers: int = 1)
     signature, approvals where a registry is configured) and, for an alias, the registry's
     promotion (check_promoted). Plain `mlflow models serve` runs whatever code the artifact store
     holds; this is the way that does not trust the store. Returns the server's exit status."""
-    import subprocess
     import sys
     import tempfile
 
@@ -347,6 +353,40 @@ def serve(uri: str, host: str = "127.0.0.1", port: int = 5000, workers: int = 1)
         env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
         cmd = [str(exe) if exe.is_file() else "mlflow", "models", "serve", "-m", str(local), "--env-manager", "local",
                "--host", host, "-p", str(port), "-w", str(workers)]
-        return subprocess.call(cmd, env=env)
+        return _run_forwarding_signals(cmd, env)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run_forwarding_signals(cmd: list[str], env: dict[str, str]) -> int:
+    """Run `cmd` in its own process group until it exits; SIGTERM, SIGINT and SIGHUP sent to this
+    process go to that whole group (the server and its workers), and this process waits for it.
+    Python's default SIGTERM ends a process without running `finally`: a server stopped by
+    `kill` or a service manager would leave its copy of the deployment (weights included) in
+    the temporary folder, and orphan the server's workers."""
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+
+    def forward(signum: int, _frame: Any) -> None:
+        try:
+            os.killpg(proc.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    caught = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    previous = {s: signal.signal(s, forward) for s in caught}
+    try:
+        rc = proc.wait()
+        return 128 - rc if rc < 0 else rc  # killed by signal N: the shell's 128 + N
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if proc.poll() is None:  # this process is leaving for another reason: do not orphan the server
+            forward(signal.SIGTERM, None)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                forward(signal.SIGKILL, None)
+                proc.wait()

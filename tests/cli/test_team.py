@@ -45,7 +45,9 @@ def services(tmp_path: Path):
             urls[key] = value
         yield urls
     finally:
-        subprocess.run(["bash", str(SCRIPT), "stop", str(folder)], env=env, capture_output=True, timeout=60)
+        pg = Path((folder / "pg.path").read_text().strip())
+        subprocess.run(["bash", str(SCRIPT), "remove", str(folder)], env=env, capture_output=True, timeout=60)
+        assert not folder.exists() and not pg.exists()  # no cluster left behind, in /tmp as root
 
 
 class Desk:

@@ -75,12 +75,17 @@ def test_build_registers_a_pyfunc_model_as_candidate_that_verifies_and_enforces(
     assert served.tobytes() == direct.tobytes() and served.size == direct.size
 
 
-def test_a_model_whose_code_or_deployment_was_changed_is_refused(world, tmp_path: Path) -> None:
+def test_a_model_whose_code_or_deployment_was_changed_is_refused(world, tmp_path: Path, monkeypatch) -> None:
+    import tempfile
+
     from governance.enforcement.deployment import DeploymentError
     from governance.tracking.artifacts import download_quietly
     from governance.tracking.deployment_model import DeploymentModelError, load_deployment_model
 
     _build(world)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the private copies go
     local = download_quietly(f"models:/{MODEL}/1", tmp_path / "dl")
     code = local / "deployment_model_entry.py"
     code.write_text(code.read_text() + "\nimport os  # a payload\n")
@@ -92,6 +97,12 @@ def test_a_model_whose_code_or_deployment_was_changed_is_refused(world, tmp_path
     with pytest.raises(Exception, match="blocklist.json was modified"):
         load_deployment_model(str(local))
     assert DeploymentError  # the deployment's own verification is what refused
+    assert list(scratch.iterdir()) == []  # no refused copy left behind
+    model = load_deployment_model(f"models:/{MODEL}/1")  # loaded: the weights are in memory, the copy gone
+    assert list(scratch.iterdir()) == []
+    got = model.predict(__import__("pandas").DataFrame({"prompt": ["a red circle"]}),
+                        params={"seed": 1, "num_inference_steps": 2})
+    assert len(got) == 1
 
 
 def test_promotion_needs_a_recorded_evaluation_is_audited_and_moves_production(world) -> None:
@@ -168,14 +179,16 @@ def _free_port() -> int:
 
 
 @pytest.mark.parametrize("server", ["mlflow models serve", "saegov deploy serve"])
-def test_the_production_deployment_is_served_enforced(world, server: str) -> None:
+def test_the_production_deployment_is_served_enforced(world, server: str, tmp_path: Path) -> None:
     from governance.tracking.runs import tracking_uri
 
     _build(world)
     _evaluate(world)
     assert CliRunner().invoke(saegov, ["deploy", "promote", "1", "--actor", "erin"]).exit_code == 0
     port = _free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(), "OMP_NUM_THREADS": "1",
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(), "OMP_NUM_THREADS": "1", "TMPDIR": str(scratch),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     uri = f"models:/{MODEL}@production"
     if server == "mlflow models serve":
@@ -203,9 +216,17 @@ def test_the_production_deployment_is_served_enforced(world, server: str) -> Non
         with urllib.request.urlopen(req, timeout=120) as resp:
             predictions = json.loads(resp.read())["predictions"]
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the server and, for saegov deploy serve, its child
-        proc.wait(timeout=30)
+        # mlflow: the server's group; saegov deploy serve: saegov alone, as `kill PID` or a
+        # service manager stops it (it stops its server's group, then removes its private copy)
+        (os.killpg if server == "mlflow models serve" else os.kill)(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
     assert len(predictions) == 1 and predictions[0]["seed"] == 2
+    if server == "saegov deploy serve":
+        assert proc.returncode == 128 + signal.SIGTERM
+        assert not [p for p in scratch.iterdir() if p.name.startswith("saegov-")]  # its copy removed
+        time.sleep(1)
+        with pytest.raises(OSError):  # and the server with its workers is gone
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
     trace = json.loads(predictions[0]["trace"])
     assert trace["deployment"]["deployment_id"] == 1
     fired = [s for c in trace["unet_calls"] for s in c["suppressed"]]
