@@ -76,10 +76,22 @@ def main() -> None:
     ap.add_argument("--trio", default="red,triangle,dotted", help="the colour, shape and style blocked together")
     ap.add_argument("--no-multi", action="store_true", help="skip the several-concepts runs")
     ap.add_argument("--oracle", action="store_true", help="add the per-token oracle bound per concept")
+    ap.add_argument("--gammas", action="append", default=[], metavar="KIND/METHOD=G1,G2,...",
+                    help="replace the gammas of one grid of GRIDS (repeat), e.g. shape/assigned=-3,-4,-5,-6,-8")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("unlearning.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    for item in args.gammas:
+        key, _, values = item.partition("=")
+        kind_method = tuple(key.split("/"))
+        if kind_method not in GRIDS or not values:
+            raise SystemExit(f"--gammas {item}: expected KIND/METHOD=G1,G2,... with KIND/METHOD one of "
+                             + ", ".join("/".join(k) for k in GRIDS))
+        try:
+            GRIDS[kind_method] = (GRIDS[kind_method][0], [float(g) for g in values.split(",")])  # type: ignore[index]
+        except ValueError:
+            raise SystemExit(f"--gammas {item}: the gammas must be numbers") from None
 
     from governance.enforcement.intervention import EnforcedBlocklist, apply_blocklist, remove_blocklist
     from governance.evaluation.metrics import eval_jobs, generate_jobs, judge, unlearning_metrics
