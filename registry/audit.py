@@ -16,6 +16,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Connection, Engine, select, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from governance.common.jsonio import canonical_json
@@ -207,7 +208,9 @@ def snapshot(conn: Connection) -> Connection:
     REPEATABLE READ; SQLite's transaction already is one). Call before the first statement: the
     verifier reads the head and then the rows in several statements, and an event appended
     between them must not read as a chain longer than its head."""
-    if conn.dialect.name == "postgresql" and not conn.in_transaction():
+    if conn.dialect.name == "postgresql":
+        if conn.in_transaction():  # too late to change it: refuse rather than read without one
+            raise RuntimeError("audit.snapshot() called after the connection's transaction began")
         conn.execution_options(isolation_level="REPEATABLE READ")
     return conn
 
@@ -253,7 +256,10 @@ def iter_event_rows(conn: Connection, batch: int = 50000, after: int = 0,
             nxt = cur.fetchone()[0]
             if nxt is None:
                 return
-            after = int(nxt) - 1
+            after = max(top, int(nxt) - 1)  # forward even past a fractional seq (a changed column)
+    except conn.dialect.loaded_dbapi.Error as exc:
+        # The raw cursor's errors, as SQLAlchemy's: the store reports them in one line.
+        raise DBAPIError.instance(None, None, exc, conn.dialect.loaded_dbapi.Error) from None
     finally:
         cur.close()
 
@@ -353,9 +359,22 @@ def check_bounds(conn: Connection) -> None:
     reads, while the store's readers of the log would) was put there behind the log's back.
     Rows beyond the head are the walk's to name (it reads them and compares with the head)."""
     lo = conn.execute(text("SELECT min(seq) FROM audit_events")).scalar()
-    if lo is not None and lo < 1:
-        raise AuditVerificationError(f"audit event {lo}: sequence numbers start at 1 (a row inserted behind the "
+    if lo is not None and (isinstance(lo, (str, bytes)) or lo < 1):  # text: the column's type was changed
+        raise AuditVerificationError(f"audit event {lo!r}: sequence numbers start at 1 (a row inserted behind the "
                                      "log's back)", None)
+
+
+def check_all_walked(conn: Connection, size: int) -> None:
+    """Every row of the table is one the walk verified (events 1..`size`, read in this
+    connection's snapshot). The walk reads integer sequence numbers in order; a row whose seq is
+    NULL, fractional, text or past the largest integer (once someone changes the column) is never
+    read by it, while the store's other readers of the log (the policy in force, `audit log`)
+    would read it: count(*) counts every row, whatever its seq."""
+    n = conn.execute(text("SELECT count(*) FROM audit_events")).scalar()
+    if n != size:
+        raise AuditVerificationError(
+            f"audit_events holds {n} rows but the chain has {size} events: {n - size} rows outside the "
+            f"chain's sequence numbers 1..{size} (put there behind the log's back)", None)
 
 
 def read_head(conn: Connection) -> tuple[int, str]:
@@ -370,6 +389,7 @@ def make_checkpoint(conn: Connection) -> Checkpoint:
     check = SignatureCheck()
     with closing(iter_event_rows(conn)) as rows:
         report = verify_rows(rows, head=read_head(conn), signatures=check, keep_leaves=2**63 - 1)
+    check_all_walked(conn, report.size)
     return Checkpoint(size=report.size, head_hash=report.head_hash, merkle_root=merkle_root(report.leaves),
                       time=iso_utc(utcnow()), state_sha256=check.state_digest())
 

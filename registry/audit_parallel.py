@@ -71,6 +71,8 @@ def _verify_range(url: str, r: _Range, check: SignatureCheck, cp_max: int, last:
             try:
                 rep = audit.verify_rows(rows, head=head, start=(r.lo - 1, r.start_hash), signatures=check,
                                         keep_leaves=cp_max)
+                if last:  # its snapshot holds the head: every row of the table must be 1..head
+                    audit.check_all_walked(conn, rep.size)
             except AuditVerificationError as exc:
                 return _Outcome(0, "", 0, b"", error=(str(exc), exc.seq))
         # One bytes object, not a list of them: far cheaper to send back to the parent.

@@ -1214,8 +1214,10 @@ class Store:
             if (workers := workers_for(self.engine, size)) > 1:
                 return verify_parallel(self.engine, cps, anchors, size, workers).report
             with audit.reading(self.engine) as conn, closing(audit.iter_event_rows(conn)) as rows:
-                return audit.verify_rows(rows, head=audit.read_head(conn), checkpoint=cps,
-                                         signatures=signatures.SignatureCheck(anchors=anchors))
+                report = audit.verify_rows(rows, head=audit.read_head(conn), checkpoint=cps,
+                                           signatures=signatures.SignatureCheck(anchors=anchors))
+                audit.check_all_walked(conn, report.size)
+                return report
         except SQLAlchemyError as exc:
             raise DatabaseUnreachable(f"database error: {first_line(exc)}") from None
 
@@ -1247,8 +1249,10 @@ class Store:
                         f"of {checkpoint.time} recorded (edited before it): run a full `audit verify`", None)
                 check.check_roots()
                 with closing(audit.iter_event_rows(conn, after=checkpoint.size)) as rows:
-                    return audit.verify_rows(rows, head=audit.read_head(conn),
-                                             start=(checkpoint.size, checkpoint.head_hash), signatures=check)
+                    report = audit.verify_rows(rows, head=audit.read_head(conn),
+                                               start=(checkpoint.size, checkpoint.head_hash), signatures=check)
+                audit.check_all_walked(conn, report.size)
+                return report
         except SQLAlchemyError as exc:
             raise DatabaseUnreachable(f"database error: {first_line(exc)}") from None
 
@@ -1306,8 +1310,10 @@ class Store:
                                    f"the new one ({new.size})")
         try:
             with audit.reading(self.engine) as conn, closing(audit.iter_event_rows(conn)) as rows:
-                leaves = audit.verify_rows(rows, head=audit.read_head(conn), checkpoint=[old, new],
-                                           signatures=signatures.SignatureCheck()).leaves
+                report = audit.verify_rows(rows, head=audit.read_head(conn), checkpoint=[old, new],
+                                           signatures=signatures.SignatureCheck())
+                audit.check_all_walked(conn, report.size)
+                leaves = report.leaves
         except SQLAlchemyError as exc:
             raise DatabaseUnreachable(f"database error: {first_line(exc)}") from None
         return audit.consistency_proof(leaves, old.size)

@@ -82,27 +82,42 @@ EOF
     echo "team_services: PostgreSQL on 127.0.0.1:$pg_port, MLflow on http://127.0.0.1:$ml_port; source $dir/team.env" >&2
     ;;
   stop|remove)
+    # Nothing read back from DIR is trusted as is (whoever can write DIR must not be able to make
+    # this script, run as root, kill or delete or run something else): the pid must be this
+    # folder's mlflow server, the server binaries are found again, the data folder must be the
+    # one `start` makes.
     if [ -f "$dir/mlflow.pid" ]; then
       pid="$(cat "$dir/mlflow.pid")"
-      kill "$pid" 2>/dev/null || true
-      pkill -P "$pid" 2>/dev/null || true
+      args="$(ps -o args= -p "$pid" 2>/dev/null || true)"
+      if [[ "$pid" =~ ^[0-9]+$ ]] && [ "$pid" -gt 1 ] && [[ "$args" == *"mlflow"*" server "* ]] \
+         && [[ "$args" == *"--artifacts-destination $dir/artifacts"* ]]; then
+        pkill -P "$pid" 2>/dev/null || true
+        kill "$pid" 2>/dev/null || true
+      fi
       rm -f "$dir/mlflow.pid"
     fi
-    if [ -f "$dir/pg.bindir" ]; then
-      "${runas[@]}" "$(cat "$dir/pg.bindir")/pg_ctl" -D "$(cat "$dir/pg.path")/data" -m fast stop >/dev/null 2>&1 || true
+    pgdir="$dir/pg"
+    if [ ${#runas[@]} -gt 0 ]; then
+      pgdir="$(cat "$dir/pg.path" 2>/dev/null || true)"
+      if ! [[ "$pgdir" =~ ^/tmp/saegov-team-pg\.[A-Za-z0-9]{6}$ ]] || [ -L "$pgdir" ] || [ ! -d "$pgdir" ] \
+         || [ "$(stat -c %U "$pgdir")" != postgres ]; then
+        echo "team_services: $dir/pg.path does not name a data folder this script made; its server is left alone" >&2
+        pgdir=""
+      fi
+    fi
+    bindir="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)"
+    if [ -n "$pgdir" ] && [ -f "$pgdir/data/PG_VERSION" ] && [ -x "$bindir/pg_ctl" ]; then
+      "${runas[@]}" "$bindir/pg_ctl" -D "$pgdir/data" -m fast stop >/dev/null 2>&1 || true
     fi
     rm -f "$dir/team.env"
-    pgdir="$(cat "$dir/pg.path" 2>/dev/null || echo "$dir/pg")"
     if [ "$cmd" = remove ]; then
       # As root the server's data is outside DIR (/tmp/saegov-team-pg.*): deleting DIR alone
-      # would leave a whole cluster behind. Only a folder this script made is deleted.
-      case "$pgdir" in
-        "$dir"/*|/tmp/saegov-team-pg.*) rm -rf "$pgdir" ;;
-      esac
+      # would leave a whole cluster behind.
+      if [ -n "$pgdir" ]; then rm -rf "$pgdir"; fi
       rm -rf "$dir"
-      echo "team_services: stopped and removed $dir and its PostgreSQL data" >&2
+      echo "team_services: stopped and removed $dir${pgdir:+ and its PostgreSQL data}" >&2
     else
-      echo "team_services: stopped (data kept in $dir, PostgreSQL's in $pgdir; \`$0 remove $dir\` deletes both)" >&2
+      echo "team_services: stopped (data kept in $dir${pgdir:+ and $pgdir}; \`$0 remove $dir\` deletes it)" >&2
     fi
     ;;
   *)

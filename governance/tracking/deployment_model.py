@@ -17,6 +17,7 @@ import io
 import json
 import os
 import shutil
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -267,8 +268,9 @@ def load_deployment_model(uri: str, dst: Path | None = None) -> Any:
 
     from registry.store import Store
 
-    # Without `dst` the copy is ours to remove, loaded or refused: the model keeps its weights in
-    # memory, and a refused copy is not left behind (one per load, weights included).
+    # Without `dst` the copy is ours: removed at once when refused, else when the model is
+    # garbage-collected or the interpreter exits (the pipeline's `save_pretrained` copies the
+    # verified deployment from it). One copy per load, weights included, must not pile up.
     tmp = None if dst is not None else Path(tempfile.mkdtemp(prefix="saegov-model-"))
     try:
         local = _checked_copy(uri, dst if dst is not None else tmp)
@@ -276,10 +278,13 @@ def load_deployment_model(uri: str, dst: Path | None = None) -> Any:
         store = Store.open_if_present()
         if store is not None:
             check_promoted(store, uri, model.unwrap_python_model().pipe.saegov)
-        return model
-    finally:
+    except BaseException:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if tmp is not None:
+        weakref.finalize(model, shutil.rmtree, tmp, True)
+    return model
 
 
 def fetch_deployment(uri: str, dst: Path) -> Path:
@@ -334,59 +339,148 @@ def serve(uri: str, host: str = "127.0.0.1", port: int = 5000, workers: int = 1)
     first: saegov's own code (check_model_folder), the deployment verified (hashes, trusted
     signature, approvals where a registry is configured) and, for an alias, the registry's
     promotion (check_promoted). Plain `mlflow models serve` runs whatever code the artifact store
-    holds; this is the way that does not trust the store. Returns the server's exit status."""
+    holds; this is the way that does not trust the store. Returns the server's exit status
+    (128 + N when stopped by signal N)."""
     import sys
     import tempfile
 
     from governance.enforcement.deployment import verify_deployment
     from registry.store import Store
 
-    tmp = Path(tempfile.mkdtemp(prefix="saegov-serve-"))
-    try:
-        local = _checked_copy(uri, tmp)
-        store = Store.open_if_present()
-        verified = verify_deployment(deployment_in(local), store=store, check_registry=store is not None)
-        if store is not None:
-            check_promoted(store, uri, verified)
-        exe = Path(sys.executable).with_name("mlflow")
-        bindir = str(Path(sys.executable).parent)
-        env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
-        cmd = [str(exe) if exe.is_file() else "mlflow", "models", "serve", "-m", str(local), "--env-manager", "local",
-               "--host", host, "-p", str(port), "-w", str(workers)]
-        return _run_forwarding_signals(cmd, env)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with _StopSignals() as stop:
+        tmp = Path(tempfile.mkdtemp(prefix="saegov-serve-"))
+        try:
+            local = _checked_copy(uri, tmp)
+            store = Store.open_if_present()
+            verified = verify_deployment(deployment_in(local), store=store, check_registry=store is not None)
+            if store is not None:
+                check_promoted(store, uri, verified)
+            exe = Path(sys.executable).with_name("mlflow")
+            bindir = str(Path(sys.executable).parent)
+            env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
+            cmd = [str(exe) if exe.is_file() else "mlflow", "models", "serve", "-m", str(local), "--env-manager",
+                   "local", "--host", host, "-p", str(port), "-w", str(workers)]
+            return stop.run(cmd, env)
+        except _Stopped as exc:
+            return 128 + exc.signum
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _run_forwarding_signals(cmd: list[str], env: dict[str, str]) -> int:
-    """Run `cmd` in its own process group until it exits; SIGTERM, SIGINT and SIGHUP sent to this
-    process go to that whole group (the server and its workers), and this process waits for it.
+class _Stopped(BaseException):
+    """A stop signal (SIGTERM, SIGINT, SIGHUP) that arrived before the server ran."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _StopSignals:
+    """Stop signals for a process that runs a server in its own process group.
+
     Python's default SIGTERM ends a process without running `finally`: a server stopped by
     `kill` or a service manager would leave its copy of the deployment (weights included) in
-    the temporary folder, and orphan the server's workers."""
-    import signal
-    import subprocess
+    the temporary folder and orphan the server's workers. Inside this context a stop signal
+    raises `_Stopped` until `run` has started the server, and from then on goes to the server's
+    whole group; `run` returns once no process of the group is left. Signals ignored on entry
+    (`nohup`) stay ignored. Outside the main thread, or without process groups (Windows),
+    nothing is installed and `run` just waits for the server."""
 
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    def __init__(self) -> None:
+        import signal
+        import threading
 
-    def forward(signum: int, _frame: Any) -> None:
+        self.signals = [s for s in (getattr(signal, n, None) for n in ("SIGTERM", "SIGINT", "SIGHUP")) if s is not None]
+        self.active = hasattr(os, "killpg") and threading.current_thread() is threading.main_thread()
+        self.proc: Any = None
+        self.signalled = False
+        self.previous: dict[int, Any] = {}
+
+    def _handler(self, signum: int, _frame: Any) -> None:
+        if self.proc is None:
+            raise _Stopped(signum)
+        self.signalled = True
         try:
-            os.killpg(proc.pid, signum)
+            os.killpg(self.proc.pid, signum)
         except ProcessLookupError:
             pass
 
-    caught = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-    previous = {s: signal.signal(s, forward) for s in caught}
-    try:
-        rc = proc.wait()
-        return 128 - rc if rc < 0 else rc  # killed by signal N: the shell's 128 + N
-    finally:
-        for s, handler in previous.items():
+    def __enter__(self) -> _StopSignals:
+        import signal
+
+        if self.active:
+            for s in self.signals:
+                if signal.getsignal(s) is not signal.SIG_IGN:
+                    self.previous[s] = signal.signal(s, self._handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import signal
+
+        for s, handler in self.previous.items():
             signal.signal(s, handler)
-        if proc.poll() is None:  # this process is leaving for another reason: do not orphan the server
-            forward(signal.SIGTERM, None)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                forward(signal.SIGKILL, None)
-                proc.wait()
+
+    def run(self, cmd: list[str], env: dict[str, str]) -> int:
+        import signal
+        import subprocess
+
+        if not self.active:
+            return subprocess.call(cmd, env=env)
+        # Blocked while the server starts, so that none arrives between its start and
+        # `self.proc` (it would be lost with the server left running); the server itself starts
+        # with this process's mask as it was.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, self.signals)
+        try:
+            self.proc = subprocess.Popen(cmd, env=env, start_new_session=True,
+                                         preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_SETMASK, mask))
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a pending signal now goes to the group
+        try:
+            rc = self.proc.wait()
+            return 128 - rc if rc < 0 else rc  # killed by signal N: the shell's 128 + N
+        finally:
+            _stop_group(self.proc, self.signalled)
+
+
+def _group_left(pgid: int) -> bool:
+    """Whether a process of group `pgid` is still running (zombies, which only wait for their
+    parent to reap them, do not count)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+            return True
+    return False
+
+
+def _stop_group(proc: Any, signalled: bool, grace: float = 30.0) -> None:
+    """Stop what is left of `proc`'s process group: its leader may have exited while its
+    workers (uvicorn's) still finish requests or shut down. `signalled`: the group already got
+    the stop signal (a second SIGTERM makes uvicorn skip its graceful shutdown)."""
+    import signal
+    import time
+
+    def send(sig: int) -> None:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    if proc.poll() is None or (not signalled and _group_left(proc.pid)):
+        send(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while proc.poll() is None or _group_left(proc.pid):
+        if time.monotonic() > deadline:
+            send(signal.SIGKILL)
+            proc.wait()
+            break
+        time.sleep(0.1)

@@ -145,3 +145,25 @@ def test_two_people_on_two_workspaces_then_anyone_generates_from_mlflow(services
     assert carl("deploy", "status", "--json")[0]["ok"] is True
     verified = carl("deploy", "verify", "models:/deployment-team@production", "--json")
     assert verified["ok"] and verified["registry_checked"] and verified["deployment_id"] == 1
+
+
+def test_stop_and_remove_trust_nothing_read_back_from_the_folder(tmp_path: Path) -> None:
+    """Whoever can write DIR must not make the script (run as root on CI) kill another process,
+    run another binary or delete another folder: the files it reads back are checked."""
+    folder = tmp_path / "services"
+    folder.mkdir()
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep").write_text("x")
+    bystander = subprocess.Popen(["sleep", "30"])
+    try:
+        (folder / "mlflow.pid").write_text(str(bystander.pid))
+        (folder / "pg.bindir").write_text(str(tmp_path / "evil"))
+        (folder / "pg.path").write_text(f"/tmp/saegov-team-pg.abcdef/../..{victim}")
+        r = subprocess.run(["bash", str(SCRIPT), "remove", str(folder)], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert bystander.poll() is None  # not an mlflow server of this folder: left running
+        assert (victim / "keep").read_text() == "x" and not folder.exists()
+    finally:
+        bystander.kill()
+        bystander.wait()

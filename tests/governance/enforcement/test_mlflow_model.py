@@ -98,11 +98,15 @@ def test_a_model_whose_code_or_deployment_was_changed_is_refused(world, tmp_path
         load_deployment_model(str(local))
     assert DeploymentError  # the deployment's own verification is what refused
     assert list(scratch.iterdir()) == []  # no refused copy left behind
-    model = load_deployment_model(f"models:/{MODEL}/1")  # loaded: the weights are in memory, the copy gone
-    assert list(scratch.iterdir()) == []
+    model = load_deployment_model(f"models:/{MODEL}/1")  # loaded: its copy lives as long as the model
     got = model.predict(__import__("pandas").DataFrame({"prompt": ["a red circle"]}),
                         params={"seed": 1, "num_inference_steps": 2})
     assert len(got) == 1
+    model.unwrap_python_model().pipe.save_pretrained(tmp_path / "saved")  # copies the verified deployment
+    assert (tmp_path / "saved" / "saegov" / "manifest.json").is_file()
+    del model, got
+    __import__("gc").collect()
+    assert list(scratch.iterdir()) == []
 
 
 def test_promotion_needs_a_recorded_evaluation_is_audited_and_moves_production(world) -> None:
