@@ -4,7 +4,8 @@ event appended while the verifier reads does not make an intact log read as a br
 from __future__ import annotations
 
 import itertools
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 
 import pytest
 from sqlalchemy import text
@@ -18,6 +19,20 @@ from tests.helpers.registry import ACTORS, drop_audit_triggers
 def _fill(store: Store, n: int) -> None:
     for i in range(n):
         store.add_concept(f"c{i}", "colour", "erin")
+
+
+@contextmanager
+def _log(url: str) -> Iterator[Store]:
+    """A store at `url` with ACTORS added and 12 concepts (their events) after them."""
+    store = Store.open(url)
+    try:
+        store.add_actor("alice", "admin", None)
+        for name, role in ACTORS[1:]:
+            store.add_actor(name, role, "alice")
+        _fill(store, 12)
+        yield store
+    finally:
+        store.close()
 
 
 def _rows(store: Store, batch: int, after: int = 0, until: int | None = None) -> list[tuple]:
@@ -49,12 +64,7 @@ def test_a_gap_is_named_the_same_with_small_pages(store: Store) -> None:
 
 @pytest.mark.postgres
 def test_an_append_while_reading_is_not_a_broken_log(postgres_url: str) -> None:
-    store = Store.open(postgres_url)
-    try:
-        store.add_actor("alice", "admin", None)
-        for name, role in ACTORS[1:]:
-            store.add_actor(name, role, "alice")
-        _fill(store, 12)
+    with _log(postgres_url) as store:
         with audit.reading(store.engine) as conn, closing(audit.iter_event_rows(conn, batch=5)) as rows:
             head = audit.read_head(conn)
             first = list(itertools.islice(rows, 7))  # into the second page
@@ -62,8 +72,6 @@ def test_an_append_while_reading_is_not_a_broken_log(postgres_url: str) -> None:
             report = audit.verify_rows(itertools.chain(first, rows), head=head, signatures=signatures.SignatureCheck())
         assert report.size == head[0]
         assert store.verify_audit().size == head[0] + 1
-    finally:
-        store.close()
 
 
 @pytest.mark.postgres
@@ -71,12 +79,7 @@ def test_an_append_while_reading_is_not_a_broken_log(postgres_url: str) -> None:
 def test_a_second_row_with_a_read_seq_is_refused_at_a_page_edge(postgres_url: str, batch: int) -> None:
     """Someone who can drop the primary key adds a second event 10 (a page ends there with
     batch 5): every reader of the log would show it, so the walk must read it and refuse."""
-    store = Store.open(postgres_url)
-    try:
-        store.add_actor("alice", "admin", None)
-        for name, role in ACTORS[1:]:
-            store.add_actor(name, role, "alice")
-        _fill(store, 12)
+    with _log(postgres_url) as store:
         drop_audit_triggers(store.engine)
         with store.engine.begin() as conn:
             conn.execute(text("ALTER TABLE audit_events DROP CONSTRAINT pk_audit_events"))
@@ -87,8 +90,6 @@ def test_a_second_row_with_a_read_seq_is_refused_at_a_page_edge(postgres_url: st
             assert sum(1 for r in rows if r[0] == 10) == 2
         with pytest.raises(AuditVerificationError, match="event 10"):
             store.verify_audit()
-    finally:
-        store.close()
 
 
 @pytest.mark.parametrize("seq", ["1e20", "'x'", "NULL", "5.5"])
@@ -100,12 +101,7 @@ def test_a_row_outside_the_chains_sequence_numbers_is_refused(db_url: str, seq: 
 
     if seq == "NULL" and db_url.startswith("sqlite"):
         pytest.skip("SQLite keeps the column NOT NULL (changing it means rebuilding the table)")
-    store = Store.open(db_url)
-    try:
-        store.add_actor("alice", "admin", None)
-        for name, role in ACTORS[1:]:
-            store.add_actor(name, role, "alice")
-        _fill(store, 12)
+    with _log(db_url) as store:
         cp = store.audit_checkpoint()
         drop_audit_triggers(store.engine)
         with store.engine.begin() as conn:
@@ -125,5 +121,3 @@ def test_a_row_outside_the_chains_sequence_numbers_is_refused(db_url: str, seq: 
             with pytest.raises(Exception) as info:
                 check()
             assert isinstance(info.value, AuditVerificationError) or "database error" in str(info.value), info.value
-    finally:
-        store.close()
