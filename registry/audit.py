@@ -238,7 +238,7 @@ def iter_event_rows(conn: Connection, batch: int = 50000, after: int = 0,
             return
         # PostgreSQL: pages of `batch` sequence numbers on a client-side cursor, each an index
         # range scan. A server-side cursor (SQLAlchemy's stream_results) costs a round trip per few
-        # dozen rows: 4.3 s against 2.1 s for 1,000,000 rows (benchmarks/audit.py --url). Pages
+        # dozen rows: 4.1 s against 1.9 s for 1,000,000 rows (benchmarks/audit.py --url). Pages
         # are ranges of seq, not LIMITs after the last row read: a second row with a seq already
         # read (possible once someone drops the primary key) is always in its range, hence read
         # and refused by the walk, where a LIMIT could end a page between the two.
