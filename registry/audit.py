@@ -203,23 +203,16 @@ def insert_rows(session: Session, table: Any, rows: list[dict[str, Any]], return
 _COLUMNS = "seq, created_at, actor, action, subject, payload, prev_hash, hash, signer_key, signature"
 
 
-def snapshot(conn: Connection) -> Connection:
-    """`conn` reading one snapshot for every statement until its transaction ends (PostgreSQL:
-    REPEATABLE READ; SQLite's transaction already is one). Call before the first statement: the
-    verifier reads the head and then the rows in several statements, and an event appended
-    between them must not read as a chain longer than its head."""
-    if conn.dialect.name == "postgresql":
-        if conn.in_transaction():  # too late to change it: refuse rather than read without one
-            raise RuntimeError("audit.snapshot() called after the connection's transaction began")
-        conn.execution_options(isolation_level="REPEATABLE READ")
-    return conn
-
-
 @contextmanager
 def reading(engine: Engine) -> Iterator[Connection]:
-    """A connection for reading the chain in one snapshot (`snapshot`)."""
+    """A connection reading one snapshot for every statement until its transaction ends
+    (PostgreSQL: REPEATABLE READ; SQLite's transaction already is one): the verifier reads the
+    head and then the rows in several statements, and an event appended between them must not
+    read as a chain longer than its head."""
     with engine.connect() as conn:
-        yield snapshot(conn)
+        if conn.dialect.name == "postgresql":
+            conn.execution_options(isolation_level="REPEATABLE READ")
+        yield conn
 
 
 def iter_event_rows(conn: Connection, batch: int = 50000, after: int = 0,
@@ -377,6 +370,19 @@ def check_all_walked(conn: Connection, size: int) -> None:
             f"chain's sequence numbers 1..{size} (put there behind the log's back)", None)
 
 
+def verify_stored(conn: Connection, *, after: int = 0, until: int | None = None, to_head: bool = True,
+                  **kwargs: Any) -> VerifyReport:
+    """`verify_rows` over the stored events after `after` (up to `until`), read in `conn`'s
+    snapshot (`reading`). With `to_head` (the walk reaches the end of the log) the chain must end
+    at the recorded head and every row of the table must be one the walk read
+    (`check_all_walked`). `kwargs` go to `verify_rows`."""
+    with closing(iter_event_rows(conn, after=after, until=until)) as rows:
+        report = verify_rows(rows, head=read_head(conn) if to_head else None, **kwargs)
+    if to_head:
+        check_all_walked(conn, report.size)
+    return report
+
+
 def read_head(conn: Connection) -> tuple[int, str]:
     row = conn.execute(text("SELECT seq, hash FROM audit_head WHERE id = 1")).one()
     return int(row[0]), str(row[1])
@@ -387,9 +393,7 @@ def make_checkpoint(conn: Connection) -> Checkpoint:
     root, time, and the digest of the signature rules' state at its head (for `--since`)."""
     check_bounds(conn)
     check = SignatureCheck()
-    with closing(iter_event_rows(conn)) as rows:
-        report = verify_rows(rows, head=read_head(conn), signatures=check, keep_leaves=2**63 - 1)
-    check_all_walked(conn, report.size)
+    report = verify_stored(conn, signatures=check, keep_leaves=2**63 - 1)
     return Checkpoint(size=report.size, head_hash=report.head_hash, merkle_root=merkle_root(report.leaves),
                       time=iso_utc(utcnow()), state_sha256=check.state_digest())
 

@@ -1213,11 +1213,8 @@ class Store:
                 size = audit.read_head(conn)[0]
             if (workers := workers_for(self.engine, size)) > 1:
                 return verify_parallel(self.engine, cps, anchors, size, workers).report
-            with audit.reading(self.engine) as conn, closing(audit.iter_event_rows(conn)) as rows:
-                report = audit.verify_rows(rows, head=audit.read_head(conn), checkpoint=cps,
-                                           signatures=signatures.SignatureCheck(anchors=anchors))
-                audit.check_all_walked(conn, report.size)
-                return report
+            with audit.reading(self.engine) as conn:
+                return audit.verify_stored(conn, checkpoint=cps, signatures=signatures.SignatureCheck(anchors=anchors))
         except SQLAlchemyError as exc:
             raise DatabaseUnreachable(f"database error: {first_line(exc)}") from None
 
@@ -1248,11 +1245,8 @@ class Store:
                         f"audit events 1..{checkpoint.size} no longer give the keys, roles and approvals the checkpoint "
                         f"of {checkpoint.time} recorded (edited before it): run a full `audit verify`", None)
                 check.check_roots()
-                with closing(audit.iter_event_rows(conn, after=checkpoint.size)) as rows:
-                    report = audit.verify_rows(rows, head=audit.read_head(conn),
-                                               start=(checkpoint.size, checkpoint.head_hash), signatures=check)
-                audit.check_all_walked(conn, report.size)
-                return report
+                return audit.verify_stored(conn, after=checkpoint.size,
+                                           start=(checkpoint.size, checkpoint.head_hash), signatures=check)
         except SQLAlchemyError as exc:
             raise DatabaseUnreachable(f"database error: {first_line(exc)}") from None
 
@@ -1309,11 +1303,8 @@ class Store:
             raise ValidationFailed(f"the old checkpoint ({old.size} events) must be non-empty and no larger than "
                                    f"the new one ({new.size})")
         try:
-            with audit.reading(self.engine) as conn, closing(audit.iter_event_rows(conn)) as rows:
-                report = audit.verify_rows(rows, head=audit.read_head(conn), checkpoint=[old, new],
-                                           signatures=signatures.SignatureCheck())
-                audit.check_all_walked(conn, report.size)
-                leaves = report.leaves
+            with audit.reading(self.engine) as conn:
+                leaves = audit.verify_stored(conn, checkpoint=[old, new], signatures=signatures.SignatureCheck()).leaves
         except SQLAlchemyError as exc:
             raise DatabaseUnreachable(f"database error: {first_line(exc)}") from None
         return audit.consistency_proof(leaves, old.size)

@@ -347,24 +347,25 @@ def serve(uri: str, host: str = "127.0.0.1", port: int = 5000, workers: int = 1)
     from governance.enforcement.deployment import verify_deployment
     from registry.store import Store
 
-    with _StopSignals() as stop:
-        tmp = Path(tempfile.mkdtemp(prefix="saegov-serve-"))
-        try:
-            local = _checked_copy(uri, tmp)
-            store = Store.open_if_present()
-            verified = verify_deployment(deployment_in(local), store=store, check_registry=store is not None)
-            if store is not None:
-                check_promoted(store, uri, verified)
-            exe = Path(sys.executable).with_name("mlflow")
-            bindir = str(Path(sys.executable).parent)
-            env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
-            cmd = [str(exe) if exe.is_file() else "mlflow", "models", "serve", "-m", str(local), "--env-manager",
-                   "local", "--host", host, "-p", str(port), "-w", str(workers)]
-            return stop.run(cmd, env)
-        except _Stopped as exc:
-            return 128 + exc.signum
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    try:  # around the whole context: a stop signal may come as it is entered or left
+        with _StopSignals() as stop:
+            tmp = Path(tempfile.mkdtemp(prefix="saegov-serve-"))
+            try:
+                local = _checked_copy(uri, tmp)
+                store = Store.open_if_present()
+                verified = verify_deployment(deployment_in(local), store=store, check_registry=store is not None)
+                if store is not None:
+                    check_promoted(store, uri, verified)
+                exe = Path(sys.executable).with_name("mlflow")
+                bindir = str(Path(sys.executable).parent)
+                env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
+                cmd = [str(exe) if exe.is_file() else "mlflow", "models", "serve", "-m", str(local), "--env-manager",
+                       "local", "--host", host, "-p", str(port), "-w", str(workers)]
+                return stop.run(cmd, env)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    except _Stopped as exc:
+        return 128 + exc.signum
 
 
 class _Stopped(BaseException):
@@ -400,10 +401,7 @@ class _StopSignals:
         if self.proc is None:
             raise _Stopped(signum)
         self.signalled = True
-        try:
-            os.killpg(self.proc.pid, signum)
-        except ProcessLookupError:
-            pass
+        _signal_group(self.proc.pid, signum)
 
     def __enter__(self) -> _StopSignals:
         import signal
@@ -442,6 +440,13 @@ class _StopSignals:
             _stop_group(self.proc, self.signalled)
 
 
+def _signal_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except ProcessLookupError:  # every process of the group has exited
+        pass
+
+
 def _group_left(pgid: int) -> bool:
     """Whether a process of group `pgid` is still running (zombies, which only wait for their
     parent to reap them, do not count)."""
@@ -469,18 +474,12 @@ def _stop_group(proc: Any, signalled: bool, grace: float = 30.0) -> None:
     import signal
     import time
 
-    def send(sig: int) -> None:
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
-
     if proc.poll() is None or (not signalled and _group_left(proc.pid)):
-        send(signal.SIGTERM)
+        _signal_group(proc.pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while proc.poll() is None or _group_left(proc.pid):
         if time.monotonic() > deadline:
-            send(signal.SIGKILL)
+            _signal_group(proc.pid, signal.SIGKILL)
             proc.wait()
             break
         time.sleep(0.1)
