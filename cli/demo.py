@@ -31,6 +31,9 @@ DEMO_MULTIPLIERS = "-5,-10,-30"
 # Styles need more features and stronger scales at their block (docs/evaluation.md, stop 9's grid).
 STYLE_TOP_NS = "4,8,16"
 STYLE_MULTIPLIERS = "-5,-10,-20"
+# The assigned rule (a concept-supervised SAE's dedicated latent) sweeps gamma only; the colours'
+# finer grid of docs/evaluation.md (stop 29), whose chosen points sit between -2 and -10.
+SUPERVISED_MULTIPLIERS = "-2,-3,-4,-5,-6,-8,-10,-20"
 # % of a sweep's chosen point, and of the deployment's evaluation at promotion. Judged with the
 # strict shape rule (stop 25), the demo's blocklist keeps the other kinds in 68-69 % of the
 # blocked concepts' images (stop 28) and the other concepts of their kind in 98 %: the floors sit below that, so
@@ -97,9 +100,16 @@ def _fresh_workspace(path: Path) -> None:
 @click.option("--two-block-colour/--one-block-colour", default=False, show_default=True,
               help="Also block the colour at the style's block, swept with its first mapping in force "
                    "(concept sweep --with-mapping).")
+@click.option("--colour-method", type=click.Choice(["paper", "supervised"]), default="paper", show_default=True,
+              help="paper: the SAeUron score's features; supervised: an SAE trained with a dedicated latent per "
+                   "colour (sae train --supervise), blocked by its latent (concept sweep --assigned).")
+@click.option("--style-method", type=click.Choice(["paper", "supervised"]), default="paper", show_default=True,
+              help="The same choice for the style.")
+@click.option("--supervised-multipliers", default=SUPERVISED_MULTIPLIERS, show_default=True,
+              help="Gammas swept for a supervised kind.")
 def demo(workspace: Path, colour: str, style: str, colour_hookpoint: str, style_hookpoint: str, top_ns: str,
          multipliers: str, style_top_ns: str, style_multipliers: str, styled_sweep: bool,
-         two_block_colour: bool) -> None:
+         two_block_colour: bool, colour_method: str, style_method: str, supervised_multipliers: str) -> None:
     """Collect and train an SAE at each concept's block, sweep both (with --two-block-colour the
     colour also at the style's block, measured with its first mapping in force), review, publish
     one blocklist holding both SAEs, deploy, generate, evaluate, promote to production, verify."""
@@ -111,6 +121,9 @@ def demo(workspace: Path, colour: str, style: str, colour_hookpoint: str, style_
 
     if colour not in COLOURS or style not in STYLES:
         raise UsageError(f"--colour must be one of {COLOURS}, --style one of {STYLES}")
+    if two_block_colour and colour_method == "supervised":
+        raise UsageError("--two-block-colour sweeps the paper's features at the style's block; "
+                         "use it with --colour-method paper")
     if not is_trained():
         raise ToyWorldMissing(f"no trained toy world at {default_pipeline_path()}")
     t0 = time.monotonic()
@@ -156,16 +169,27 @@ def demo(workspace: Path, colour: str, style: str, colour_hookpoint: str, style_
     saes = {colour: ("toy-sae-colour", colour_hookpoint), style: ("toy-sae-style", style_hookpoint)}
     if colour_hookpoint == style_hookpoint:  # one block: one SAE serves both
         saes = {colour: ("toy-sae", colour_hookpoint), style: ("toy-sae", colour_hookpoint)}
+    # A supervised kind gives every concept of its kind a dedicated latent: the labels are the
+    # prompts registered above, and the SAE's lineage names them.
+    supervised = {colour: COLOURS if colour_method == "supervised" else (),
+                  style: STYLES if style_method == "supervised" else ()}
     for sae_name, hookpoint in dict.fromkeys(saes.values()):
         acts = ws / "activations" / hookpoint.replace(".", "-")
         _run(["activations", "collect", "--model", model, "--hookpoint", hookpoint,
               "--prompts", str(prompts_dir / "all.txt"), "--steps", steps, "--guidance", guidance, "--seed", "0",
               "--out", str(acts), "--batch-size", "32", "--prompts-per-shard", "64"])
+        labels = [n for c, (s, _) in saes.items() if s == sae_name for n in supervised[c]]
+        supervise = ["--supervise", ",".join(labels)] if labels else []
         _run(["sae", "train", "--activations", str(acts), "--expansion", "16", "--k", DEMO_K, "--name", sae_name,
-              "--actor", "erin"])
+              *supervise, "--actor", "erin"])
 
     click.secho("3. Operating-point sweep at each concept's block, review, blocklist", bold=True, err=True)
-    grids = {colour: (top_ns, multipliers), style: (style_top_ns, style_multipliers)}
+    def grid(concept: str, grid_top_ns: str, grid_multipliers: str) -> list[str]:
+        if supervised[concept]:
+            return ["--assigned", "--multipliers", supervised_multipliers]
+        return ["--top-ns", grid_top_ns, "--multipliers", grid_multipliers]
+
+    grids = {colour: grid(colour, top_ns, multipliers), style: grid(style, style_top_ns, style_multipliers)}
     # The colour's sweep on the styled wording: its four style-free target images per point
     # chose points that evaluation, on the styled prompts, did not confirm (docs/evaluation.md,
     # stop 28: red's chosen UA 100 evaluated at 45.8 through the two-block default it replaced).
@@ -174,10 +198,9 @@ def demo(workspace: Path, colour: str, style: str, colour_hookpoint: str, style_
     if two_block_colour and colour_hookpoint != style_hookpoint:
         # The colour again at the style's block (its SAE), measured with mapping 1 in force.
         sweeps.append((colour, saes[style][0], grids[colour], [*styled, "--with-mapping", "1"]))
-    for concept, sae_name, (grid_top_ns, grid_multipliers), extra in sweeps:
-        _run(["concept", "sweep", concept, "--sae", sae_name, "--top-ns", grid_top_ns,
-              "--multipliers", grid_multipliers, "--steps", steps, "--guidance", guidance, "--model", model,
-              "--batch-size", "32", *extra, "--actor", "erin"])
+    for concept, sae_name, points, extra in sweeps:
+        _run(["concept", "sweep", concept, "--sae", sae_name, *points, "--steps", steps, "--guidance", guidance,
+              "--model", model, "--batch-size", "32", *extra, "--actor", "erin"])
     mappings = [str(i) for i in range(1, len(sweeps) + 1)]
     for mapping in mappings:
         _run(["review", "propose", mapping, "--justification", "demo: block on policy request", "--actor", "erin"])

@@ -116,7 +116,8 @@ BAD_INPUTS: dict[str, list[tuple[list[str], int, dict[str, str]]]] = {
                       (["{badpng}"], EXIT_USAGE, {})],
     "eval": [(["--deployment", "{tmp}/nodep"], EXIT_REFUSED, {}), (["--deployment", "{tmp}", "--seeds", ","],
                                                                    EXIT_USAGE, {})],
-    "demo": [(["--colour", "purple"], EXIT_USAGE, {})],
+    "demo": [(["--colour", "purple"], EXIT_USAGE, {}),
+             (["--colour-method", "supervised", "--two-block-colour", "--workspace", "{tmp}/demo"], EXIT_USAGE, {})],
 }
 
 
