@@ -69,7 +69,8 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="pipeline folder (default: the committed toy world)")
     ap.add_argument("--methods", default="saeuron,specific")
     ap.add_argument("--concepts", default="", help="comma-separated (default: every concept of the kinds given)")
-    ap.add_argument("--objective", default="min_ua_ira_cra", choices=["min_ua_ira_cra", "ua_ira", "ua_ira_cra"])
+    ap.add_argument("--objective", default="min_ua_ira_cra",
+                    choices=["min_ua_ira_cra", "min_ua_ira_kinds", "ua_ira", "ua_ira_cra"])
     ap.add_argument("--sweep-seeds", default="100", help="seeds of the sweep images (never 0 or 1)")
     ap.add_argument("--styled-sweep", action="store_true",
                     help="sweep colours and shapes on the styled wording too (as `concept sweep --styled-sweep`)")
@@ -190,7 +191,8 @@ def main() -> None:
                              multipliers=gammas, seeds=seeds, objective=args.objective, styled=args.styled_sweep)
         held = InForceBlocking(entries=[e for e, _ in in_force], saes={e.hook_point: s for e, s in in_force})
         chosen = make_selector(sweep, steps=steps, guidance=guidance, in_force=held)(pipe, sae, hook, st, kind)
-        best = json.loads(chosen.evidence[0]["ref"])["chosen"]
+        table = json.loads(chosen.evidence[0]["ref"])
+        best = {**table["chosen"], "points": table["points"]}
         choices, _ = choose(st, gamma=best["gamma"], **rule_kwargs(best["rule"], best["value"], assigned=assigned))
         spec = blocklist_for(c, registry_kind(c), hook, best["gamma"], choices, st.timesteps,
                              type(pipe.scheduler).__name__, steps)
@@ -223,6 +225,7 @@ def main() -> None:
                 row = {"concept": c, "kind": kind, "hook_point": " + ".join(e.hook_point for e, _ in held),
                        "method": label,
                        "chosen": {k: best[k] for k in ("rule", "value", "gamma", "UA", "IRA", "CRA")},
+                       "sweep_points": best["points"],
                        "gammas": [e.gamma for e, _ in held],
                        "UA": m["UA"], "IRA": m["IRA"], "CRA": m["CRA"], "CRA_by_kind": m["CRA_by_kind"]}
                 rows.append(row)

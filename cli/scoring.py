@@ -108,10 +108,11 @@ def score_cmd(name: str, sae_ref: str, tau: float | None, top_n: int | None, gam
               help="Also try the concept's dedicated latents of a concept-supervised SAE (`sae train --supervise`) "
                    "with every multiplier.")
 @click.option("--multipliers", default="-1,-5,-10", show_default=True, help="Comma-separated gammas.")
-@click.option("--objective", type=click.Choice(["min_ua_ira_cra", "ua_ira", "ua_ira_cra"]), default="min_ua_ira_cra",
+@click.option("--objective", type=click.Choice(["min_ua_ira_cra", "min_ua_ira_kinds", "ua_ira", "ua_ira_cra"]),
+              default="min_ua_ira_cra",
               show_default=True,
-              help="min_ua_ira_cra: the weakest of UA, IRA and CRA; ua_ira: (UA + IRA) / 2 as in the paper; "
-                   "ua_ira_cra: (UA + IRA + CRA) / 3.")
+              help="min_ua_ira_cra: the weakest of UA, IRA and CRA; min_ua_ira_kinds: the weakest of UA, IRA "
+                   "and each other kind's CRA; ua_ira: (UA + IRA) / 2 as in the paper; ua_ira_cra: (UA + IRA + CRA) / 3.")
 @click.option("--sweep-seeds", default="100", show_default=True,
               help="Seeds of the sweep images (never the evaluation seeds 0, 1).")
 @click.option("--styled-sweep", is_flag=True,
@@ -169,11 +170,14 @@ def sweep_cmd(name: str, sae_ref: str, taus: str | None, top_ns: str | None, spe
     click.echo(f"objective: {table.objective}")
     for r in table.with_mappings or []:
         click.echo(f"measured with mapping {r.mapping_id} in force at {r.hook_point}")
-    click.echo(f"{'rule':>8s} {'value':>7s} {'gamma':>6s} {'UA':>6s} {'IRA':>6s} {'CRA':>6s} {'objective':>10s}")
+    kinds = sorted({k for p in table.points for k in p.CRA_by_kind or {}})
+    click.echo(f"{'rule':>8s} {'value':>7s} {'gamma':>6s} {'UA':>6s} {'IRA':>6s} {'CRA':>6s} "
+               + "".join(f"{k:>7s}" for k in kinds) + f" {'objective':>10s}")
     for p in table.points:
         mark = " <- chosen" if p == table.chosen else ""
+        by_kind = "".join(f"{100 * (p.CRA_by_kind or {}).get(k, float('nan')):7.1f}" for k in kinds)
         click.echo(f"{p.rule:>8s} {p.value:7g} {p.gamma:6g} {100 * p.UA:6.1f} {100 * p.IRA:6.1f} "
-                   f"{100 * p.CRA:6.1f} {100 * p.objective:10.1f}{mark}")
+                   f"{100 * p.CRA:6.1f}{by_kind} {100 * p.objective:10.1f}{mark}")
     click.echo(f"draft mapping {m.id}: concept {m.concept!r} on SAE {m.sae_ref}, {m.n_features} entries"
                + (f"; MLflow run {out.mlflow_run_id}" if out.mlflow_run_id else "")
                + (f"; publish it with mapping {', '.join(str(r.mapping_id) for r in table.with_mappings)}"

@@ -14,7 +14,7 @@ from governance.formats.validation import parse_json_model
 SWEEP_FORMAT = "saegov.sweep/v1"
 SWEEP_NAME = "sweep.json"
 OBJECTIVES = {"ua_ira": "(UA + IRA) / 2", "ua_ira_cra": "(UA + IRA + CRA) / 3",
-              "min_ua_ira_cra": "min(UA, IRA, CRA)"}
+              "min_ua_ira_cra": "min(UA, IRA, CRA)", "min_ua_ira_kinds": "min(UA, IRA, CRA of each other kind)"}
 
 
 class SweepPoint(BaseModel):
@@ -28,6 +28,8 @@ class SweepPoint(BaseModel):
     UA: float
     IRA: float
     CRA: float
+    # CRA is the mean over the other kinds; each kind's (left out of tables written before it).
+    CRA_by_kind: dict[str, float] | None = None
     objective: float
     n_entries: int
     n_features: int

@@ -54,7 +54,9 @@ class SweepRequest(BaseModel):
     # "min_ua_ira_cra" (the default): the weakest of the three, so that a point which "removes"
     # the concept by wrecking the object, or keeps the image by removing nothing, cannot win;
     # "ua_ira" is the paper's (UA + IRA) / 2, "ua_ira_cra" the mean of the three.
-    objective: Literal["ua_ira", "ua_ira_cra", "min_ua_ira_cra"] = "min_ua_ira_cra"
+    # "min_ua_ira_kinds": the weakest of UA, IRA and each other kind's CRA, so that a point
+    # that wrecks the object's shape cannot hide it behind a style kept intact (the mean).
+    objective: Literal["ua_ira", "ua_ira_cra", "min_ua_ira_cra", "min_ua_ira_kinds"] = "min_ua_ira_cra"
     # Colours and shapes on the styled wording too (styles always are).
     styled: bool = False
 
@@ -94,7 +96,10 @@ class InForceBlocking:
         return [{"kind": CHOSEN_WITH, "ref": f"mapping:{r.mapping_id}", "sha256": r.spec_sha256} for r in self.refs]
 
 
-def objective_value(objective: str, ua: float, ira: float, cra: float) -> float:
+def objective_value(objective: str, ua: float, ira: float, cra: float,
+                    cra_by_kind: dict[str, float] | None = None) -> float:
+    if objective == "min_ua_ira_kinds":
+        return min(ua, ira, *(cra_by_kind.values() if cra_by_kind else (cra,)))
     if objective == "ua_ira":
         return (ua + ira) / 2
     if objective == "ua_ira_cra":
@@ -193,8 +198,10 @@ def make_selector(sweep: SweepRequest, *, steps: int, guidance: float, progress:
             done += len(jobs)
             m = unlearning_metrics(judge(images, jobs), [concept])[concept]
             ua, ira, cra = (float(m[k]) if m[k] is not None else 0.0 for k in ("UA", "IRA", "CRA"))
-            score = objective_value(sweep.objective, ua, ira, cra)
-            points.append(SweepPoint(rule=rule, value=value, gamma=gamma, UA=ua, IRA=ira, CRA=cra, objective=score,
+            by_kind = {k: float(v) for k, v in m["CRA_by_kind"].items() if v is not None}
+            score = objective_value(sweep.objective, ua, ira, cra, by_kind)
+            points.append(SweepPoint(rule=rule, value=value, gamma=gamma, UA=ua, IRA=ira, CRA=cra,
+                                     CRA_by_kind=by_kind, objective=score,
                                      n_entries=len(choices), n_features=len({c.feature for c in choices})))
         best = best_point(points)
         styled = sweep.styled or attribute_of(concept) == "style"

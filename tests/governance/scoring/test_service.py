@@ -163,6 +163,9 @@ def test_concept_sweep_picks_the_best_measured_point(workspace: tuple[Store, Pat
     points = [SweepPoint(**p) for p in table["points"]]
     for p in points:
         assert p.objective == pytest.approx(min(p.UA, p.IRA, p.CRA))
+        # CRA is the mean of the other kinds' accuracies, each kept in the table
+        assert p.CRA_by_kind is not None and sorted(p.CRA_by_kind) == ["shape", "style"]
+        assert p.CRA == pytest.approx(sum(p.CRA_by_kind.values()) / 2)
     chosen = best_point(points)
     assert SweepPoint(**table["chosen"]) == chosen and table["objective"] == "min(UA, IRA, CRA)"
     m = store.get_mapping(out["mapping_id"])

@@ -76,3 +76,14 @@ def test_default_objective_refuses_a_point_that_wrecks_the_image() -> None:
     wreck, clean = point(1.0, 1.0, 0.5), point(0.9, 0.95, 0.95)
     assert best_point([wreck, clean]) == clean
     assert objective_value("ua_ira", 1.0, 1.0, 0.5) > objective_value("ua_ira", 0.9, 0.95, 0.95)
+
+
+def test_each_kind_objective_sees_a_wrecked_shape_behind_a_kept_style() -> None:
+    # The mean CRA ranks the stronger point first although it breaks the shape of one image in twelve.
+    strong = (1.0, 1.0, 0.96, {"shape": 0.92, "style": 1.0})
+    mild = (0.95, 1.0, 0.97, {"shape": 0.95, "style": 0.99})
+    assert objective_value("min_ua_ira_cra", *strong[:3]) > objective_value("min_ua_ira_cra", *mild[:3])
+    assert objective_value("min_ua_ira_kinds", *strong) == pytest.approx(0.92)
+    assert objective_value("min_ua_ira_kinds", *mild) == pytest.approx(0.95)
+    # Without the kinds (a table of another tool) it is the three-term minimum.
+    assert objective_value("min_ua_ira_kinds", 0.9, 1.0, 0.8) == pytest.approx(0.8)
