@@ -153,6 +153,7 @@ def point_run(p: SweepPoint, sweep: SweepRequest, chosen: bool = False) -> Child
         params={"rule": p.rule, "value": p.value, key: p.value, "gamma": p.gamma, "objective": sweep.objective,
                 **({"gate_quantile": sweep.gate_quantile} if p.rule == "specific" else {})},
         metrics={"UA": 100 * p.UA, "IRA": 100 * p.IRA, "CRA": 100 * p.CRA, "objective": 100 * p.objective,
+                 **{f"CRA.{k}": 100 * v for k, v in (p.CRA_by_kind or {}).items()},
                  "n_entries": float(p.n_entries), "n_features": float(p.n_features)},
         tags={"saegov.sweep.chosen": "true" if chosen else "false"})
 

@@ -193,6 +193,7 @@ def test_concept_sweep_picks_the_best_measured_point(workspace: tuple[Store, Pat
         c = by_point[(p.rule, int(p.value), p.gamma)]
         assert c.data.metrics["UA"] == pytest.approx(100 * p.UA) and c.data.metrics["IRA"] == pytest.approx(100 * p.IRA)
         assert c.data.metrics["CRA"] == pytest.approx(100 * p.CRA) and c.data.metrics["n_entries"] == p.n_entries
+        assert c.data.metrics["CRA.shape"] == pytest.approx(100 * p.CRA_by_kind["shape"])
         assert c.data.tags["saegov.sweep.chosen"] == ("true" if p == chosen else "false")
         assert c.data.tags["mlflow.user"] == "erin" and c.data.tags["saegov.kind"] == "sweep-point"
     # Only the scoring run is announced (a link on stderr; stdout stays JSON).
