@@ -12,7 +12,10 @@ the per-token oracle's bound at each concept's block (benchmarks/oracle_steering
 the --sae-assigned folders (at each hook point, the one whose supervision names the concept).
 `--second kind=hook` adds, for every concept of that kind and every method, a blocking at two
 blocks: the one-block mapping held in force while a second sweep picks the point at `hook`, as
-`concept sweep --with-mapping` does (rows "method, 2 blocks").
+`concept sweep --with-mapping` does (rows "method, 2 blocks"). `--envelope` also measures every
+point of each grid on the evaluation images themselves: not a choice any sweep could make, but
+the best the edit reaches on the protocol, beside what the sweep chose (is the limit the edit or
+the choice?).
 
     python benchmarks/unlearning.py --sae sae-colour --sae sae-shape --sae sae-style \\
         --sae-assigned sup-colour --sae-assigned sup-shape --sae-assigned sup-style \\
@@ -77,6 +80,8 @@ def main() -> None:
     ap.add_argument("--trio", default="red,triangle,dotted", help="the colour, shape and style blocked together")
     ap.add_argument("--no-multi", action="store_true", help="skip the several-concepts runs")
     ap.add_argument("--oracle", action="store_true", help="add the per-token oracle bound per concept")
+    ap.add_argument("--envelope", action="store_true",
+                    help="also evaluate every grid point of one block on the evaluation images (the edit's best)")
     ap.add_argument("--gammas", action="append", default=[], metavar="KIND/METHOD=G1,G2,...",
                     help="replace the gammas of one grid of GRIDS (repeat), e.g. shape/assigned=-3,-4,-5,-6,-8")
     ap.add_argument("--threads", type=int, default=2)
@@ -233,6 +238,43 @@ def main() -> None:
                     f"IRA {pct(m['IRA'])} CRA {pct(m['CRA'])} "
                     + json.dumps({k: round(100 * v, 1) for k, v in m["CRA_by_kind"].items()}))
 
+    envelope: list[dict[str, Any]] = []
+    if args.envelope:
+        for c in concepts:
+            kind = attribute_of(c)
+            hook = at[kind]
+            for method in methods:
+                sae = sae_for(method, c, hook)
+                st = stats_of(kind, hook, sae).with_target(c)
+                try:
+                    assigned = assigned_latents(sae, c) if method == "assigned" else []
+                except ScoringError:
+                    continue
+                top_ns, gammas = GRIDS[(kind, method)]
+                rule = {"saeuron": "top_n", "specific": "specific", "assigned": "assigned"}[method]
+                values = [len(assigned)] if method == "assigned" else top_ns
+                points = []
+                for value in values:
+                    for gamma in gammas:
+                        choices, _ = choose(st, gamma=gamma, **rule_kwargs(rule, value, assigned=assigned))
+                        spec = blocklist_for(c, registry_kind(c), hook, gamma, choices, st.timesteps,
+                                             type(pipe.scheduler).__name__, steps)
+                        m = evaluate([(spec.entries[-1], sae)], [c])
+                        assert m is not None
+                        m = m[c]
+                        by_kind = {k: v for k, v in m["CRA_by_kind"].items() if v is not None}
+                        points.append({"rule": rule, "value": value, "gamma": gamma, "UA": m["UA"], "IRA": m["IRA"],
+                                       "CRA": m["CRA"], "CRA_by_kind": by_kind,
+                                       "weakest": min(m["UA"], m["IRA"], m["CRA"]),
+                                       "meets_goal": min(m["UA"], m["IRA"], m["CRA"]) >= 0.95
+                                       and min(by_kind.values()) >= 0.90})
+                best = max(points, key=lambda p: (p["meets_goal"], p["weakest"]))
+                envelope.append({"concept": c, "method": method, "hook_point": hook, "points": points, "best": best})
+                log(f"{c:9s} {method:8s} envelope: best {best['rule']}={best['value']:g} gamma {best['gamma']:g}  "
+                    f"UA {pct(best['UA'])} IRA {pct(best['IRA'])} CRA {pct(best['CRA'])} "
+                    + json.dumps({k: round(100 * v, 1) for k, v in best["CRA_by_kind"].items()})
+                    + f"; goal met at {sum(p['meets_goal'] for p in points)} of {len(points)} points")
+
     oracle: dict[str, Any] = {}
     if args.oracle:
         from oracle_steering import bound_of, oracle_bound
@@ -285,9 +327,18 @@ def main() -> None:
               f"gamma {', '.join(f'{g:g}' for g in r['gammas'])} | {pct(r['UA'])} | {pct(r['IRA'])} | {pct(r['CRA'])} | "
               + ", ".join(f"{k} {pct(v)}" for k, v in r["CRA_by_kind"].items())
               + (f" | {ob['UA']:.0f} / {ob['others_kept']:.0f} (alpha {ob['alpha']:g})" if ob else " | -") + " |")
+    if envelope:
+        print("\n| concept | method | best point on the evaluation images | UA | IRA | CRA | CRA by kind | points meeting the goal |")
+        print("|---|---|---|---|---|---|---|---|")
+        for e in envelope:
+            b = e["best"]
+            print(f"| {e['concept']} | {e['method']} | {b['rule']} {b['value']:g}, gamma {b['gamma']:g} | {pct(b['UA'])} | "
+                  f"{pct(b['IRA'])} | {pct(b['CRA'])} | " + ", ".join(f"{k} {pct(v)}" for k, v in b["CRA_by_kind"].items())
+                  + f" | {sum(p['meets_goal'] for p in e['points'])} of {len(e['points'])} |")
     args.out.write_text(json.dumps({"saes": args.sae, "saes_assigned": args.sae_assigned, "at": at, "second": second, "model": args.model, "objective": args.objective, "styled_sweep": args.styled_sweep,
                                     "sweep_seeds": list(seeds), "grids": {f"{k}/{m}": v for (k, m), v in GRIDS.items()},
-                                    "per_concept": rows, "multi": multi, "oracle": oracle}, indent=2, default=str))
+                                    "per_concept": rows, "multi": multi, "oracle": oracle, "envelope": envelope},
+                                   indent=2, default=str))
     log(f"wrote {args.out}")
 
 
