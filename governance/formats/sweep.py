@@ -4,9 +4,9 @@ as `sweep.json` in its MLflow run."""
 from __future__ import annotations
 
 import json
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from governance.common.jsonio import pretty_json
 from governance.formats.validation import parse_json_model
@@ -29,7 +29,7 @@ class SweepPoint(BaseModel):
     IRA: float
     CRA: float
     # CRA is the mean over the other kinds; each kind's (left out of tables written before it).
-    CRA_by_kind: dict[str, float] | None = None
+    CRA_by_kind: dict[Annotated[str, StringConstraints(pattern=r"^[a-z_]{1,32}$")], float] | None = None
     objective: float
     n_entries: int
     n_features: int
