@@ -121,6 +121,14 @@ def demo(workspace: Path, colour: str, style: str, colour_hookpoint: str, style_
 
     if colour not in COLOURS or style not in STYLES:
         raise UsageError(f"--colour must be one of {COLOURS}, --style one of {STYLES}")
+    from cli.common import number_list
+
+    # The grids are checked here, not minutes later when their sweep starts.
+    for value, name, cast in ((top_ns, "--top-ns", int), (style_top_ns, "--style-top-ns", int),
+                              (multipliers, "--multipliers", float), (style_multipliers, "--style-multipliers", float),
+                              (supervised_multipliers, "--supervised-multipliers", float)):
+        if not number_list(value, name, cast):
+            raise UsageError(f"{name} needs at least one number")
     if two_block_colour and colour_method == "supervised":
         raise UsageError("--two-block-colour sweeps the paper's features at the style's block; "
                          "use it with --colour-method paper")

@@ -117,7 +117,8 @@ BAD_INPUTS: dict[str, list[tuple[list[str], int, dict[str, str]]]] = {
     "eval": [(["--deployment", "{tmp}/nodep"], EXIT_REFUSED, {}), (["--deployment", "{tmp}", "--seeds", ","],
                                                                    EXIT_USAGE, {})],
     "demo": [(["--colour", "purple"], EXIT_USAGE, {}),
-             (["--colour-method", "supervised", "--two-block-colour", "--workspace", "{tmp}/demo"], EXIT_USAGE, {})],
+             (["--colour-method", "supervised", "--two-block-colour", "--workspace", "{tmp}/demo"], EXIT_USAGE, {}),
+             (["--supervised-multipliers", "-2,x", "--workspace", "{tmp}/demo"], EXIT_USAGE, {})],
 }
 
 
