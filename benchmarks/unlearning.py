@@ -78,6 +78,8 @@ def main() -> None:
     ap.add_argument("--styled-sweep", action="store_true",
                     help="sweep colours and shapes on the styled wording too (as `concept sweep --styled-sweep`)")
     ap.add_argument("--trio", default="red,triangle,dotted", help="the colour, shape and style blocked together")
+    ap.add_argument("--plateau", action="store_true",
+                    help="rank sweep points by the weakest objective of each and its gamma neighbours")
     ap.add_argument("--no-multi", action="store_true", help="skip the several-concepts runs")
     ap.add_argument("--oracle", action="store_true", help="add the per-token oracle bound per concept")
     ap.add_argument("--envelope", action="store_true",
@@ -193,7 +195,8 @@ def main() -> None:
         sweep = SweepRequest(top_ns=top_ns if method == "saeuron" else [],
                              specific_top_ns=top_ns if method == "specific" else [],
                              assigned=method == "assigned",
-                             multipliers=gammas, seeds=seeds, objective=args.objective, styled=args.styled_sweep)
+                             multipliers=gammas, seeds=seeds, objective=args.objective, styled=args.styled_sweep,
+                             plateau=args.plateau)
         held = InForceBlocking(entries=[e for e, _ in in_force], saes={e.hook_point: s for e, s in in_force})
         chosen = make_selector(sweep, steps=steps, guidance=guidance, in_force=held)(pipe, sae, hook, st, kind)
         table = json.loads(chosen.evidence[0]["ref"])

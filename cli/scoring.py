@@ -118,6 +118,9 @@ def score_cmd(name: str, sae_ref: str, tau: float | None, top_n: int | None, gam
 @click.option("--styled-sweep", is_flag=True,
               help="Sweep colours and shapes on the styled wording too, as evaluation and most prompts are "
                    "(other seeds than evaluation's; three times the images). Styles always are.")
+@click.option("--plateau", is_flag=True,
+              help="Rank each point by the weakest objective of it and its gamma neighbours (same rule and value): "
+                   "a point that holds when gamma moves a step, not a lucky one between two failing points.")
 @click.option("--with-mapping", "with_mappings", type=int, multiple=True,
               help="A mapping of the same concept at another hook point, held in force at every sweep point "
                    "(repeat): the concept is blocked at several blocks, and the new mapping is published only "
@@ -127,7 +130,7 @@ def score_cmd(name: str, sae_ref: str, tau: float | None, top_n: int | None, gam
 @json_option
 def sweep_cmd(name: str, sae_ref: str, taus: str | None, top_ns: str | None, specific_top_ns: str | None,
               gate_quantile: float, assigned: bool, multipliers: str, objective: str, sweep_seeds: str,
-              styled_sweep: bool, with_mappings: tuple[int, ...], steps: int, guidance: float, seed: int, model: str | None, batch_size: int, device: str | None,
+              styled_sweep: bool, plateau: bool, with_mappings: tuple[int, ...], steps: int, guidance: float, seed: int, model: str | None, batch_size: int, device: str | None,
               no_mlflow: bool, actor: str | None, as_json: bool) -> None:
     """Pick concept NAME's operating point by measured effect; store it as a draft mapping.
 
@@ -147,7 +150,7 @@ def sweep_cmd(name: str, sae_ref: str, taus: str | None, top_ns: str | None, spe
                          gate_quantile=gate_quantile, assigned=assigned,
                          multipliers=number_list(multipliers, "--multipliers"),
                          seeds=tuple(number_list(sweep_seeds, "--sweep-seeds", int)), batch_size=batch_size,
-                         objective=objective, styled=styled_sweep)
+                         objective=objective, styled=styled_sweep, plateau=plateau)
     req = ScoreRequest(concept=name, sae=sae_ref, top_n=1, gamma=-1.0, steps=steps, guidance=guidance, seed=seed,
                        model=model, batch_size=batch_size, device=device or default_device(), track=not no_mlflow)
     if not is_toy_concept(name):

@@ -59,6 +59,9 @@ class SweepRequest(BaseModel):
     objective: Literal["ua_ira", "ua_ira_cra", "min_ua_ira_cra", "min_ua_ira_kinds"] = "min_ua_ira_cra"
     # Colours and shapes on the styled wording too (styles always are).
     styled: bool = False
+    # Rank each point by the weakest objective of it and its gamma neighbours (same rule and
+    # value): a plateau, not a lucky peak between two failing points (docs/evaluation.md, stop 30).
+    plateau: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> SweepRequest:
@@ -125,11 +128,30 @@ def sweep_jobs(concept: str, seeds: tuple[int, ...], styled: bool = False) -> li
     return [(p, s) for p in prompts for s in seeds]
 
 
-def best_point(points: list[SweepPoint]) -> SweepPoint:
-    """Highest objective; ties go to the higher mean of UA, IRA and CRA, then to higher CRA, then
-    to the fewest features touched, then to the smaller |gamma|."""
-    return max(points, key=lambda p: (round(p.objective, 9), round((p.UA + p.IRA + p.CRA) / 3, 9), round(p.CRA, 9),
-                                      -p.n_entries, -abs(p.gamma)))
+def plateau_objectives(points: list[SweepPoint]) -> list[float]:
+    """Per point, the weakest objective of it and its neighbours along gamma among the points of
+    the same rule and value (the grid's ends have one neighbour)."""
+    out = [p.objective for p in points]
+    lines: dict[tuple[str, float], list[int]] = {}
+    for i, p in enumerate(points):
+        lines.setdefault((p.rule, float(p.value)), []).append(i)
+    for idx in lines.values():
+        idx.sort(key=lambda i: points[i].gamma)
+        for j, i in enumerate(idx):
+            out[i] = min(points[k].objective for k in idx[max(0, j - 1):j + 2])
+    return out
+
+
+def best_point(points: list[SweepPoint], plateau: bool = False) -> SweepPoint:
+    """Highest objective (with `plateau`, the weakest of each point and its gamma neighbours);
+    ties go to the higher mean of UA, IRA and CRA, then to higher CRA, then to the fewest
+    features touched, then to the smaller |gamma|."""
+    ranks = plateau_objectives(points) if plateau else [p.objective for p in points]
+    best = max(range(len(points)), key=lambda i: (round(ranks[i], 9), round((points[i].UA + points[i].IRA
+                                                                             + points[i].CRA) / 3, 9),
+                                                  round(points[i].CRA, 9), -points[i].n_entries,
+                                                  -abs(points[i].gamma)))
+    return points[best]
 
 
 def blocklist_for(concept: str, kind: str, hook: str, gamma: float, choices: list[FeatureChoice],
@@ -204,10 +226,12 @@ def make_selector(sweep: SweepRequest, *, steps: int, guidance: float, progress:
             points.append(SweepPoint(rule=rule, value=value, gamma=gamma, UA=ua, IRA=ira, CRA=cra,
                                      CRA_by_kind=by_kind, objective=score,
                                      n_entries=len(choices), n_features=len({c.feature for c in choices})))
-        best = best_point(points)
+        best = best_point(points, plateau=sweep.plateau)
         styled = sweep.styled or attribute_of(concept) == "style"
         children = [point_run(p, sweep, chosen=p == best) for p in points]
-        table = SweepTable(objective=OBJECTIVES[sweep.objective], seeds=list(sweep.seeds), images_per_point=len(jobs),
+        table = SweepTable(objective=OBJECTIVES[sweep.objective] + (", over each point and its gamma neighbours"
+                                                                     if sweep.plateau else ""),
+                           seeds=list(sweep.seeds), images_per_point=len(jobs),
                            prompts="styled wording, sweep seeds" if styled else "style-free wording",
                            chosen=best, points=points, with_mappings=list(held.refs) or None)
         return Selected(
@@ -225,6 +249,7 @@ def make_selector(sweep: SweepRequest, *, steps: int, guidance: float, progress:
                               "gate_quantile": sweep.gate_quantile, "assigned": sweep.assigned,
                               "multipliers": sweep.multipliers,
                               "seeds": list(sweep.seeds), "objective": sweep.objective, "styled": sweep.styled,
+                              "plateau": sweep.plateau,
                               **({"with_mappings": [r.model_dump() for r in held.refs]} if held.refs else {})}},
         )
 

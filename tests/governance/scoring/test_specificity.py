@@ -8,7 +8,7 @@ import torch
 from governance.scoring.selection import ScoringError, choose
 from governance.scoring.specificity import calibrated_gates, choose_specific, specificity_scores
 from governance.scoring.statistics import ConceptStats, per_image_peak
-from governance.scoring.sweep import best_point, objective_value
+from governance.scoring.sweep import best_point, objective_value, plateau_objectives
 from governance.formats.sweep import SweepPoint
 
 torch.set_num_threads(1)
@@ -87,3 +87,19 @@ def test_each_kind_objective_sees_a_wrecked_shape_behind_a_kept_style() -> None:
     assert objective_value("min_ua_ira_kinds", *mild) == pytest.approx(0.95)
     # Without the kinds (a table of another tool) it is the three-term minimum.
     assert objective_value("min_ua_ira_kinds", 0.9, 1.0, 0.8) == pytest.approx(0.8)
+
+
+def test_plateau_prefers_a_point_whose_neighbours_hold() -> None:
+    # Blue's styled three-seed sweep (docs/evaluation.md, stop 30), objective min(UA, IRA, CRA):
+    # -3 peaks at 95.1 beside -4's 89.9; -2.5 (94.8) sits between 94.4 and 95.1. Evaluated,
+    # -2.5 met every goal and -3 broke the shape in one image in ten.
+    table = {-1.5: 0.417, -2.0: 0.944, -2.5: 0.948, -3.0: 0.951, -4.0: 0.899, -5.0: 0.868}
+    points = [SweepPoint(rule="assigned", value=1, gamma=g, UA=1.0, IRA=1.0, CRA=v, n_entries=25, n_features=1,
+                         objective=v) for g, v in table.items()]
+    assert best_point(points).gamma == -3.0
+    assert best_point(points, plateau=True).gamma == -2.5
+    assert plateau_objectives(points) == pytest.approx([0.417, 0.417, 0.944, 0.899, 0.868, 0.868])
+    # Neighbours are taken along gamma within one rule and value only.
+    other = SweepPoint(rule="top_n", value=4, gamma=-3.5, UA=1.0, IRA=1.0, CRA=0.1, n_entries=4, n_features=4,
+                       objective=0.1)
+    assert best_point([*points, other], plateau=True).gamma == -2.5
