@@ -185,6 +185,12 @@ def main() -> None:
             log(f"statistics of the {kind}s at {hook}" + (" (supervised SAE)" if sae is not saes[hook] else ""))
         return stats[(kind, hook, id(sae))]
 
+    def entry_for(c: str, hook: str, st: Any, rule: str, value: float, gamma: float, assigned: list[int]) -> Any:
+        """The blocklist entry of one (rule, value, gamma) point, as the sweep builds it."""
+        choices, _ = choose(st, gamma=gamma, **rule_kwargs(rule, value, assigned=assigned))
+        return blocklist_for(c, registry_kind(c), hook, gamma, choices, st.timesteps, type(pipe.scheduler).__name__,
+                             steps).entries[-1]
+
     def sweep_at(c: str, kind: str, method: str, hook: str, in_force: list[tuple[Any, Any]]) -> tuple[Any, Any, dict]:
         """The concept's point at `hook` chosen by the sweep, with `in_force` (entry, SAE) pairs
         applied at every point: (entry, SAE, the chosen sweep point)."""
@@ -201,10 +207,7 @@ def main() -> None:
         chosen = make_selector(sweep, steps=steps, guidance=guidance, in_force=held)(pipe, sae, hook, st, kind)
         table = json.loads(chosen.evidence[0]["ref"])
         best = {**table["chosen"], "points": table["points"]}
-        choices, _ = choose(st, gamma=best["gamma"], **rule_kwargs(best["rule"], best["value"], assigned=assigned))
-        spec = blocklist_for(c, registry_kind(c), hook, best["gamma"], choices, st.timesteps,
-                             type(pipe.scheduler).__name__, steps)
-        return spec.entries[-1], sae, best
+        return entry_for(c, hook, st, best["rule"], best["value"], best["gamma"], assigned), sae, best
 
     rows: list[dict[str, Any]] = []
     entries: dict[tuple[str, str], list[tuple[Any, Any]]] = {}  # (method label, concept) -> held pairs
@@ -259,18 +262,14 @@ def main() -> None:
                 points = []
                 for value in values:
                     for gamma in gammas:
-                        choices, _ = choose(st, gamma=gamma, **rule_kwargs(rule, value, assigned=assigned))
-                        spec = blocklist_for(c, registry_kind(c), hook, gamma, choices, st.timesteps,
-                                             type(pipe.scheduler).__name__, steps)
-                        m = evaluate([(spec.entries[-1], sae)], [c])
-                        assert m is not None
+                        m = evaluate([(entry_for(c, hook, st, rule, value, gamma, assigned), sae)], [c])
+                        assert m is not None  # one entry: one SAE
                         m = m[c]
                         by_kind = {k: v for k, v in m["CRA_by_kind"].items() if v is not None}
+                        weakest = min(m["UA"], m["IRA"], m["CRA"])
                         points.append({"rule": rule, "value": value, "gamma": gamma, "UA": m["UA"], "IRA": m["IRA"],
-                                       "CRA": m["CRA"], "CRA_by_kind": by_kind,
-                                       "weakest": min(m["UA"], m["IRA"], m["CRA"]),
-                                       "meets_goal": min(m["UA"], m["IRA"], m["CRA"]) >= 0.95
-                                       and min(by_kind.values()) >= 0.90})
+                                       "CRA": m["CRA"], "CRA_by_kind": by_kind, "weakest": weakest,
+                                       "meets_goal": weakest >= 0.95 and min(by_kind.values()) >= 0.90})
                 best = max(points, key=lambda p: (p["meets_goal"], p["weakest"]))
                 envelope.append({"concept": c, "method": method, "hook_point": hook, "points": points, "best": best})
                 log(f"{c:9s} {method:8s} envelope: best {best['rule']}={best['value']:g} gamma {best['gamma']:g}  "

@@ -147,11 +147,9 @@ def best_point(points: list[SweepPoint], plateau: bool = False) -> SweepPoint:
     ties go to the higher mean of UA, IRA and CRA, then to higher CRA, then to the fewest
     features touched, then to the smaller |gamma|."""
     ranks = plateau_objectives(points) if plateau else [p.objective for p in points]
-    best = max(range(len(points)), key=lambda i: (round(ranks[i], 9), round((points[i].UA + points[i].IRA
-                                                                             + points[i].CRA) / 3, 9),
-                                                  round(points[i].CRA, 9), -points[i].n_entries,
-                                                  -abs(points[i].gamma)))
-    return points[best]
+    _, best = max(zip(ranks, points), key=lambda rp: (round(rp[0], 9), round((rp[1].UA + rp[1].IRA + rp[1].CRA) / 3, 9),
+                                                       round(rp[1].CRA, 9), -rp[1].n_entries, -abs(rp[1].gamma)))
+    return best
 
 
 def blocklist_for(concept: str, kind: str, hook: str, gamma: float, choices: list[FeatureChoice],
