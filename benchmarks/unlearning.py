@@ -15,7 +15,10 @@ blocks: the one-block mapping held in force while a second sweep picks the point
 `concept sweep --with-mapping` does (rows "method, 2 blocks"). `--envelope` also measures every
 point of each grid on the evaluation images themselves: not a choice any sweep could make, but
 the best the edit reaches on the protocol, beside what the sweep chose (is the limit the edit or
-the choice?).
+the choice?). `--attack` adds, for each one-concept blocklist, UA under the prompt attacks of
+`saegov eval --attack` (paraphrases; the white-box prefix attack on 4 prompts x seeds 0 and 1).
+`--choices-from PREV.json` takes every point from an earlier run's rows instead of sweeping
+again, so the several-concepts runs and the attacks of a long sweep can be measured in minutes.
 
     python benchmarks/unlearning.py --sae sae-colour --sae sae-shape --sae sae-style \\
         --sae-assigned sup-colour --sae-assigned sup-shape --sae-assigned sup-style \\
@@ -86,10 +89,27 @@ def main() -> None:
                     help="also evaluate every grid point of one block on the evaluation images (the edit's best)")
     ap.add_argument("--gammas", action="append", default=[], metavar="KIND/METHOD=G1,G2,...",
                     help="replace the gammas of one grid of GRIDS (repeat), e.g. shape/assigned=-3,-4,-5,-6,-8")
+    ap.add_argument("--attack", action="store_true",
+                    help="add UA under paraphrases and the white-box attack for each one-concept blocklist")
+    ap.add_argument("--choices-from", type=Path, default=None, metavar="PREV.json",
+                    help="take each concept's chosen points from an earlier run's --out instead of sweeping")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("unlearning.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    previous: dict[tuple[str, str], dict[str, Any]] = {}  # (method label, concept) -> its row
+    if args.choices_from is not None:
+        try:
+            prev = json.loads(args.choices_from.read_text())
+            for r in prev["per_concept"]:
+                previous[(r["method"], r["concept"])] = r
+            ran_on = (prev["saes"], prev["saes_assigned"], prev["model"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise SystemExit(f"--choices-from {args.choices_from}: not a benchmark output ({exc})") from None
+        # A point is a (rule, value, gamma) of one SAE's statistics: on other SAEs it means nothing.
+        if ran_on != (args.sae, args.sae_assigned, args.model):
+            raise SystemExit(f"--choices-from {args.choices_from}: that run used other SAEs or another model "
+                             f"({ran_on[0]}, {ran_on[1]}, model {ran_on[2]})")
     for item in args.gammas:
         key, _, values = item.partition("=")
         kind_method = tuple(key.split("/"))
@@ -102,6 +122,7 @@ def main() -> None:
             raise SystemExit(f"--gammas {item}: the gammas must be numbers") from None
 
     from governance.enforcement.intervention import EnforcedBlocklist, apply_blocklist, remove_blocklist
+    from governance.evaluation.attack import attack_unlearning
     from governance.evaluation.metrics import eval_jobs, generate_jobs, judge, unlearning_metrics
     from governance.formats.blocklist import BlocklistSpec, SaeRef
     from governance.sae.model import TopKSAE
@@ -157,8 +178,12 @@ def main() -> None:
     concepts = [c for c in args.concepts.split(",") if c] or [c for k in kinds for c in ATTRIBUTES[k]]
     seeds = tuple(int(x) for x in args.sweep_seeds.split(",") if x)
     jobs = eval_jobs()
+    if previous:
+        missing = [f"{m}/{c}" for c in concepts for m in methods if (m, c) not in previous]
+        if missing:
+            raise SystemExit(f"--choices-from {args.choices_from}: no chosen point for " + ", ".join(missing))
 
-    def evaluate(held: list[tuple[Any, Any]], targets: list[str]) -> dict[str, Any] | None:
+    def blocklist_of(held: list[tuple[Any, Any]]) -> Any:
         """`held`: (blocklist entry, its SAE) pairs; None when two of them need different SAEs
         at one hook point (a blocklist holds one SAE per hook point)."""
         by_hook: dict[str, Any] = {}
@@ -167,12 +192,28 @@ def main() -> None:
                 return None
         spec = BlocklistSpec(name="bench", saes=[SaeRef(hook_point=h) for h in sorted(by_hook)],
                              entries=[e for e, _ in held])
-        apply_blocklist(pipe, EnforcedBlocklist(spec=spec, saes=by_hook))
+        return EnforcedBlocklist(spec=spec, saes=by_hook)
+
+    def evaluate(held: list[tuple[Any, Any]], targets: list[str]) -> dict[str, Any] | None:
+        blocklist = blocklist_of(held)
+        if blocklist is None:
+            return None
+        apply_blocklist(pipe, blocklist)
         try:
             images = generate_jobs(pipe, jobs, steps, guidance)
         finally:
             remove_blocklist(pipe)
         return unlearning_metrics(judge(images, jobs), targets)
+
+    def attacked(held: list[tuple[Any, Any]], concept: str) -> dict[str, Any]:
+        """UA with no attack, under paraphrases and under the white-box attack, as `saegov eval
+        --attack` measures it."""
+        apply_blocklist(pipe, blocklist_of(held))
+        try:
+            a = attack_unlearning(pipe, [concept], max_prompts=4)[concept]
+        finally:
+            remove_blocklist(pipe)
+        return {k: a[k] for k in ("UA_no_attack", "UA_paraphrase", "UA_whitebox", "n_paraphrase", "n_whitebox")}
 
     stats: dict[tuple[str, str, int], Any] = {}
 
@@ -191,13 +232,21 @@ def main() -> None:
         return blocklist_for(c, registry_kind(c), hook, gamma, choices, st.timesteps, type(pipe.scheduler).__name__,
                              steps).entries[-1]
 
-    def sweep_at(c: str, kind: str, method: str, hook: str, in_force: list[tuple[Any, Any]]) -> tuple[Any, Any, dict]:
+    def sweep_at(c: str, kind: str, method: str, hook: str, in_force: list[tuple[Any, Any]],
+                 label: str) -> tuple[Any, Any, dict]:
         """The concept's point at `hook` chosen by the sweep, with `in_force` (entry, SAE) pairs
-        applied at every point: (entry, SAE, the chosen sweep point)."""
+        applied at every point: (entry, SAE, the chosen sweep point). With --choices-from, the
+        point the earlier run's row `label` chose, unswept."""
         sae = sae_for(method, c, hook)
         st = stats_of(kind, hook, sae).with_target(c)
         top_ns, gammas = GRIDS[(kind, method)]
         assigned = assigned_latents(sae, c) if method == "assigned" else []  # what the sweep reads from the same cfg
+        if previous:
+            row = previous.get((label, c))
+            if row is None:
+                raise ScoringError(f"--choices-from has no row {label!r}")
+            best = {**row["chosen"], "points": row.get("sweep_points", [])}
+            return entry_for(c, hook, st, best["rule"], best["value"], best["gamma"], assigned), sae, best
         sweep = SweepRequest(top_ns=top_ns if method == "saeuron" else [],
                              specific_top_ns=top_ns if method == "specific" else [],
                              assigned=method == "assigned",
@@ -218,13 +267,13 @@ def main() -> None:
             plan = [at[kind]] + ([second[kind]] if kind in second else [])
             held: list[tuple[Any, Any]] = []
             for n_blocks, hook in enumerate(plan, start=1):
+                label = method if n_blocks == 1 else f"{method}, 2 blocks"
                 try:
-                    entry, sae, best = sweep_at(c, kind, method, hook, held)
+                    entry, sae, best = sweep_at(c, kind, method, hook, held, label)
                 except ScoringError as exc:
                     log(f"{c:9s} {method:8s} at {hook} skipped: {exc}")
                     break
                 held = [*held, (entry, sae)]
-                label = method if n_blocks == 1 else f"{method}, 2 blocks"
                 if label not in labels:
                     labels.append(label)
                 entries[(label, c)] = held
@@ -239,10 +288,14 @@ def main() -> None:
                        "sweep_points": best["points"],
                        "gammas": [e.gamma for e, _ in held],
                        "UA": m["UA"], "IRA": m["IRA"], "CRA": m["CRA"], "CRA_by_kind": m["CRA_by_kind"]}
+                if args.attack:
+                    row["attack"] = attacked(held, c)
                 rows.append(row)
                 log(f"{c:9s} {label:18s} {best['rule']}={best['value']:g} gammas={row['gammas']}  UA {pct(m['UA'])} "
                     f"IRA {pct(m['IRA'])} CRA {pct(m['CRA'])} "
-                    + json.dumps({k: round(100 * v, 1) for k, v in m["CRA_by_kind"].items()}))
+                    + json.dumps({k: round(100 * v, 1) for k, v in m["CRA_by_kind"].items()})
+                    + (f"  attack UA: paraphrases {pct(row['attack']['UA_paraphrase'])}, white-box "
+                       f"{pct(row['attack']['UA_whitebox'])}" if args.attack else ""))
 
     envelope: list[dict[str, Any]] = []
     if args.envelope:
@@ -320,15 +373,18 @@ def main() -> None:
                 log(f"{method:8s} {run['run']:24s} " + "  ".join(
                     f"{c} {pct(v['UA'])}/{pct(v['IRA'])}/{pct(v['CRA'])}" for c, v in run["per_concept"].items()))
 
-    print("\n| concept | block | method | chosen | UA | IRA | CRA | CRA by kind | oracle: UA / other kinds kept |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| concept | block | method | chosen | UA | IRA | CRA | CRA by kind | oracle: UA / other kinds kept |"
+          + (" attack UA: paraphrases / white-box |" if args.attack else ""))
+    print("|---|---|---|---|---|---|---|---|---|" + ("---|" if args.attack else ""))
     for r in rows:
         ch = r["chosen"]
         ob = oracle.get(r["concept"], {}).get("bound")
+        at_ua = r.get("attack")
         print(f"| {r['concept']} | `{r['hook_point']}` | {r['method']} | {ch['rule']} {ch['value']:g}, "
               f"gamma {', '.join(f'{g:g}' for g in r['gammas'])} | {pct(r['UA'])} | {pct(r['IRA'])} | {pct(r['CRA'])} | "
               + ", ".join(f"{k} {pct(v)}" for k, v in r["CRA_by_kind"].items())
-              + (f" | {ob['UA']:.0f} / {ob['others_kept']:.0f} (alpha {ob['alpha']:g})" if ob else " | -") + " |")
+              + (f" | {ob['UA']:.0f} / {ob['others_kept']:.0f} (alpha {ob['alpha']:g})" if ob else " | -") + " |"
+              + (f" {pct(at_ua['UA_paraphrase'])} / {pct(at_ua['UA_whitebox'])} |" if at_ua else ""))
     if envelope:
         print("\n| concept | method | best point on the evaluation images | UA | IRA | CRA | CRA by kind | points meeting the goal |")
         print("|---|---|---|---|---|---|---|---|")
@@ -338,7 +394,8 @@ def main() -> None:
                   f"{pct(b['IRA'])} | {pct(b['CRA'])} | " + ", ".join(f"{k} {pct(v)}" for k, v in b["CRA_by_kind"].items())
                   + f" | {sum(p['meets_goal'] for p in e['points'])} of {len(e['points'])} |")
     args.out.write_text(json.dumps({"saes": args.sae, "saes_assigned": args.sae_assigned, "at": at, "second": second, "model": args.model, "objective": args.objective, "styled_sweep": args.styled_sweep,
-                                    "sweep_seeds": list(seeds), "grids": {f"{k}/{m}": v for (k, m), v in GRIDS.items()},
+                                    "sweep_seeds": list(seeds), "plateau": args.plateau,
+                                    "choices_from": str(args.choices_from) if args.choices_from else None, "grids": {f"{k}/{m}": v for (k, m), v in GRIDS.items()},
                                     "per_concept": rows, "multi": multi, "oracle": oracle, "envelope": envelope},
                                    indent=2, default=str))
     log(f"wrote {args.out}")
