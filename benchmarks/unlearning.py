@@ -98,6 +98,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     previous: dict[tuple[str, str], dict[str, Any]] = {}  # (method label, concept) -> its row
+    prev: dict[str, Any] = {}
     if args.choices_from is not None:
         try:
             prev = json.loads(args.choices_from.read_text())
@@ -393,9 +394,14 @@ def main() -> None:
             print(f"| {e['concept']} | {e['method']} | {b['rule']} {b['value']:g}, gamma {b['gamma']:g} | {pct(b['UA'])} | "
                   f"{pct(b['IRA'])} | {pct(b['CRA'])} | " + ", ".join(f"{k} {pct(v)}" for k, v in b["CRA_by_kind"].items())
                   + f" | {sum(p['meets_goal'] for p in e['points'])} of {len(e['points'])} |")
-    args.out.write_text(json.dumps({"saes": args.sae, "saes_assigned": args.sae_assigned, "at": at, "second": second, "model": args.model, "objective": args.objective, "styled_sweep": args.styled_sweep,
-                                    "sweep_seeds": list(seeds), "plateau": args.plateau,
-                                    "choices_from": str(args.choices_from) if args.choices_from else None, "grids": {f"{k}/{m}": v for (k, m), v in GRIDS.items()},
+    # How the points were chosen: this run's sweep, or the earlier run's that --choices-from read.
+    how = {"objective": args.objective, "styled_sweep": args.styled_sweep, "sweep_seeds": list(seeds),
+           "plateau": args.plateau, "grids": {f"{k}/{m}": v for (k, m), v in GRIDS.items()}}
+    if previous:
+        how = {k: prev.get(k) for k in how}
+    args.out.write_text(json.dumps({"saes": args.sae, "saes_assigned": args.sae_assigned, "at": at, "second": second,
+                                    "model": args.model, **how,
+                                    "choices_from": str(args.choices_from) if args.choices_from else None,
                                     "per_concept": rows, "multi": multi, "oracle": oracle, "envelope": envelope},
                                    indent=2, default=str))
     log(f"wrote {args.out}")
