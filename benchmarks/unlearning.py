@@ -89,6 +89,8 @@ def main() -> None:
                     help="also evaluate every grid point of one block on the evaluation images (the edit's best)")
     ap.add_argument("--gammas", action="append", default=[], metavar="KIND/METHOD=G1,G2,...",
                     help="replace the gammas of one grid of GRIDS (repeat), e.g. shape/assigned=-3,-4,-5,-6,-8")
+    ap.add_argument("--assigned-gate", choices=["paper", "fired"], default="paper",
+                    help="the assigned method's gates: the paper's, or 0 (scaled wherever the latent fires)")
     ap.add_argument("--attack", action="store_true",
                     help="add UA under paraphrases and the white-box attack for each one-concept blocklist")
     ap.add_argument("--choices-from", type=Path, default=None, metavar="PREV.json",
@@ -229,7 +231,8 @@ def main() -> None:
 
     def entry_for(c: str, hook: str, st: Any, rule: str, value: float, gamma: float, assigned: list[int]) -> Any:
         """The blocklist entry of one (rule, value, gamma) point, as the sweep builds it."""
-        choices, _ = choose(st, gamma=gamma, **rule_kwargs(rule, value, assigned=assigned))
+        choices, _ = choose(st, gamma=gamma, **rule_kwargs(rule, value, assigned=assigned,
+                                                           assigned_gate=args.assigned_gate))
         return blocklist_for(c, registry_kind(c), hook, gamma, choices, st.timesteps, type(pipe.scheduler).__name__,
                              steps).entries[-1]
 
@@ -250,7 +253,7 @@ def main() -> None:
             return entry_for(c, hook, st, best["rule"], best["value"], best["gamma"], assigned), sae, best
         sweep = SweepRequest(top_ns=top_ns if method == "saeuron" else [],
                              specific_top_ns=top_ns if method == "specific" else [],
-                             assigned=method == "assigned",
+                             assigned=method == "assigned", assigned_gate=args.assigned_gate if method == "assigned" else "paper",
                              multipliers=gammas, seeds=seeds, objective=args.objective, styled=args.styled_sweep,
                              plateau=args.plateau)
         held = InForceBlocking(entries=[e for e, _ in in_force], saes={e.hook_point: s for e, s in in_force})
@@ -400,7 +403,7 @@ def main() -> None:
     if previous:
         how = {k: prev.get(k) for k in how}
     args.out.write_text(json.dumps({"saes": args.sae, "saes_assigned": args.sae_assigned, "at": at, "second": second,
-                                    "model": args.model, **how,
+                                    "model": args.model, **how, "assigned_gate": args.assigned_gate,
                                     "choices_from": str(args.choices_from) if args.choices_from else None,
                                     "per_concept": rows, "multi": multi, "oracle": oracle, "envelope": envelope},
                                    indent=2, default=str))

@@ -53,11 +53,14 @@ def statistics_options(batch_size: int) -> Callable[[F], F]:
                    "dedicated to the concept (`sae train --supervise`).")
 @click.option("--gate-quantile", type=float, default=1.0, show_default=True,
               help="specific: gate at this quantile of the other concepts' per-image peaks (1 = their largest).")
+@click.option("--assigned-gate", type=click.Choice(["paper", "fired"]), default="paper", show_default=True,
+              help="assigned: the paper's gates (the latent's mean over the kind's concepts), or gate 0: scaled "
+                   "wherever the latent fires.")
 @statistics_options(batch_size=8)
 @actor_option
 @json_option
 def score_cmd(name: str, sae_ref: str, tau: float | None, top_n: int | None, gamma: float, method: str,
-              gate_quantile: float, steps: int,
+              gate_quantile: float, assigned_gate: str, steps: int,
               guidance: float, seed: int, model: str | None, batch_size: int, device: str | None,
               no_mlflow: bool, actor: str | None, as_json: bool) -> None:
     """Score concept NAME against the other concepts of its kind; store a draft feature mapping."""
@@ -69,7 +72,7 @@ def score_cmd(name: str, sae_ref: str, tau: float | None, top_n: int | None, gam
     from governance.scoring.service import ScoreRequest, load_in_force, score_concept
 
     req = ScoreRequest(concept=name, sae=sae_ref, tau=tau, top_n=top_n, gamma=gamma, method=method,
-                       gate_quantile=gate_quantile, steps=steps,
+                       gate_quantile=gate_quantile, assigned_gate=assigned_gate, steps=steps,
                        guidance=guidance, seed=seed, model=model, batch_size=batch_size,
                        device=device or default_device(), track=not no_mlflow)
     store = open_store()
@@ -107,6 +110,8 @@ def score_cmd(name: str, sae_ref: str, tau: float | None, top_n: int | None, gam
 @click.option("--assigned", is_flag=True,
               help="Also try the concept's dedicated latents of a concept-supervised SAE (`sae train --supervise`) "
                    "with every multiplier.")
+@click.option("--assigned-gate", type=click.Choice(["paper", "fired"]), default="paper", show_default=True,
+              help="Assigned points: the paper's gates, or gate 0 (scaled wherever the latent fires).")
 @click.option("--multipliers", default="-1,-5,-10", show_default=True, help="Comma-separated gammas.")
 @click.option("--objective", type=click.Choice(["min_ua_ira_cra", "min_ua_ira_kinds", "ua_ira", "ua_ira_cra"]),
               default="min_ua_ira_cra",
@@ -129,7 +134,7 @@ def score_cmd(name: str, sae_ref: str, tau: float | None, top_n: int | None, gam
 @actor_option
 @json_option
 def sweep_cmd(name: str, sae_ref: str, taus: str | None, top_ns: str | None, specific_top_ns: str | None,
-              gate_quantile: float, assigned: bool, multipliers: str, objective: str, sweep_seeds: str,
+              gate_quantile: float, assigned: bool, assigned_gate: str, multipliers: str, objective: str, sweep_seeds: str,
               styled_sweep: bool, plateau: bool, with_mappings: tuple[int, ...], steps: int, guidance: float, seed: int, model: str | None, batch_size: int, device: str | None,
               no_mlflow: bool, actor: str | None, as_json: bool) -> None:
     """Pick concept NAME's operating point by measured effect; store it as a draft mapping.
@@ -147,7 +152,7 @@ def sweep_cmd(name: str, sae_ref: str, taus: str | None, top_ns: str | None, spe
 
     sweep = SweepRequest(taus=number_list(taus, "--taus"), top_ns=number_list(top_ns, "--top-ns", int),
                          specific_top_ns=number_list(specific_top_ns, "--specific-top-ns", int),
-                         gate_quantile=gate_quantile, assigned=assigned,
+                         gate_quantile=gate_quantile, assigned=assigned, assigned_gate=assigned_gate,
                          multipliers=number_list(multipliers, "--multipliers"),
                          seeds=tuple(number_list(sweep_seeds, "--sweep-seeds", int)), batch_size=batch_size,
                          objective=objective, styled=styled_sweep, plateau=plateau)

@@ -117,6 +117,11 @@ def choose_features(
     return out, score
 
 
+# How a dedicated latent is gated: "paper", the mean over the kind's concepts (SAEURON.md s. 4);
+# "fired", wherever it fires.
+ASSIGNED_GATE_RULES = ("paper", "fired")
+
+
 def choose_assigned(
     mu_all: torch.Tensor,
     counts: torch.Tensor,
@@ -124,11 +129,19 @@ def choose_assigned(
     timesteps: list[int],
     gamma: float,
     features: list[int],
+    gate_rule: str = "paper",
 ) -> tuple[list[FeatureChoice], torch.Tensor]:
     """The concept's dedicated latents of a concept-supervised SAE (governance.sae.supervision) at
     every timestep, with the paper's scales and gates (SAEURON.md s. 6: the intervention is the
     same, only the selection changes). Same contract as `choose_features`; the scores are the
-    paper's, recorded for the reviewer, not used to select."""
+    paper's, recorded for the reviewer, not used to select.
+
+    `gate_rule` "fired": gate 0, so the latent is scaled at every token where it is in the TopK.
+    A latent trained to fire only on its concept needs no threshold to tell the concept's tokens
+    from the others', and a prompt that merely weakens it below the paper's gate (a white-box
+    attack's easiest way around) is still edited (docs/evaluation.md, stop 31)."""
+    if gate_rule not in ASSIGNED_GATE_RULES:
+        raise ValueError(f"unknown gate rule {gate_rule!r} (one of {', '.join(ASSIGNED_GATE_RULES)})")
     k, n = mu_all.shape[0], mu_all.shape[1]
     if k < 2:
         raise ValueError("scoring needs at least one other concept of the same kind")
@@ -145,6 +158,8 @@ def choose_assigned(
     mu_c = mu_all[target].to(torch.float64)
     score = concept_scores(mu_c, pooled_mean(mu_all[others], counts[others]))
     s, g = scales(mu_c, gamma), gates(mu_all)
+    if gate_rule == "fired":
+        g = torch.zeros_like(g)
     out: list[FeatureChoice] = []
     for col in sorted(range(len(timesteps)), key=lambda c: -timesteps[c]):
         out += [FeatureChoice(int(timesteps[col]), i, float(score[i, col]), float(s[i, col]), float(g[i, col]))

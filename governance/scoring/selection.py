@@ -48,7 +48,7 @@ def entries_by_timestep(choices: list[FeatureChoice], timesteps: list[int]) -> F
 
 def choose(stats: Any, *, gamma: float, method: str = "saeuron", tau: float | None = None,
            top_n: int | None = None, gate_quantile: float = 1.0,
-           assigned: list[int] | None = None) -> tuple[list[FeatureChoice], Any]:
+           assigned: list[int] | None = None, assigned_gate: str = "paper") -> tuple[list[FeatureChoice], Any]:
     """The features of concept 0 of `stats` (a ConceptStats) under one selection rule; raises
     ScoringError on a rule that cannot be applied."""
     try:
@@ -65,7 +65,7 @@ def choose(stats: Any, *, gamma: float, method: str = "saeuron", tau: float | No
 
             if not assigned:
                 raise ValueError(f"the SAE assigns no latents to {stats.names[0]!r} (it was not supervised by it)")
-            return choose_assigned(stats.mu, stats.counts, 0, stats.timesteps, gamma, assigned)
+            return choose_assigned(stats.mu, stats.counts, 0, stats.timesteps, gamma, assigned, assigned_gate)
         if method != "saeuron":
             raise ValueError(f"unknown selection method {method!r} (one of {', '.join(METHODS)})")
         return choose_features(stats.mu, stats.counts, 0, stats.timesteps, gamma, tau=tau, top_n=top_n)

@@ -38,6 +38,8 @@ class ScoreRequest(BaseModel):
     # "assigned": a concept-supervised SAE's latents of the concept (governance.sae.supervision).
     method: Literal["saeuron", "specific", "assigned"] = "saeuron"
     gate_quantile: float = Field(default=1.0, gt=0, le=1)
+    # "assigned": the paper's gates, or gate 0 ("fired": wherever the latent fires).
+    assigned_gate: Literal["paper", "fired"] = "paper"
     gamma: float = -1.0
     steps: int = Field(default=50, gt=0)
     guidance: float = 9.0
@@ -51,6 +53,8 @@ class ScoreRequest(BaseModel):
     def _one_rule(self) -> ScoreRequest:
         if self.tau is not None and self.top_n is not None:
             raise ValueError("give --tau or --top-n, not both")
+        if self.assigned_gate != "paper" and self.method != "assigned":
+            raise ValueError("--assigned-gate applies to --method assigned only")
         if self.method == "specific" and self.tau is not None:
             raise ValueError("--method specific takes --top-n, not --tau")
         if self.method == "assigned":
@@ -231,9 +235,11 @@ def score_concept(store: Any, req: ScoreRequest, actor: str | None,
             req = req.model_copy(update={"tau": extra.tau,
                                          "top_n": extra.top_n if extra.method != "assigned" else None,
                                          "gamma": extra.gamma, "method": extra.method,
-                                         "gate_quantile": (extra.params.get("sweep") or {}).get("gate_quantile", 1.0)})
+                                         "gate_quantile": (extra.params.get("sweep") or {}).get("gate_quantile", 1.0),
+                                         "assigned_gate": (extra.params.get("sweep") or {}).get("assigned_gate", "paper")
+                                         if extra.method == "assigned" else "paper"})
         choices, scores = choose(stats, gamma=req.gamma, method=req.method, tau=req.tau, top_n=req.top_n,
-                                 gate_quantile=req.gate_quantile,
+                                 gate_quantile=req.gate_quantile, assigned_gate=req.assigned_gate,
                                  assigned=supervision["latents"] if supervision and req.method == "assigned" else None)
     except BaseException:
         if tracker is not None:

@@ -48,6 +48,8 @@ class SweepRequest(BaseModel):
     # One more rule, "assigned": the concept's dedicated latents of a concept-supervised SAE
     # (its cfg.json's supervision), tried with every gamma.
     assigned: bool = False
+    # How the assigned latents are gated (governance.scoring.maths.ASSIGNED_GATE_RULES).
+    assigned_gate: Literal["paper", "fired"] = "paper"
     multipliers: list[float] = Field(min_length=1)
     seeds: tuple[int, ...] = Field(default=(100,), min_length=1)
     batch_size: int = Field(default=32, gt=0)
@@ -67,6 +69,8 @@ class SweepRequest(BaseModel):
     def _check(self) -> SweepRequest:
         if not self.taus and not self.top_ns and not self.specific_top_ns and not self.assigned:
             raise ValueError("give at least one --taus, --top-ns or --specific-top-ns value, or --assigned")
+        if self.assigned_gate != "paper" and not self.assigned:
+            raise ValueError("--assigned-gate applies to --assigned points only")
         if any(not 0 < t < 100 for t in self.taus):
             raise ValueError("every tau must lie in (0, 100)")
         if any(n <= 0 for n in self.top_ns + self.specific_top_ns):
@@ -111,10 +115,10 @@ def objective_value(objective: str, ua: float, ira: float, cra: float,
 
 
 def rule_kwargs(rule: str, value: float, gate_quantile: float = 1.0,
-                assigned: list[int] | None = None) -> dict[str, Any]:
+                assigned: list[int] | None = None, assigned_gate: str = "paper") -> dict[str, Any]:
     """A sweep point's rule as the keyword arguments of `selection.choose`."""
     if rule == "assigned":
-        return {"method": "assigned", "assigned": list(assigned or [])}
+        return {"method": "assigned", "assigned": list(assigned or []), "assigned_gate": assigned_gate}
     if rule == "tau":
         return {"method": "saeuron", "tau": value}
     if rule == "top_n":
@@ -171,7 +175,8 @@ def point_run(p: SweepPoint, sweep: SweepRequest, chosen: bool = False) -> Child
     return ChildRun(
         name=f"{p.rule} {p.value:g} gamma {p.gamma:g}", kind="sweep-point",
         params={"rule": p.rule, "value": p.value, key: p.value, "gamma": p.gamma, "objective": sweep.objective,
-                **({"gate_quantile": sweep.gate_quantile} if p.rule == "specific" else {})},
+                **({"gate_quantile": sweep.gate_quantile} if p.rule == "specific" else {}),
+                **({"assigned_gate": sweep.assigned_gate} if p.rule == "assigned" else {})},
         metrics={"UA": 100 * p.UA, "IRA": 100 * p.IRA, "CRA": 100 * p.CRA, "objective": 100 * p.objective,
                  **{f"CRA.{k}": 100 * v for k, v in (p.CRA_by_kind or {}).items()},
                  "n_entries": float(p.n_entries), "n_features": float(p.n_features)},
@@ -204,7 +209,7 @@ def make_selector(sweep: SweepRequest, *, steps: int, guidance: float, progress:
         for rule, value, gamma in grid:
             try:
                 choices, _ = choose(stats, gamma=gamma,
-                                    **rule_kwargs(rule, value, sweep.gate_quantile, assigned))
+                                    **rule_kwargs(rule, value, sweep.gate_quantile, assigned, sweep.assigned_gate))
             except ScoringError as exc:
                 raise ScoringError(f"sweep point {rule}={value}: {exc}") from None
             spec = blocklist_for(concept, registry_kind(concept), hook, gamma, choices, stats.timesteps, scheduler,
@@ -245,6 +250,7 @@ def make_selector(sweep: SweepRequest, *, steps: int, guidance: float, progress:
             children=children,
             params={"sweep": {"taus": sweep.taus, "top_ns": sweep.top_ns, "specific_top_ns": sweep.specific_top_ns,
                               "gate_quantile": sweep.gate_quantile, "assigned": sweep.assigned,
+                              "assigned_gate": sweep.assigned_gate,
                               "multipliers": sweep.multipliers,
                               "seeds": list(sweep.seeds), "objective": sweep.objective, "styled": sweep.styled,
                               "plateau": sweep.plateau,

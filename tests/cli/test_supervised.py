@@ -76,6 +76,25 @@ def test_supervised_sae_from_registry_prompts_to_its_mapping(ws: dict) -> None:
     assert green.selection_rule == "assigned"
     assert all(sorted(e.feature for e in es) == [2, 3] for es in green.timesteps.values())
 
+    # Gate 0 ("fired"): the same latents and scales, scaled wherever they fire; the sweep records it.
+    res = runner.invoke(saegov, ["concept", "score", "red", "--method", "assigned", "--multiplier", "-3",
+                                 "--assigned-gate", "fired", *common])
+    assert res.exit_code == 0, res.output
+    fired = ws["store"].get_mapping(json.loads(res.stdout)["mapping_id"])
+    assert {t: [(e.feature, e.scale) for e in es] for t, es in fired.timesteps.items()} == \
+        {t: [(e.feature, e.scale) for e in es] for t, es in red.timesteps.items()}
+    assert all(e.gate == 0.0 for es in fired.timesteps.values() for e in es)
+    assert any(e.gate > 0.0 for es in red.timesteps.values() for e in es)
+    res = runner.invoke(saegov, ["concept", "sweep", "green", "--assigned", "--assigned-gate", "fired",
+                                 "--multipliers", "-4", "--batch-size", "8", *common])
+    assert res.exit_code == 0, res.output
+    green0 = ws["store"].get_mapping(json.loads(res.stdout)["mapping_id"])
+    assert all(e.gate == 0.0 for es in green0.timesteps.values() for e in es)
+    one_line_error(runner.invoke(saegov, ["concept", "score", "red", "--top-n", "2", "--assigned-gate", "fired",
+                                          *common]), "--assigned-gate applies to --method assigned only")
+    one_line_error(runner.invoke(saegov, ["concept", "sweep", "red", "--top-ns", "2", "--assigned-gate", "fired",
+                                          *common]), "--assigned-gate applies to --assigned points only")
+
     # The registry refuses an "assigned" mapping that claims other latents (written by hand).
     from governance.formats.mapping import FeatureEntry, MappingSpec, Selection
     from registry.errors import ValidationFailed

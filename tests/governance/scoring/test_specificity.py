@@ -103,3 +103,17 @@ def test_plateau_prefers_a_point_whose_neighbours_hold() -> None:
     other = SweepPoint(rule="top_n", value=4, gamma=-3.5, UA=1.0, IRA=1.0, CRA=0.1, n_entries=4, n_features=4,
                        objective=0.1)
     assert best_point([*points, other], plateau=True).gamma == -2.5
+
+
+def test_assigned_latents_gated_by_the_paper_or_wherever_they_fire() -> None:
+    mu = torch.tensor([[[0.8, 0.6], [0.1, 0.0]], [[0.2, 0.0], [0.3, 0.4]]], dtype=torch.float64)  # [K=2, n=2, T=2]
+    stats = ConceptStats(names=["a", "b"], timesteps=[900, 100], mu=mu, counts=torch.tensor([3, 3]))
+    paper, _ = choose(stats, gamma=-2.0, method="assigned", assigned=[0])
+    fired, _ = choose(stats, gamma=-2.0, method="assigned", assigned=[0], assigned_gate="fired")
+    # The same latent and scales (gamma x its mean on the concept); only the gate differs.
+    assert [(c.timestep, c.feature, c.scale) for c in fired] == [(c.timestep, c.feature, c.scale) for c in paper]
+    assert [c.scale for c in paper] == pytest.approx([-1.6, -1.2])
+    assert [c.gate for c in paper] == pytest.approx([0.5, 0.3])  # the mean over both concepts
+    assert [c.gate for c in fired] == [0.0, 0.0]
+    with pytest.raises(ScoringError, match="gate rule"):
+        choose(stats, gamma=-2.0, method="assigned", assigned=[0], assigned_gate="never")
