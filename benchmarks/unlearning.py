@@ -253,7 +253,8 @@ def main() -> None:
             return entry_for(c, hook, st, best["rule"], best["value"], best["gamma"], assigned), sae, best
         sweep = SweepRequest(top_ns=top_ns if method == "saeuron" else [],
                              specific_top_ns=top_ns if method == "specific" else [],
-                             assigned=method == "assigned", assigned_gate=args.assigned_gate if method == "assigned" else "paper",
+                             assigned=method == "assigned",
+                             assigned_gate=args.assigned_gate if method == "assigned" else "paper",
                              multipliers=gammas, seeds=seeds, objective=args.objective, styled=args.styled_sweep,
                              plateau=args.plateau)
         held = InForceBlocking(entries=[e for e, _ in in_force], saes={e.hook_point: s for e, s in in_force})
