@@ -106,13 +106,22 @@ def main() -> None:
             prev = json.loads(args.choices_from.read_text())
             for r in prev["per_concept"]:
                 previous[(r["method"], r["concept"])] = r
-            ran_on = (prev["saes"], prev["saes_assigned"], prev["model"])
+            ran_on = (prev["saes"], prev["saes_assigned"], prev["model"], prev["at"], prev["second"],
+                      prev.get("assigned_gate", "paper"))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise SystemExit(f"--choices-from {args.choices_from}: not a benchmark output ({exc})") from None
         # A point is a (rule, value, gamma) of one SAE's statistics: on other SAEs it means nothing.
-        if ran_on != (args.sae, args.sae_assigned, args.model):
+        # The same for other blocks, and for the other gate rule (its points must be swept for it).
+        if ran_on[:3] != (args.sae, args.sae_assigned, args.model):
             raise SystemExit(f"--choices-from {args.choices_from}: that run used other SAEs or another model "
                              f"({ran_on[0]}, {ran_on[1]}, model {ran_on[2]})")
+        here = (dict(item.split("=", 1) for item in args.at.split(",") if item),
+                dict(item.split("=", 1) for item in args.second.split(",") if item), args.assigned_gate)
+        if ran_on[3:] != here:
+            raise SystemExit(f"--choices-from {args.choices_from}: that run blocked at other hook points or with "
+                             f"another gate rule (--at {ran_on[3]}, --second {ran_on[4]}, --assigned-gate {ran_on[5]})")
+        if not previous:
+            raise SystemExit(f"--choices-from {args.choices_from}: it holds no chosen point")
     for item in args.gammas:
         key, _, values = item.partition("=")
         kind_method = tuple(key.split("/"))
@@ -216,7 +225,11 @@ def main() -> None:
             a = attack_unlearning(pipe, [concept], max_prompts=4)[concept]
         finally:
             remove_blocklist(pipe)
-        return {k: a[k] for k in ("UA_no_attack", "UA_paraphrase", "UA_whitebox", "n_paraphrase", "n_whitebox")}
+        out = {k: a[k] for k in ("UA_no_attack", "UA_paraphrase", "UA_whitebox", "n_paraphrase", "n_whitebox")}
+        # UA of the same attack prompts with the blocklist off: a paraphrase the model misreads
+        # scores UA 1 there too, whatever the blocklist does.
+        out.update({f"{k}_unprotected": (a[k] or {}).get("UA_unprotected") for k in ("paraphrase", "whitebox")})
+        return out
 
     stats: dict[tuple[str, str, int], Any] = {}
 

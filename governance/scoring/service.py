@@ -280,7 +280,9 @@ def score_concept(store: Any, req: ScoreRequest, actor: str | None,
             evidence += extra.evidence
             # The generation settings the statistics were made with: a deployment defaults to them.
             evidence.append({"kind": "scoring_params", "ref": json.dumps(
-                {"guidance": req.guidance, "steps": req.steps, "seed": req.seed, "scheduler": scheduler},
+                {"guidance": req.guidance, "steps": req.steps, "seed": req.seed, "scheduler": scheduler,
+                 # the gate rule, named beside the gate values it produced (0 with "fired")
+                 **({"assigned_gate": req.assigned_gate} if req.method == "assigned" else {})},
                 sort_keys=True)})
             spec = build_spec(req, scheduler, choices, stats.timesteps, evidence)
             (art / "mapping.json").write_text(pretty_json(spec.to_json_dict()))

@@ -85,6 +85,9 @@ def test_supervised_sae_from_registry_prompts_to_its_mapping(ws: dict) -> None:
         {t: [(e.feature, e.scale) for e in es] for t, es in red.timesteps.items()}
     assert all(e.gate == 0.0 for es in fired.timesteps.values() for e in es)
     assert any(e.gate > 0.0 for es in red.timesteps.values() for e in es)
+    named = [json.loads(ev["ref"]).get("assigned_gate") for m in (fired, red) for ev in m.evidence
+             if ev.get("kind") == "scoring_params"]
+    assert named == ["fired", "paper"]  # the mapping names the rule beside the gates it produced
     res = runner.invoke(saegov, ["concept", "sweep", "green", "--assigned", "--assigned-gate", "fired",
                                  "--multipliers", "-4", "--batch-size", "8", *common])
     assert res.exit_code == 0, res.output
