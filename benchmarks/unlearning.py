@@ -99,6 +99,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("unlearning.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    at = dict(item.split("=", 1) for item in args.at.split(",") if item)
+    second = dict(item.split("=", 1) for item in args.second.split(",") if item)
     previous: dict[tuple[str, str], dict[str, Any]] = {}  # (method label, concept) -> its row
     prev: dict[str, Any] = {}
     if args.choices_from is not None:
@@ -106,20 +108,18 @@ def main() -> None:
             prev = json.loads(args.choices_from.read_text())
             for r in prev["per_concept"]:
                 previous[(r["method"], r["concept"])] = r
-            ran_on = (prev["saes"], prev["saes_assigned"], prev["model"], prev["at"], prev["second"],
-                      prev.get("assigned_gate", "paper"))
+            saes_then = (prev["saes"], prev["saes_assigned"], prev["model"])
+            blocks_then = (prev["at"], prev["second"], prev.get("assigned_gate", "paper"))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise SystemExit(f"--choices-from {args.choices_from}: not a benchmark output ({exc})") from None
         # A point is a (rule, value, gamma) of one SAE's statistics: on other SAEs it means nothing.
         # The same for other blocks, and for the other gate rule (its points must be swept for it).
-        if ran_on[:3] != (args.sae, args.sae_assigned, args.model):
+        if saes_then != (args.sae, args.sae_assigned, args.model):
             raise SystemExit(f"--choices-from {args.choices_from}: that run used other SAEs or another model "
-                             f"({ran_on[0]}, {ran_on[1]}, model {ran_on[2]})")
-        here = (dict(item.split("=", 1) for item in args.at.split(",") if item),
-                dict(item.split("=", 1) for item in args.second.split(",") if item), args.assigned_gate)
-        if ran_on[3:] != here:
+                             f"({saes_then[0]}, {saes_then[1]}, model {saes_then[2]})")
+        if blocks_then != (at, second, args.assigned_gate):
             raise SystemExit(f"--choices-from {args.choices_from}: that run blocked at other hook points or with "
-                             f"another gate rule (--at {ran_on[3]}, --second {ran_on[4]}, --assigned-gate {ran_on[5]})")
+                             "another gate rule (--at {}, --second {}, --assigned-gate {})".format(*blocks_then))
         if not previous:
             raise SystemExit(f"--choices-from {args.choices_from}: it holds no chosen point")
     for item in args.gammas:
@@ -178,8 +178,6 @@ def main() -> None:
                         pass
         return saes[hook]
 
-    at = dict(item.split("=", 1) for item in args.at.split(",") if item)
-    second = dict(item.split("=", 1) for item in args.second.split(",") if item)
     for kind, hook in second.items():
         if hook not in saes or hook == at.get(kind):
             raise SystemExit(f"--second {kind}={hook}: give an --sae at that hook point, other than the kind's block")

@@ -6,6 +6,7 @@ All statistics are float64 so that tiny means of sparse features do not lose pre
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 
@@ -119,7 +120,8 @@ def choose_features(
 
 # How a dedicated latent is gated: "paper", the mean over the kind's concepts (SAEURON.md s. 4);
 # "fired", wherever it fires.
-ASSIGNED_GATE_RULES = ("paper", "fired")
+AssignedGate = Literal["paper", "fired"]
+ASSIGNED_GATE_RULES: tuple[str, ...] = get_args(AssignedGate)
 
 
 def choose_assigned(

@@ -20,7 +20,7 @@ from governance.common.hashing import sha256_file
 from governance.common.jsonio import pretty_json
 from governance.formats.mapping import EvidenceRef, MappingSpec, Selection
 from governance.scoring.heatmap import HEATMAP_NAME, render_heatmap
-from governance.scoring.maths import FeatureChoice
+from governance.scoring.maths import AssignedGate, FeatureChoice
 from governance.scoring.selection import (
     ChildRun, ScoringError, Selected, Selector, assigned_latents, choose, entries_by_timestep,
 )
@@ -39,7 +39,7 @@ class ScoreRequest(BaseModel):
     method: Literal["saeuron", "specific", "assigned"] = "saeuron"
     gate_quantile: float = Field(default=1.0, gt=0, le=1)
     # "assigned": the paper's gates, or gate 0 ("fired": wherever the latent fires).
-    assigned_gate: Literal["paper", "fired"] = "paper"
+    assigned_gate: AssignedGate = "paper"
     gamma: float = -1.0
     steps: int = Field(default=50, gt=0)
     guidance: float = 9.0

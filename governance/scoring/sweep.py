@@ -28,7 +28,7 @@ from governance.evaluation.metrics import EVAL_SEEDS, generate_jobs, judge, unle
 from governance.formats.blocklist import BlockedConcept, BlocklistSpec, SaeRef
 from governance.formats.mapping import CHOSEN_WITH
 from governance.formats.sweep import OBJECTIVES, SWEEP_NAME, InForce, SweepPoint, SweepTable
-from governance.scoring.maths import FeatureChoice
+from governance.scoring.maths import AssignedGate, FeatureChoice
 from governance.scoring.selection import (
     ChildRun, ScoringError, Selected, assigned_latents, choose, entries_by_timestep,
 )
@@ -48,8 +48,8 @@ class SweepRequest(BaseModel):
     # One more rule, "assigned": the concept's dedicated latents of a concept-supervised SAE
     # (its cfg.json's supervision), tried with every gamma.
     assigned: bool = False
-    # How the assigned latents are gated (governance.scoring.maths.ASSIGNED_GATE_RULES).
-    assigned_gate: Literal["paper", "fired"] = "paper"
+    # How the assigned latents are gated (governance.scoring.maths.AssignedGate).
+    assigned_gate: AssignedGate = "paper"
     multipliers: list[float] = Field(min_length=1)
     seeds: tuple[int, ...] = Field(default=(100,), min_length=1)
     batch_size: int = Field(default=32, gt=0)
