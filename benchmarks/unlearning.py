@@ -103,6 +103,10 @@ def main() -> None:
     second = dict(item.split("=", 1) for item in args.second.split(",") if item)
     previous: dict[tuple[str, str], dict[str, Any]] = {}  # (method label, concept) -> its row
     prev: dict[str, Any] = {}
+    if args.gammas and args.choices_from is not None and not args.envelope:
+        # The points come from the earlier run: a grid given here would change nothing, silently.
+        raise SystemExit("--gammas changes the sweep's grids; with --choices-from there is no sweep (only "
+                         "--envelope uses them)")
     if args.choices_from is not None:
         try:
             prev = json.loads(args.choices_from.read_text())
