@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 import click
 
 from cli.common import GUIDANCE, SEED, STEPS, actor_option, check_device, default_device, json_option, number_list, open_store, print_json, subgroup
+from governance.formats.sweep import ASSIGNED_GATE_RULES
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -53,7 +54,7 @@ def statistics_options(batch_size: int) -> Callable[[F], F]:
                    "dedicated to the concept (`sae train --supervise`).")
 @click.option("--gate-quantile", type=float, default=1.0, show_default=True,
               help="specific: gate at this quantile of the other concepts' per-image peaks (1 = their largest).")
-@click.option("--assigned-gate", type=click.Choice(["paper", "fired"]), default="paper", show_default=True,
+@click.option("--assigned-gate", type=click.Choice(ASSIGNED_GATE_RULES), default="paper", show_default=True,
               help="assigned: the paper's gates (the latent's mean over the kind's concepts), or gate 0: scaled "
                    "wherever the latent fires.")
 @statistics_options(batch_size=8)
@@ -110,7 +111,7 @@ def score_cmd(name: str, sae_ref: str, tau: float | None, top_n: int | None, gam
 @click.option("--assigned", is_flag=True,
               help="Also try the concept's dedicated latents of a concept-supervised SAE (`sae train --supervise`) "
                    "with every multiplier.")
-@click.option("--assigned-gate", type=click.Choice(["paper", "fired"]), default="paper", show_default=True,
+@click.option("--assigned-gate", type=click.Choice(ASSIGNED_GATE_RULES), default="paper", show_default=True,
               help="Assigned points: the paper's gates, or gate 0 (scaled wherever the latent fires).")
 @click.option("--multipliers", default="-1,-5,-10", show_default=True, help="Comma-separated gammas.")
 @click.option("--objective", type=click.Choice(["min_ua_ira_cra", "min_ua_ira_kinds", "ua_ira", "ua_ira_cra"]),

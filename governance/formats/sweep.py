@@ -4,7 +4,7 @@ as `sweep.json` in its MLflow run."""
 from __future__ import annotations
 
 import json
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
@@ -13,6 +13,10 @@ from governance.formats.validation import parse_json_model
 
 SWEEP_FORMAT = "saegov.sweep/v1"
 SWEEP_NAME = "sweep.json"
+# How a concept-supervised SAE's dedicated latent is gated (`--method assigned`): "paper", the
+# mean over the kind's concepts (SAEURON.md s. 4); "fired", 0: scaled wherever it fires.
+AssignedGate = Literal["paper", "fired"]
+ASSIGNED_GATE_RULES: tuple[str, ...] = get_args(AssignedGate)
 OBJECTIVES = {"ua_ira": "(UA + IRA) / 2", "ua_ira_cra": "(UA + IRA + CRA) / 3",
               "min_ua_ira_cra": "min(UA, IRA, CRA)", "min_ua_ira_kinds": "min(UA, IRA, CRA of each other kind)"}
 
@@ -70,6 +74,8 @@ class SweepTable(SweepTableHeader):
     points: list[SweepPoint]
     # Left out of the JSON when None, so that a one-block table reads as it always did.
     with_mappings: list[InForce] | None = None
+    # The assigned points' gate rule; None (left out) for the other rules and older tables.
+    assigned_gate: AssignedGate | None = None
 
     def evidence_text(self) -> str:
         """The table as the `ref` of a mapping's `sweep` evidence (compact, sorted keys)."""

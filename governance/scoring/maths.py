@@ -6,9 +6,10 @@ All statistics are float64 so that tiny means of sparse features do not lose pre
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 import torch
+
+from governance.formats.sweep import ASSIGNED_GATE_RULES, AssignedGate  # the gate rule's one definition
 
 EPS = 1e-8
 
@@ -118,10 +119,6 @@ def choose_features(
     return out, score
 
 
-# How a dedicated latent is gated: "paper", the mean over the kind's concepts (SAEURON.md s. 4);
-# "fired", wherever it fires.
-AssignedGate = Literal["paper", "fired"]
-ASSIGNED_GATE_RULES: tuple[str, ...] = get_args(AssignedGate)
 
 
 def choose_assigned(

@@ -48,7 +48,7 @@ class SweepRequest(BaseModel):
     # One more rule, "assigned": the concept's dedicated latents of a concept-supervised SAE
     # (its cfg.json's supervision), tried with every gamma.
     assigned: bool = False
-    # How the assigned latents are gated (governance.scoring.maths.AssignedGate).
+    # How the assigned latents are gated (governance.formats.sweep.AssignedGate).
     assigned_gate: AssignedGate = "paper"
     multipliers: list[float] = Field(min_length=1)
     seeds: tuple[int, ...] = Field(default=(100,), min_length=1)
@@ -236,7 +236,8 @@ def make_selector(sweep: SweepRequest, *, steps: int, guidance: float, progress:
                                                                      if sweep.plateau else ""),
                            seeds=list(sweep.seeds), images_per_point=len(jobs),
                            prompts="styled wording, sweep seeds" if styled else "style-free wording",
-                           chosen=best, points=points, with_mappings=list(held.refs) or None)
+                           chosen=best, points=points, with_mappings=list(held.refs) or None,
+                           assigned_gate=sweep.assigned_gate if sweep.assigned else None)
         return Selected(
             tau=best.value if best.rule == "tau" else None,
             top_n=int(best.value) if best.rule != "tau" else None,

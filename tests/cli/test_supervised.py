@@ -72,6 +72,7 @@ def test_supervised_sae_from_registry_prompts_to_its_mapping(ws: dict) -> None:
     assert res.exit_code == 0, res.output
     table = json.loads(res.stdout)["sweep"]
     assert [(p["rule"], p["value"], p["gamma"]) for p in table["points"]] == [("assigned", 2, -1.0), ("assigned", 2, -4.0)]
+    assert table["assigned_gate"] == "paper"  # the table itself names its gate rule
     green = ws["store"].get_mapping(json.loads(res.stdout)["mapping_id"])
     assert green.selection_rule == "assigned"
     assert all(sorted(e.feature for e in es) == [2, 3] for es in green.timesteps.values())
@@ -93,6 +94,8 @@ def test_supervised_sae_from_registry_prompts_to_its_mapping(ws: dict) -> None:
     assert res.exit_code == 0, res.output
     green0 = ws["store"].get_mapping(json.loads(res.stdout)["mapping_id"])
     assert all(e.gate == 0.0 for es in green0.timesteps.values() for e in es)
+    swept = [json.loads(ev["ref"]) for ev in green0.evidence if ev.get("kind") == "sweep"]
+    assert json.loads(res.stdout)["sweep"]["assigned_gate"] == "fired" and [t["assigned_gate"] for t in swept] == ["fired"]
     one_line_error(runner.invoke(saegov, ["concept", "score", "red", "--top-n", "2", "--assigned-gate", "fired",
                                           *common]), "--assigned-gate applies to --method assigned only")
     one_line_error(runner.invoke(saegov, ["concept", "sweep", "red", "--top-ns", "2", "--assigned-gate", "fired",
