@@ -277,9 +277,9 @@ def verify_rows(rows: Iterable[tuple], head: tuple[int, str] | None = None,
     must reproduce its head hash and Merkle root (detects a chain rebuilt or cut back before it). With `start`
     (size, head hash of a trusted checkpoint), `rows` are the events after it, linked from that
     head: the cost is the events after it (`audit verify --since`). With `signatures`, every
-    event also passes its rules (registry.signatures); rows are then the 10 columns of
-    `iter_event_rows` (8 are enough without). The hashes of the events up to `keep_leaves` (and
-    up to the largest checkpoint) come back in the report's `leaves`.
+    event also passes its rules (registry.signatures). Rows are the 10 columns of
+    `iter_event_rows`. The hashes of the events up to `keep_leaves` (and up to the largest
+    checkpoint) come back in the report's `leaves`.
     """
     sha256 = hashlib.sha256
     q = _encode_str  # same bytes as the canonical JSON array of event_hash, built faster
@@ -288,8 +288,8 @@ def verify_rows(rows: Iterable[tuple], head: tuple[int, str] | None = None,
     cp_size = max([c.size for c in cps] + [keep_leaves])
     leaves: list[bytes] = []
     plain_ok = signatures.plain_passed if signatures is not None else frozenset()
-    for row in rows:
-        seq, created_at, actor, action, subject, payload, prev_hash, stored = row[:8]
+    # Unpacked in the loop header: slicing each row cost more than the hash's formatting saved.
+    for seq, created_at, actor, action, subject, payload, prev_hash, stored, signer_key, signature in rows:
         if seq != expected_seq:
             if seq > expected_seq:
                 raise AuditVerificationError(
@@ -301,13 +301,13 @@ def verify_rows(rows: Iterable[tuple], head: tuple[int, str] | None = None,
                 f"audit event {seq}: previous-hash link broken (chain rewritten at or before it)",
                 seq)
         # prev_hash equals the previous (hex) hash here, so its JSON string is just its quotes.
-        header = f'[{seq},"{prev_hash}",{q(created_at)},{q(actor)},{q(action)},{q(subject)}]\n'
-        if sha256((header + payload).encode()).hexdigest() != stored:
+        if sha256(f'[{seq},"{prev_hash}",{q(created_at)},{q(actor)},{q(action)},{q(subject)}]\n{payload}'
+                  .encode()).hexdigest() != stored:
             raise AuditVerificationError(f"audit event {seq}: hash mismatch (event altered)", seq)
-        if signatures is not None and (row[8] or row[9] or (actor, action) not in plain_ok):
+        if signatures is not None and (signer_key or signature or (actor, action) not in plain_ok):
             # (the check itself would return at once for an unsigned action its actor already
             # passed since the last tracked event: most of a long log, so not even called)
-            signatures.check(seq, actor, action, subject, payload, stored, row[8], row[9])
+            signatures.check(seq, actor, action, subject, payload, stored, signer_key, signature)
         if seq <= cp_size:
             leaves.append(bytes.fromhex(stored))
         prev = stored

@@ -239,5 +239,5 @@ def test_verify_recomputes_exactly_what_append_hashed(odd: str) -> None:
         h = audit.event_hash(*args)
         rows.append((*args, h))
         prev = h
-    rows = [(seq, t, a, ac, s, p, ph, h) for seq, ph, t, a, ac, s, p, h in rows]
+    rows = [(seq, t, a, ac, s, p, ph, h, None, None) for seq, ph, t, a, ac, s, p, h in rows]
     assert audit.verify_rows(rows).size == 2
