@@ -4,7 +4,7 @@ own code path), generation records (row + signed event) one per transaction and 
 default, PostgreSQL with --url.
 
     .venv/bin/python benchmarks/audit.py [--sizes 100000 1000000] [--appends 2000] [--batches 1 100 1000]
-                                         [--url URL]
+                                         [--url URL] [--fresh N [--baseline TREE]]
 
 Large chains are built directly (hashes computed with registry.audit.event_hash, rows bulk
 inserted) so that building them does not dominate; verification is `Store.verify_audit()`,
@@ -157,6 +157,42 @@ def bench_readers(store: Store, repeats: int) -> None:
         + f"; seq pages / server cursor median {statistics.median(r):.2f} (min {min(r):.2f}, max {max(r):.2f})")
 
 
+# One fresh interpreter's verification: sys.argv = [tree, url, size]; prints its seconds.
+_FRESH = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from registry.store import Store
+store = Store.open(sys.argv[2])
+t0 = time.perf_counter()
+report = store.verify_audit()
+print(time.perf_counter() - t0)
+assert report.size == int(sys.argv[3])
+"""
+
+
+def bench_fresh(store: Store, n: int, rounds: int, baseline: Path | None) -> None:
+    """Verification in fresh processes, as `saegov audit verify` runs it (a new interpreter, engine
+    and worker pool each time), this tree and --baseline's interleaved round by round."""
+    import subprocess
+
+    url = store.engine.url.render_as_string(hide_password=False)
+    trees = {"this tree": Path(__file__).resolve().parents[1]}
+    if baseline is not None:
+        trees["baseline"] = baseline.resolve()
+    times: dict[str, list[float]] = {name: [] for name in trees}
+    for _ in range(rounds):
+        for name, tree in trees.items():
+            out = subprocess.run([sys.executable, "-c", _FRESH, str(tree), url, str(n)], capture_output=True,
+                                 text=True, check=True)
+            times[name].append(float(out.stdout.split()[-1]))
+    line = "; ".join(f"{name} s median {statistics.median(v):.2f} (min {min(v):.2f}, max {max(v):.2f}, n={len(v)})"
+                     for name, v in times.items())
+    if baseline is not None:
+        r = [a / b for a, b in zip(times["this tree"], times["baseline"])]
+        line += f"; this / baseline median {statistics.median(r):.2f} (min {min(r):.2f}, max {max(r):.2f})"
+    print(f"verify {n:,} events in fresh processes: {line}")
+
+
 def reset(url: str | None) -> None:
     """PostgreSQL: start from an empty schema (SQLite runs use a new file each time)."""
     if url:
@@ -176,7 +212,15 @@ def main() -> None:
                     help="generation records per transaction")
     ap.add_argument("--generations", type=int, default=20_000, help="generation records per batched run")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--fresh", type=int, default=0, metavar="N",
+                    help="also time verification in N fresh processes each (imports, engine, workers: what "
+                         "`saegov audit verify` pays)")
+    ap.add_argument("--baseline", type=Path, default=None, metavar="TREE",
+                    help="with --fresh: a checkout of an earlier commit (git worktree add TREE REV), timed "
+                         "interleaved with this one on the same chain")
     args = ap.parse_args()
+    if args.baseline is not None and not (args.baseline / "registry" / "audit.py").is_file():
+        raise SystemExit(f"--baseline {args.baseline}: not a checkout of this project")
     print(f"cpus={os.cpu_count()} loadavg={os.getloadavg()[0]:.2f} python={sys.version.split()[0]}")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -216,6 +260,8 @@ def main() -> None:
                 assert cp.size == n
             if args.url:
                 bench_readers(store, args.repeats)
+            if args.fresh:
+                bench_fresh(store, n, args.fresh, args.baseline)
             v = statistics.median(verify_s)
             print(f"verify: {n:>9,} events, s: median {v:.2f} (min {min(verify_s):.2f}, max {max(verify_s):.2f}) "
                   f"= {n / v:,.0f} events/s; checkpoint incl. Merkle root s: median {statistics.median(cp_s):.2f} "
