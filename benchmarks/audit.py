@@ -157,39 +157,52 @@ def bench_readers(store: Store, repeats: int) -> None:
         + f"; seq pages / server cursor median {statistics.median(r):.2f} (min {min(r):.2f}, max {max(r):.2f})")
 
 
-# One fresh interpreter's verification: sys.argv = [tree, url, size]; prints its seconds.
+# One fresh interpreter's verification: sys.argv = [tree, size], the URL in BENCH_AUDIT_URL (not on
+# the command line, where ps shows a password); prints the verification's seconds.
 _FRESH = """
-import sys, time
+import os, sys, time
 sys.path.insert(0, sys.argv[1])
 from registry.store import Store
-store = Store.open(sys.argv[2])
+store = Store.open(os.environ["BENCH_AUDIT_URL"])
 t0 = time.perf_counter()
 report = store.verify_audit()
 print(time.perf_counter() - t0)
-assert report.size == int(sys.argv[3])
+assert report.size == int(sys.argv[2]), report.size
 """
 
 
 def bench_fresh(store: Store, n: int, rounds: int, baseline: Path | None) -> None:
-    """Verification in fresh processes, as `saegov audit verify` runs it (a new interpreter, engine
-    and worker pool each time), this tree and --baseline's interleaved round by round."""
+    """Verification in fresh processes, as `saegov audit verify` runs it (a new interpreter, engine,
+    connections and worker pool each time), this tree and --baseline's interleaved, the order
+    alternating round by round. Reports the verification's own time in each process and the
+    process's whole wall time (interpreter start and imports included)."""
     import subprocess
 
-    url = store.engine.url.render_as_string(hide_password=False)
+    env = {**os.environ, "BENCH_AUDIT_URL": store.engine.url.render_as_string(hide_password=False)}
     trees = {"this tree": Path(__file__).resolve().parents[1]}
     if baseline is not None:
         trees["baseline"] = baseline.resolve()
     times: dict[str, list[float]] = {name: [] for name in trees}
-    for _ in range(rounds):
-        for name, tree in trees.items():
-            out = subprocess.run([sys.executable, "-c", _FRESH, str(tree), url, str(n)], capture_output=True,
-                                 text=True, check=True)
+    walls: dict[str, list[float]] = {name: [] for name in trees}
+    for i in range(rounds):
+        for name, tree in (list(trees.items()) if i % 2 == 0 else list(reversed(trees.items()))):
+            t0 = time.perf_counter()
+            out = subprocess.run([sys.executable, "-c", _FRESH, str(tree), str(n)], capture_output=True, text=True,
+                                 env=env)
+            walls[name].append(time.perf_counter() - t0)
+            if out.returncode != 0:
+                tail = (out.stderr.strip().splitlines() or ["(no output)"])[-1]
+                raise SystemExit(f"verification in a fresh process ({name}, {tree}) failed: {tail}")
             times[name].append(float(out.stdout.split()[-1]))
-    line = "; ".join(f"{name} s median {statistics.median(v):.2f} (min {min(v):.2f}, max {max(v):.2f}, n={len(v)})"
-                     for name, v in times.items())
+
+    def summary(v: list[float]) -> str:
+        return f"median {statistics.median(v):.2f} (min {min(v):.2f}, max {max(v):.2f}, n={len(v)})"
+
+    line = "; ".join(f"{name}: verify s {summary(times[name])}, whole process s {summary(walls[name])}"
+                     for name in trees)
     if baseline is not None:
         r = [a / b for a, b in zip(times["this tree"], times["baseline"])]
-        line += f"; this / baseline median {statistics.median(r):.2f} (min {min(r):.2f}, max {max(r):.2f})"
+        line += f"; verify this / baseline median {statistics.median(r):.2f} (min {min(r):.2f}, max {max(r):.2f})"
     print(f"verify {n:,} events in fresh processes: {line}")
 
 
@@ -213,12 +226,16 @@ def main() -> None:
     ap.add_argument("--generations", type=int, default=20_000, help="generation records per batched run")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--fresh", type=int, default=0, metavar="N",
-                    help="also time verification in N fresh processes each (imports, engine, workers: what "
-                         "`saegov audit verify` pays)")
+                    help="also time verification in N fresh processes each (a new engine, connections and worker "
+                         "pool each time, as `saegov audit verify` runs it), and each process's whole wall time")
     ap.add_argument("--baseline", type=Path, default=None, metavar="TREE",
                     help="with --fresh: a checkout of an earlier commit (git worktree add TREE REV), timed "
                          "interleaved with this one on the same chain")
     args = ap.parse_args()
+    if args.fresh < 0:
+        raise SystemExit("--fresh: a number of rounds, 0 or more")
+    if args.baseline is not None and not args.fresh:
+        raise SystemExit("--baseline is timed only in fresh processes: give --fresh N too")
     if args.baseline is not None and not (args.baseline / "registry" / "audit.py").is_file():
         raise SystemExit(f"--baseline {args.baseline}: not a checkout of this project")
     print(f"cpus={os.cpu_count()} loadavg={os.getloadavg()[0]:.2f} python={sys.version.split()[0]}")

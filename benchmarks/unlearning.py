@@ -37,6 +37,8 @@ from typing import Any
 
 import torch
 
+from governance.formats.sweep import ASSIGNED_GATE_RULES
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # Per (kind, method): (feature counts per timestep, gammas). The paper's rows use the grids of
@@ -89,7 +91,7 @@ def main() -> None:
                     help="also evaluate every grid point of one block on the evaluation images (the edit's best)")
     ap.add_argument("--gammas", action="append", default=[], metavar="KIND/METHOD=G1,G2,...",
                     help="replace the gammas of one grid of GRIDS (repeat), e.g. shape/assigned=-3,-4,-5,-6,-8")
-    ap.add_argument("--assigned-gate", choices=["paper", "fired"], default="paper",
+    ap.add_argument("--assigned-gate", choices=ASSIGNED_GATE_RULES, default="paper",
                     help="the assigned method's gates: the paper's, or 0 (scaled wherever the latent fires)")
     ap.add_argument("--attack", action="store_true",
                     help="add UA under paraphrases and the white-box attack for each one-concept blocklist")

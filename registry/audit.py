@@ -288,7 +288,7 @@ def verify_rows(rows: Iterable[tuple], head: tuple[int, str] | None = None,
     cp_size = max([c.size for c in cps] + [keep_leaves])
     leaves: list[bytes] = []
     plain_ok = signatures.plain_passed if signatures is not None else frozenset()
-    # Unpacked in the loop header: slicing each row cost more than the hash's formatting saved.
+    # Unpacked in the loop header: slicing each row first cost more than the hashing (benchmarks/audit.py).
     for seq, created_at, actor, action, subject, payload, prev_hash, stored, signer_key, signature in rows:
         if seq != expected_seq:
             if seq > expected_seq:
@@ -301,8 +301,13 @@ def verify_rows(rows: Iterable[tuple], head: tuple[int, str] | None = None,
                 f"audit event {seq}: previous-hash link broken (chain rewritten at or before it)",
                 seq)
         # prev_hash equals the previous (hex) hash here, so its JSON string is just its quotes.
-        if sha256(f'[{seq},"{prev_hash}",{q(created_at)},{q(actor)},{q(action)},{q(subject)}]\n{payload}'
-                  .encode()).hexdigest() != stored:
+        try:  # `+ payload`, not `{payload}` in the f-string: a payload that is no longer text must fail
+            digest = sha256((f'[{seq},"{prev_hash}",{q(created_at)},{q(actor)},{q(action)},{q(subject)}]\n'
+                             + payload).encode()).hexdigest()
+        except TypeError:  # a column's type was changed (a jsonb payload reads back as a dict, NULLs)
+            raise AuditVerificationError(f"audit event {seq}: a hashed column is not text (its type was changed)",
+                                         seq) from None
+        if digest != stored:
             raise AuditVerificationError(f"audit event {seq}: hash mismatch (event altered)", seq)
         if signatures is not None and (signer_key or signature or (actor, action) not in plain_ok):
             # (the check itself would return at once for an unsigned action its actor already

@@ -241,3 +241,18 @@ def test_verify_recomputes_exactly_what_append_hashed(odd: str) -> None:
         prev = h
     rows = [(seq, t, a, ac, s, p, ph, h, None, None) for seq, ph, t, a, ac, s, p, h in rows]
     assert audit.verify_rows(rows).size == 2
+
+
+def test_verify_refuses_columns_that_are_no_longer_text() -> None:
+    """A column whose type was changed reads back as something else than the text that was
+    hashed: a jsonb payload as a dict (whose str() could even equal the hashed text), a NULL as
+    None. Each is refused in the verifier's own words, never passed, never a raw TypeError."""
+    created, payload = "2025-01-01T00:00:00.000000Z", "{}"
+    h = audit.event_hash(1, audit.GENESIS_HASH, created, "rob", "x.y", "s", payload)
+    good = (1, created, "rob", "x.y", "s", payload, audit.GENESIS_HASH, h, None, None)
+    assert audit.verify_rows([good]).size == 1
+    for column, value in ((5, {}), (5, None), (5, b"{}"), (1, None), (2, 7)):
+        row = list(good)
+        row[column] = value
+        with pytest.raises(AuditVerificationError, match="audit event 1: a hashed column is not text"):
+            audit.verify_rows([tuple(row)])
