@@ -12,9 +12,9 @@ every token):
 Only the selected features' decoder rows are used (a sparse update), and only their TopK
 membership is needed: each is compared with its token's k-th largest pre-activation (ties go to
 the lower feature index), so no TopK indices are built. That k-th value needs the full encoder
-product, but only for the tokens where a selected feature passes its gate: a pre-filter on the
-selected features' columns (with a margin for rounding) finds them, so a token no gate lets
-through costs F columns of the encoder, not all of them. The reference code's
+product: a pre-filter on the selected features' columns (with a margin for rounding) finds
+whether any token of the call passes a gate, so a call where none does costs F columns of the
+encoder, not all of them (the k-th values are taken for the tokens with a candidate only). The reference code's
 `x_hat' + (x_hat - x)` (which is `2 x_hat - x` when nothing fires) is available only as the
 explicit `error_mode="reference"`.
 
@@ -382,9 +382,10 @@ class Enforcer:
         but only for a token where some selected feature passes its gate. A pre-filter finds those
         tokens from the selected features' columns alone (F of the n latents), with a margin that
         bounds the rounding difference between that product and the full one, so no token that
-        fires is ever skipped; the full product is then taken for those tokens only, and every
-        decision and value comes from it, exactly as the dense definition computes them. A
-        generation without the concept (most tokens below the gates) pays for F columns, not n.
+        fires is ever skipped. When any token passes it, the full product is taken for every token
+        of the call (the dense definition's own values, below) and the k-th values for the tokens
+        with a candidate; every decision and value comes from it. A call where no token passes a
+        gate (most calls of a generation without the concept) pays for F columns, not n.
         """
         xc = xs - sae.b_dec  # xs is already in the SAE's dtype
         with torch.no_grad():
@@ -396,23 +397,19 @@ class Enforcer:
             margin = torch.addmm(tab.b_enc_abs, xd.abs(), tab.w_enc_abs.T).mul_(4 * (xd.shape[1] + 2) * u)
             small += margin
             rows = ((small > tab.gates) & (small > 0)).any(dim=1).nonzero().flatten()
-        n = xs.shape[0]
         if rows.numel() == 0:
             return None, None
-        every = rows.numel() == n
-        # TopKSAE.pre_acts without its ReLU: y [R, n_latents]; only the selected columns are
+        # TopKSAE.pre_acts without its ReLU: y [N, n_latents] over every token of the call, not only
+        # those past the pre-filter. On some CPUs a GEMM's rounding depends on its row count (a
+        # token's product over 1 row differed by 7e-7 from the same token's over 16, stop 32), so
+        # only the full product gives each token the values the dense definition gives it, and
+        # a decision at a gate or at the k-th place the same outcome. Only the selected columns are
         # ReLU'd (and carry the gradient); the TopK test needs each token's k-th largest y, as relu
-        # is monotone.
-        y = sae.encoder(xc if every else xc.index_select(0, rows))
-        z_rows = torch.relu(y.index_select(1, tab.features))
-        z_f = z_rows if every else torch.zeros(n, z_rows.shape[1], dtype=z_rows.dtype,
-                                              device=z_rows.device).index_copy(0, rows, z_rows)
+        # is monotone, and only for the tokens with a candidate.
+        y = sae.encoder(xc)
+        z_f = torch.relu(y.index_select(1, tab.features))
         fire = (z_f > tab.gates) & (z_f > 0)  # the candidates, before the TopK test
-        position = None
-        if not every:
-            position = torch.full((n,), -1, dtype=torch.int64, device=rows.device)
-            position[rows] = torch.arange(rows.numel(), device=rows.device)
-        return z_f, self._in_topk(sae.k, y.detach(), z_f.detach(), fire, tab.features, position)
+        return z_f, self._in_topk(sae.k, y.detach(), z_f.detach(), fire, tab.features)
 
     @staticmethod
     def _scales(tab: _Table, z_f: torch.Tensor, fire: torch.Tensor
@@ -436,11 +433,10 @@ class Enforcer:
         return scales, fired_for
 
     def _in_topk(self, k: int, y: torch.Tensor, z_f: torch.Tensor, cand: torch.Tensor,
-                 features: torch.Tensor, position: torch.Tensor | None = None) -> torch.Tensor | None:
+                 features: torch.Tensor) -> torch.Tensor | None:
         """`cand` [N, F] restricted to the (token, feature) pairs whose feature is in the token's
-        per-token TopK of relu(y); None if no candidate is. `y` and `z_f` carry no gradient. `y`
-        holds the full pre-activations of the tokens with a candidate: token i's row is
-        `position[i]` (all N tokens in order when `position` is None).
+        per-token TopK of relu(y); None if no candidate is. `y` [N, n] (every token's full
+        pre-activations) and `z_f` carry no gradient.
 
         Feature i with value v is in the TopK of its token iff fewer than k of the token's
         pre-activations rank above it: those > v (NaN ranks highest, as in torch.topk) and, among
@@ -455,14 +451,11 @@ class Enforcer:
         tok, col = pairs[:, 0], pairs[:, 1]  # row-major: tok is sorted
         v = z_f[tok, col]  # [P]
         rows, inverse = torch.unique_consecutive(tok, return_inverse=True)
-        if position is not None:
-            rows = position[rows]
         kth = torch.relu(self._kth_largest(k, y, None if rows.numel() == y.shape[0] else rows))[inverse]
         keep = v > kth
         tied = (v == kth).nonzero().flatten()
         if tied.numel():
-            at = tok[tied] if position is None else position[tok[tied]]
-            r, vt = torch.relu(y.index_select(0, at)), v[tied]
+            r, vt = torch.relu(y.index_select(0, tok[tied])), v[tied]
             n = r.shape[1]
             above = n - (r <= vt[:, None]).sum(-1)  # strictly above, NaN included
             lower = torch.arange(n, device=r.device).view(1, -1) < features[col[tied]].view(-1, 1)
