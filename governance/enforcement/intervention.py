@@ -14,9 +14,9 @@ membership is needed: each is compared with its token's k-th largest pre-activat
 the lower feature index), so no TopK indices are built. That k-th value needs the full encoder
 product: a pre-filter on the selected features' columns (with a margin for rounding) finds
 whether any token of the call passes a gate, so a call where none does costs F columns of the
-encoder, not all of them (the k-th values are taken for the tokens with a candidate only). The reference code's
-`x_hat' + (x_hat - x)` (which is `2 x_hat - x` when nothing fires) is available only as the
-explicit `error_mode="reference"`.
+encoder, not all of them (the k-th values are taken for the tokens with a candidate only). The
+reference code's `x_hat' + (x_hat - x)` (which is `2 x_hat - x` when nothing fires) is available
+only as the explicit `error_mode="reference"`.
 
 A feature selected by several concepts at one site fires for each concept whose gate it exceeds
 and is scaled by the smallest of those concepts' scales (the most suppressive rule; the trace
@@ -396,8 +396,8 @@ class Enforcer:
             u = _matmul_rounding(xd.dtype)
             margin = torch.addmm(tab.b_enc_abs, xd.abs(), tab.w_enc_abs.T).mul_(4 * (xd.shape[1] + 2) * u)
             small += margin
-            rows = ((small > tab.gates) & (small > 0)).any(dim=1).nonzero().flatten()
-        if rows.numel() == 0:
+            passes = bool(((small > tab.gates) & (small > 0)).any())
+        if not passes:
             return None, None
         # TopKSAE.pre_acts without its ReLU: y [N, n_latents] over every token of the call, not only
         # those past the pre-filter. On some CPUs a GEMM's rounding depends on its row count (a
