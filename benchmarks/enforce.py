@@ -112,6 +112,32 @@ def kth_crossover(args: argparse.Namespace) -> None:
               f"torch.topk ms {spread(times['topk'], 1e3, '.2f')}")
 
 
+@contextlib.contextmanager
+def hooks_timed() -> Any:
+    """Seconds spent in the enforcement hooks, summed over every hooked block's calls (the
+    enforcer's hook method, wrapped for the duration; the pipeline re-attaches its hooks after each
+    plain run and looks the method up again). Enforced / plain is then also read as
+    1 + hooks / plain within one run, which the run-to-run spread of whole generations on a loaded
+    machine (0.85-1.3 for the same code) does not blur."""
+    from governance.enforcement.intervention import Enforcer
+
+    spent = [0.0]
+    hook = Enforcer._hook  # noqa: SLF001
+
+    def timed_hook(self: Any, *args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return hook(self, *args, **kwargs)
+        finally:
+            spent[0] += time.perf_counter() - t0
+
+    Enforcer._hook = timed_hook  # type: ignore[method-assign]  # noqa: SLF001
+    try:
+        yield spent
+    finally:
+        Enforcer._hook = hook  # type: ignore[method-assign]  # noqa: SLF001
+
+
 def prompt_mixes(blocked: list[str], n: int) -> dict[str, list[str]]:
     """Two batches of `n` toy prompts: half of them carrying every blocked concept (one per kind,
     the other kinds from the values left free), and none carrying any. A deployment serves
@@ -131,6 +157,11 @@ def prompt_mixes(blocked: list[str], n: int) -> dict[str, list[str]]:
 
 
 def toy(args: argparse.Namespace) -> None:
+    with hooks_timed() as spent:  # before the pipeline attaches its hooks
+        toy_timed(args, spent)
+
+
+def toy_timed(args: argparse.Namespace, spent: list[float]) -> None:
     from governance.enforcement import EnforcedStableDiffusionPipeline
     from governance.enforcement.intervention import blocklist_suspended, enforcer_of
 
@@ -153,11 +184,23 @@ def toy(args: argparse.Namespace) -> None:
 
     fns = {f"{name} {mode}": run(enforced, mode == "enforced", prompts)
            for name, prompts in mixes.items() for mode in ("plain", "enforced")}
-    times = side_by_side(fns, args.repeats)
+    hooks: dict[str, list[float]] = {name: [] for name in mixes}
+
+    def counted(name: str, fn: Callable[[], Any]) -> Callable[[], Any]:
+        def go() -> None:
+            before = spent[0]
+            fn()
+            hooks[name].append(spent[0] - before)
+        return go
+
+    times = side_by_side({key: counted(key[:-len(" enforced")], fn) if key.endswith(" enforced") else fn
+                          for key, fn in fns.items()}, args.repeats)
     for name, prompts in mixes.items():
         plain, enf_t = times[f"{name} plain"], times[f"{name} enforced"]
+        in_hooks = hooks[name][1:]  # the warm-up run is not timed
         print(f"toy world, {name} ({len(prompts)} images x {d.num_inference_steps} steps, e.g. {prompts[0]!r}): "
-              f"plain s {spread(plain)}, enforced s {spread(enf_t)}; enforced/plain {spread(ratios(enf_t, plain))}")
+              f"plain s {spread(plain)}, enforced s {spread(enf_t)}; enforced/plain {spread(ratios(enf_t, plain))}; "
+              f"in the hooks s {spread(in_hooks)}, 1 + hooks/plain {spread([1 + h / p for h, p in zip(in_hooks, plain)])}")
     prompts = mixes["half carry the blocked concepts"]
     site = next(iter(enf.sites.values()))
     x = capture_block_output(enforced, site.block,

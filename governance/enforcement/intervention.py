@@ -11,10 +11,12 @@ every token):
 
 Only the selected features' decoder rows are used (a sparse update), and only their TopK
 membership is needed: each is compared with its token's k-th largest pre-activation (ties go to
-the lower feature index), so no TopK indices are built. That k-th value needs the full encoder
-product: a pre-filter on the selected features' columns (with a margin for rounding) finds
-whether any token of the call passes a gate, so a call where none does costs F columns of the
-encoder, not all of them (the k-th values are taken for the tokens with a candidate only). The
+the lower feature index), so no TopK indices are built. Every decision is the dense definition's
+(the full encoder product of the call's tokens, then per-token TopK), and most calls decide it
+without that product: the selected features' columns for every token and the full row of the
+tokens that can pass a gate, each with a bound on its rounding difference from the dense
+product, settle every decision that does not lie within rounding of a gate or of a token's k-th
+place; a call where one does takes the dense product itself (`Enforcer._candidates`). The
 reference code's `x_hat' + (x_hat - x)` (which is `2 x_hat - x` when nothing fires) is available
 only as the explicit `error_mode="reference"`.
 
@@ -122,6 +124,19 @@ class _Table:
     owners: list[list[int]]  # per feature, the entry index of every concept selecting it
     shared: dict[int, list[tuple[int, float, float]]]  # column -> [(entry, scale, gate)], > 1 owner
     scored: dict[int, int]  # entry index -> the scored timestep used (-1: entry has none)
+    row_bound: tuple[float, float]  # (max_j ||w_j||, max_j |b_j|) over the whole encoder
+
+
+@dataclass
+class _Settled:
+    """What the bounded products decided (`Enforcer._certain`): `fire` [N, F] where a candidate
+    surely fires; `undecided` [N, F] where only the dense product can tell; `exact` when nothing
+    needs the dense values (no undecided candidate, no shared feature within rounding of one of
+    its concepts' gates)."""
+
+    fire: torch.Tensor
+    undecided: torch.Tensor
+    exact: bool
 
 
 @dataclass
@@ -142,15 +157,29 @@ class _Site:
     sae: TopKSAE
     entries: list[int]
     tables: dict[int, _Table] = field(default_factory=dict)
+    _row_bound: tuple[float, float] | None = None
 
     @property
     def hook_name(self) -> str:
         return f"{HOOK_PREFIX}.block:{self.hook_point}"
 
+    def row_bound(self) -> tuple[float, float]:
+        """(max_j ||w_j||, max_j |b_j|) over the SAE's encoder, rounded up a little (the norms are
+        computed in floating point too); cleared with the tables when the SAE moves."""
+        if self._row_bound is None:
+            w, b = self.sae.encoder.weight.detach().double(), self.sae.encoder.bias.detach().double()
+            self._row_bound = (float(torch.linalg.vector_norm(w, dim=1).max()) * (1 + 1e-6),
+                               float(b.abs().max()) * (1 + 1e-6))
+        return self._row_bound
+
 
 class Enforcer:
     """The state behind the hooks of one pipeline: one site per hook point, all reading the
     UNet's one timestep reader, their compiled tables, and the trace so far."""
+
+    # The largest share of a call's tokens for which step 2 of `_candidates` runs (speed only: the
+    # decisions are the same either way; tests set 1.0 to run it on every call).
+    bounded_rows: float = 0.5
 
     def __init__(self, pipe: Any, blocklist: EnforcedBlocklist, *, error_mode: ErrorMode = "faithful",
                  schedule: Schedule = "nearest") -> None:
@@ -244,6 +273,7 @@ class Enforcer:
         for site in self.sites.values():
             site.sae.to(device=device, dtype=dtype)
             site.tables.clear()
+            site._row_bound = None  # noqa: SLF001
         return self
 
     # -- tables ---------------------------------------------------------------------------------
@@ -294,6 +324,7 @@ class Enforcer:
             owners=[[o for o, _, _ in r] for r in rules],
             shared={j: r for j, r in enumerate(rules) if len(r) > 1},
             scored=scored,
+            row_bound=site.row_bound(),
         )
         site.tables[t] = tab
         return tab
@@ -375,41 +406,111 @@ class Enforcer:
 
     def _candidates(self, sae: TopKSAE, xs: torch.Tensor, tab: _Table
                     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(z_f [N, F], fire [N, F]) in faithful mode: the selected features' pre-activations and
-        where they fire (gate passed and in the token's TopK); (None, None) where none can fire.
+        """(z_f [N, F], fire [N, F]) in faithful mode: the selected features' activations and where
+        they fire (gate passed and in the token's TopK); (None, None) where none fires.
 
-        The TopK test needs a token's k-th largest pre-activation, hence the full encoder product,
-        but only for a token where some selected feature passes its gate. A pre-filter finds those
-        tokens from the selected features' columns alone (F of the n latents), with a margin that
-        bounds the rounding difference between that product and the full one, so no token that
-        fires is ever skipped. When any token passes it, the full product is taken for every token
-        of the call (the dense definition's own values, below) and the k-th values for the tokens
-        with a candidate; every decision and value comes from it. A call where no token passes a
-        gate (most calls of a generation without the concept) pays for F columns, not n.
+        Every decision is the dense definition's (a full encoder product over the call's tokens,
+        then per-token TopK), exactly. Computing it costs less in three steps:
+        1. the selected features' columns alone (F of the n latents) for every token, with a bound
+           on their rounding difference from the dense product: a call where no token can pass a
+           gate stops here, untouched;
+        2. the full product of the tokens that can (a product over fewer rows than the dense one,
+           which may round differently: on some CPUs a GEMM's rounding depends on its row count),
+           with a bound per token, and each candidate's TopK test against it: where every
+           decision is certain by those bounds, they are the dense definition's;
+        3. otherwise (a value within rounding of a gate or of a token's k-th value: ties, NaN,
+           infinities, reduced-precision matmuls), the dense definition itself: the full product
+           over every token of the call, every decision and value taken from it.
+        In steps 1-2 the values the edit scales come from step 1's product, within the matmul's
+        rounding of the dense ones (which depend on the rows in the product anyway).
         """
         xc = xs - sae.b_dec  # xs is already in the SAE's dtype
+        pre_f = torch.addmm(tab.b_enc, xc, tab.w_enc.T)  # [N, F], carries the gradient
         with torch.no_grad():
-            xd = xc.detach()
-            small = torch.addmm(tab.b_enc, xd, tab.w_enc.T)
-            # Each dot product of d terms is within (d + 1) u sum|terms| of the exact value, in
-            # either computation; twice that, doubled again for safety, separates the two.
-            u = _matmul_rounding(xd.dtype)
-            margin = torch.addmm(tab.b_enc_abs, xd.abs(), tab.w_enc_abs.T).mul_(4 * (xd.shape[1] + 2) * u)
-            small += margin
-            passes = bool(((small > tab.gates) & (small > 0)).any())
-        if not passes:
-            return None, None
-        # TopKSAE.pre_acts without its ReLU: y [N, n_latents] over every token of the call, not only
-        # those past the pre-filter. On some CPUs a GEMM's rounding depends on its row count (a
-        # token's product over 1 row differed by 7e-7 from the same token's over 16, stop 32), so
-        # only the full product gives each token the values the dense definition gives it, and
-        # a decision at a gate or at the k-th place the same outcome. Only the selected columns are
-        # ReLU'd (and carry the gradient); the TopK test needs each token's k-th largest y, as relu
-        # is monotone, and only for the tokens with a candidate.
+            xd, small = xc.detach(), pre_f.detach()
+            err = torch.addmm(tab.b_enc_abs, xd.abs(), tab.w_enc_abs.T).mul_(_rounding_bound(xd))
+            floor = tab.gates.clamp(min=0)  # firing needs relu(y) > gate and > 0: y > max(gate, 0)
+            reach = small + err
+            rows = ((reach > floor) | reach.isnan()).any(1).nonzero().flatten()  # NaN: the dense product decides
+            if rows.numel() == 0:
+                return None, None
+            # Past half of the call's tokens, step 2's product costs most of the dense one it may
+            # still need (a stateless rule: the same call always takes the same path).
+            bounded = rows.numel() <= self.bounded_rows * xd.shape[0]
+            settled = self._certain(sae, xd, tab, small, err, floor, rows) if bounded else None
+        if settled is not None and settled.exact:
+            return (None, None) if not bool(settled.fire.any()) else (torch.relu(pre_f), settled.fire)
+        # The dense definition (TopKSAE.pre_acts without its ReLU) over every token of the call.
+        # Only the selected columns are ReLU'd (and carry the gradient); the TopK test needs each
+        # token's k-th largest y, as relu is monotone, and only for the tokens with a candidate:
+        # those step 2 left undecided, when it ran.
         y = sae.encoder(xc)
         z_f = torch.relu(y.index_select(1, tab.features))
-        fire = (z_f > tab.gates) & (z_f > 0)  # the candidates, before the TopK test
-        return z_f, self._in_topk(sae.k, y.detach(), z_f.detach(), fire, tab.features)
+        with torch.no_grad():
+            cand = (z_f > tab.gates) & (z_f > 0)
+            if settled is not None:
+                cand &= settled.undecided
+            fire = self._in_topk(sae.k, y.detach(), z_f.detach(), cand, tab.features)
+            if settled is not None:
+                fire = settled.fire if fire is None else fire | settled.fire
+                if not bool(fire.any()):
+                    return None, None
+        return z_f, fire
+
+    def _certain(self, sae: TopKSAE, xd: torch.Tensor, tab: _Table, small: torch.Tensor, err: torch.Tensor,
+                 floor: torch.Tensor, rows: torch.Tensor) -> _Settled | None:
+        """Step 2 of `_candidates`: the decisions that are certain from the bounded products, or
+        None where no bound holds (NaN, infinities, a sum that may overflow). |small - y| <= err
+        for the dense definition's y (per element); the rows' full product `yr` is within `m` of
+        it (per token, every column).
+
+        A candidate of value v past its gate (so v = y > 0) is in the token's TopK when fewer than k
+        other latents rank above it, and out when k do. Counting its row against two thresholds
+        settles that without the k-th value: latents with yr - m > v + err are surely above it (k
+        of them: out, past the gate or not); at most k with yr + m >= v - err, itself included,
+        means fewer than k can be above (in, whatever the tie-breaking, if surely past the gate)."""
+        xr = xd.index_select(0, rows)
+        yr = torch.addmm(sae.encoder.bias.detach(), xr, sae.encoder.weight.detach().T)  # [R, n]
+        # sum_i |x_i w_ji| + |b_j| <= ||x|| ||w_j|| + |b_j| (Cauchy-Schwarz), bounded over j.
+        w_max, b_max = tab.row_bound
+        c, top = _rounding_bound(xd), torch.finfo(xd.dtype).max / 4
+        total = torch.linalg.vector_norm(xr.float(), dim=1) * w_max + b_max  # [R], >= sum|terms| of every column
+        v, e = small.index_select(0, rows), err.index_select(0, rows)  # [R, F]
+        # The bounds hold where no partial sum can overflow, in either product; NaN ranks highest.
+        # A NaN or infinity in yr makes its sum one (a finite sum that overflows is a false alarm,
+        # which only costs the dense product); 10x cheaper than isfinite over [R, n].
+        if not (bool((total < top).all()) and bool((e < c * top).all()) and bool(torch.isfinite(v).all())
+                and bool(torch.isfinite(yr.sum()))):
+            return None
+        m = total.mul_(c)
+        lo, hi = v - e, v + e
+        passes, maybe_passes = lo > floor, hi > floor  # surely past its gate; possibly
+        fire = torch.zeros_like(small, dtype=torch.bool)
+        undecided = torch.zeros_like(fire)
+        pr, pc = maybe_passes.nonzero(as_tuple=True)
+        if pr.numel() == 0:
+            return _Settled(fire, undecided, True)
+        # One row of yr per candidate (yr itself when each row holds one, as with one feature).
+        y_p = yr if pr.numel() == yr.shape[0] else yr.index_select(0, pr)  # [P, n]
+        m_p = m.index_select(0, pr)[:, None]
+        sure_in = passes[pr, pc] & ((y_p >= lo[pr, pc][:, None] - m_p).sum(1) <= sae.k)
+        sure_out = torch.zeros_like(sure_in)
+        rest = (~sure_in).nonzero().flatten()  # most candidates of a concept's tokens are in: count the rest only
+        if rest.numel():
+            above = (y_p.index_select(0, rest) > hi[pr[rest], pc[rest]][:, None] + m_p.index_select(0, rest)).sum(1)
+            sure_out[rest] = above >= sae.k
+        tok = rows.index_select(0, pr)
+        fire[tok[sure_in], pc[sure_in]] = True
+        open_ = ~(sure_in | sure_out)  # within rounding of its gate or of the token's k-th place
+        undecided[tok[open_], pc[open_]] = True
+        exact = not bool(open_.any())
+        for j, rules in tab.shared.items():  # a shared feature also decides at each concept's gate
+            on = sure_in & (pc == j)
+            for _, _, gate in rules:
+                g = max(gate, 0.0)
+                if bool((on & (lo[pr, pc] <= g) & (hi[pr, pc] > g)).any()):
+                    exact = False  # decided on the dense values, by _scales
+        return _Settled(fire, undecided, exact)
 
     @staticmethod
     def _scales(tab: _Table, z_f: torch.Tensor, fire: torch.Tensor
@@ -507,6 +608,13 @@ class Enforcer:
                     "tokens": int(fired_rows.numel()),
                     "samples": local if samples is None else [samples[i] for i in local],
                 })
+
+
+def _rounding_bound(x: torch.Tensor) -> float:
+    """The factor c with |a - b| <= c sum|terms| for two computations a, b of one dot product of
+    x's width d plus a bias, in any order: each is within (d + 1) u sum|terms| of the exact value;
+    twice that, doubled again for safety."""
+    return 4 * (x.shape[1] + 2) * _matmul_rounding(x.dtype)
 
 
 def _matmul_rounding(dtype: torch.dtype) -> float:

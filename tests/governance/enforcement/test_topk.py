@@ -4,6 +4,11 @@ The hook never materialises the TopK indices (it compares each candidate with it
 largest pre-activation), so these tests pin its decisions to the plain definition: rank every
 latent of every token (stable descending sort: ties go to the lower feature index, NaN ranks
 highest, as in torch.sort/topk), keep ranks < k, then gate, scale and decode.
+
+Every decision (which feature fires on which token) must be the dense definition's exactly.
+Where the hook decides from its bounded partial products, the values it scales are within the
+matmul's rounding of the dense product's (which itself rounds differently with its row count on
+some CPUs); where a decision lies within rounding, it takes the dense product, bit for bit.
 """
 from __future__ import annotations
 
@@ -27,6 +32,15 @@ def unet():
     from governance.toyworld.model import build_unet
 
     return build_unet()
+
+
+@pytest.fixture(autouse=True, params=["default", "bounded"])
+def bounded_rows(request, monkeypatch):
+    """Each test twice: with the hook's default rule, and with its bounded products (step 2 of
+    Enforcer._candidates) run on every call, however many tokens pass a gate."""
+    if request.param == "bounded":
+        monkeypatch.setattr(Enforcer, "bounded_rows", 1.0)
+    return request.param
 
 
 def tied_sae(n_latents: int = 48, k: int = 8, distinct: int = 6, seed: int = 0,
@@ -86,6 +100,40 @@ def dense_reference(sae: TopKSAE, tokens: torch.Tensor, feats: list[int], scales
     return tokens + (z_new - z_f) @ sae.W_dec.detach()[f], fire
 
 
+# How far an edited token may be from the dense definition's when the hook scaled values from
+# its own (bounded) product of the selected columns: a few roundings of z times |s - 1| ||w_dec||.
+TOL = {torch.float32: 1e-4, torch.float64: 1e-12, torch.bfloat16: 0.25}
+
+
+def hook_fire(enf: Enforcer, tokens: torch.Tensor, t: int) -> torch.Tensor:
+    """The hook's own decisions for one timestep's tokens: fire [N, F]."""
+    site = enf._only_site()
+    tab = enf.table(t)
+    _, fire = enf._candidates(site.sae, tokens.to(site.sae.W_dec.dtype), tab)
+    return torch.zeros(tokens.shape[0], tab.features.numel(), dtype=torch.bool) if fire is None else fire
+
+
+def assert_as_dense(enf: Enforcer, x: torch.Tensor, t: int, out: torch.Tensor | None, expected: torch.Tensor,
+                    fire: torch.Tensor) -> None:
+    """Every decision the dense definition's, exactly; a token not edited left bit for bit; an
+    edited one within the matmul's rounding of the dense definition's."""
+    assert torch.equal(hook_fire(enf, to_tokens(x), t), fire)
+    if not fire.any():
+        assert out is None
+        return
+    got, exp = to_tokens(out), expected.to(x.dtype)
+    edited = fire.any(1)
+    assert torch.equal(got[~edited], exp[~edited])
+    assert torch.allclose(got, exp, rtol=0, atol=TOL[enf._only_site().sae.W_dec.dtype])
+
+
+def encoder_rows(sae: TopKSAE) -> tuple[list[int], object]:
+    """How many tokens each call of the SAE's full encoder product saw."""
+    seen: list[int] = []
+    handle = sae.encoder.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
+    return seen, handle
+
+
 def run_hook(enf: Enforcer, x: torch.Tensor, t: torch.Tensor):
     enf.reader.current = t
     out = enf._hook(None, (), (x,))
@@ -112,10 +160,9 @@ def test_ties_match_the_dense_definition(unet, seed: int, k: int) -> None:
     out = run_hook(enf, x, torch.full((3,), t))
     tokens = to_tokens(x)
     expected, fire = dense_reference(sae, tokens, feats, [rules[f][0] for f in feats], [rules[f][1] for f in feats])
+    assert_as_dense(enf, x, t, out, expected, fire)
     if not fire.any():
-        assert out is None
         return
-    assert out is not None and torch.equal(to_tokens(out), expected)
     rec = enf.calls[-1]
     assert {r["feature"]: r["tokens"] for r in rec.fired} == {
         feats[j]: int(fire[:, j].sum()) for j in range(len(feats)) if fire[:, j].any()}
@@ -147,7 +194,7 @@ def test_random_sae_matches_dense_definition(unet, dtype: torch.dtype) -> None:
     expected, fire = dense_reference(sae, to_tokens(x), feats, [rules[f][0] for f in feats], [rules[f][1] for f in feats])
     assert fire.any() and not fire.all()
     assert out is not None and out.dtype == x.dtype
-    assert torch.equal(to_tokens(out), expected.to(x.dtype))
+    assert_as_dense(enf, x, t, out, expected, fire)
 
 
 @pytest.mark.parametrize("distinct", [48, 6])
@@ -161,9 +208,14 @@ def test_nan_ranks_highest_like_topk(unet, distinct: int) -> None:
     rules = {f: (-1.0, 0.0) for f in feats}
     enf = Enforcer(fake_pipe(unet), EnforcedBlocklist(spec(rules, [t]), sae))
     x = torch.randn(2, 64, 4, 4)
-    out = run_hook(enf, x, torch.full((2,), t))
+    seen, handle = encoder_rows(sae)
+    try:
+        out = run_hook(enf, x, torch.full((2,), t))
+    finally:
+        handle.remove()
     expected, fire = dense_reference(sae, to_tokens(x), feats, [-1.0] * len(feats), [0.0] * len(feats))
     assert fire.any()
+    assert seen == [32]  # NaN: no bound holds, so the dense product decides
     assert torch.equal(to_tokens(out), expected)
 
 
@@ -191,7 +243,10 @@ def test_several_timesteps_in_one_call_and_shared_features(unet) -> None:
                 want[f] = (int(fire[:, j].sum()), sorted({samples[i] for i in (fire[:, j].nonzero().flatten() // 64).tolist()}))
         assert got == want and got
         assert {r["concept"] for r in recs[t].fired} == {"red", "blue"}
-    assert torch.equal(to_tokens(out), expected.view(-1, 64))
+    got, exp = to_tokens(out), expected.view(-1, 64)
+    edited = (exp != tokens.reshape(-1, 64)).any(1)
+    assert torch.equal(got[~edited], exp[~edited])
+    assert torch.allclose(got, exp, rtol=0, atol=TOL[torch.float32])
 
 
 def test_gradient_flows_like_the_dense_definition(unet) -> None:
@@ -214,17 +269,11 @@ def test_gradient_flows_like_the_dense_definition(unet) -> None:
     assert not torch.equal(x1.grad, w)  # the intervention's Jacobian is not the identity
 
 
-def encoder_rows(sae: TopKSAE) -> tuple[list[int], object]:
-    """How many tokens each call of the SAE's full encoder product saw."""
-    seen: list[int] = []
-    handle = sae.encoder.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
-    return seen, handle
-
-
-def test_a_call_where_no_token_passes_a_gate_skips_the_full_product(unet) -> None:
-    """A call with a token past a gate takes the full encoder product of all its tokens, once (a
-    product over fewer rows can round differently on some CPUs, and the result must be the dense
-    definition's, bit for bit); a call where no token passes takes none."""
+def test_certain_decisions_skip_the_dense_product_and_no_candidate_skips_every_product(unet) -> None:
+    """A call whose every decision is certain from the bounded products (the selected columns
+    for every token, the full row of the tokens that can pass a gate) takes no dense product, and
+    decides as the dense definition does; a call where no token can pass a gate takes no full
+    row at all and is left untouched."""
     sae = random_sae()
     t = ddim_timesteps(10)[0]
     feats = [3, 17, 42]
@@ -236,22 +285,62 @@ def test_a_call_where_no_token_passes_a_gate_skips_the_full_product(unet) -> Non
     rules = {f: (-2.0, float(off[:, j].max()) + 0.05) for j, f in enumerate(feats)}  # above every other token
     enf = Enforcer(fake_pipe(unet), EnforcedBlocklist(spec(rules, [t]), sae))
     seen, handle = encoder_rows(sae)
+    rows: list[int] = []
+    certain = enf._certain
+
+    def spy(*args):  # the rows whose full product the hook took
+        rows.append(int(args[-1].numel()))
+        return certain(*args)
+
+    enf._certain = spy
     try:
         out = run_hook(enf, x, torch.full((2,), t))
     finally:
         handle.remove()
+        del enf._certain
     expected, fire = dense_reference(sae, to_tokens(x), feats, [-2.0] * 3, [rules[f][1] for f in feats])
     assert fire.any()
-    assert seen == [128] and int(concept.sum()) < 128  # every token, in one product
-    assert torch.equal(to_tokens(out), expected)
+    assert seen == [] and 0 < rows[0] <= int(concept.sum()) < 128  # the concept's tokens only
+    assert_as_dense(enf, x, t, out, expected, fire)
     assert sum(r["tokens"] for r in enf.calls[-1].fired) == int(fire.sum())
-    # A map where no token reaches a gate costs no full product at all, and is left untouched.
+    # A map where no token reaches a gate costs no full row at all, and is left untouched.
     seen, handle = encoder_rows(sae)
+    rows.clear()
     try:
         assert run_hook(enf, torch.randn(2, 64, 8, 8) * 0.1, torch.full((2,), t)) is None
     finally:
         handle.remove()
-    assert seen == []
+    assert seen == [] and rows == []
+
+
+def test_a_decision_within_rounding_takes_the_dense_product_for_itself_only(unet) -> None:
+    """One token sits exactly at its gate (only the dense product can tell: z > g is false), the
+    others are settled by the bounds: the call takes the dense product once, its values bit for
+    bit, and the k-th value of the undecided token's row only."""
+    sae = random_sae()
+    t = ddim_timesteps(10)[0]
+    x = torch.randn(2, 64, 8, 8)
+    concept = torch.zeros(2, 1, 8, 8, dtype=torch.bool)
+    concept[0, 0, :2, :3] = True  # 6 of 128 tokens carry the feature strongly
+    x += sae.encoder.weight.detach()[3].view(1, -1, 1, 1) * concept * 6
+    pre = sae.pre_acts(to_tokens(x))[:, 3].detach()
+    on = concept.permute(0, 2, 3, 1).reshape(-1)
+    at = int(torch.where(on, pre, torch.full_like(pre, float("inf"))).argmin())  # the weakest of them
+    gate = float(pre[at])  # exactly its value: it does not fire, the others do
+    enf = Enforcer(fake_pipe(unet), EnforcedBlocklist(spec({3: (-1.0, gate)}, [t]), sae))
+    seen, handle = encoder_rows(sae)
+    kth_rows: list[int] = []
+    kth = enf._kth_largest
+    enf._kth_largest = lambda k, y, rows: (kth_rows.append(y.shape[0] if rows is None else rows.numel()),
+                                            kth(k, y, rows))[1]
+    try:
+        out = run_hook(enf, x, torch.full((2,), t))
+    finally:
+        handle.remove()
+    expected, fire = dense_reference(sae, to_tokens(x), [3], [-1.0], [gate])
+    assert not fire[at, 0] and int(fire.sum()) == 5
+    assert seen == [128] and kth_rows == []  # z > g settles it on the dense value: no k-th value needed
+    assert torch.equal(to_tokens(out), expected)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -271,9 +360,14 @@ def test_gates_exactly_at_a_tokens_value_decide_as_the_dense_definition(unet, dt
     gates = [g0, g1, g2]
     rules = {f: (-1.5, g) for f, g in zip(feats, gates)}
     enf = Enforcer(fake_pipe(unet), EnforcedBlocklist(spec(rules, [t]), sae))
-    out = run_hook(enf, x, torch.full((2,), t))
+    seen, handle = encoder_rows(sae)
+    try:
+        out = run_hook(enf, x, torch.full((2,), t))
+    finally:
+        handle.remove()
     expected, fire = dense_reference(sae, to_tokens(x), feats, [-1.5] * 3, gates)
     assert fire.any()
+    assert seen == [128]  # decisions within rounding of a gate: the dense product over every token
     assert out is not None and torch.equal(to_tokens(out), expected.to(x.dtype))
 
 
