@@ -12,11 +12,12 @@ every token):
 Only the selected features' decoder rows are used (a sparse update), and only their TopK
 membership is needed: each is compared with its token's k-th largest pre-activation (ties go to
 the lower feature index), so no TopK indices are built. Every decision is the dense definition's
-(the full encoder product of the call's tokens, then per-token TopK), and most calls decide it
-without that product: the selected features' columns for every token and the full row of the
-tokens that can pass a gate, each with a bound on its rounding difference from the dense
-product, settle every decision that does not lie within rounding of a gate or of a token's k-th
-place; a call where one does takes the dense product itself (`Enforcer._candidates`). The
+(the full encoder product of the call's tokens at a timestep, then per-token TopK), and most
+calls decide it without that product: the selected features' columns for every token and the
+full row of the tokens that can pass a gate, each with a bound on its rounding difference from
+the dense product, settle every decision that does not lie within rounding of a gate or of a
+token's k-th place; a call where one does takes the dense product itself
+(`Enforcer._candidates`). The
 reference code's `x_hat' + (x_hat - x)` (which is `2 x_hat - x` when nothing fires) is available
 only as the explicit `error_mode="reference"`.
 
@@ -33,6 +34,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 import functools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -409,8 +411,9 @@ class Enforcer:
         """(z_f [N, F], fire [N, F]) in faithful mode: the selected features' activations and where
         they fire (gate passed and in the token's TopK); (None, None) where none fires.
 
-        Every decision is the dense definition's (a full encoder product over the call's tokens,
-        then per-token TopK), exactly. Computing it costs less in three steps:
+        Every decision is the dense definition's (a full encoder product over `xs`, the call's
+        tokens at one timestep: all of them unless the call mixes timesteps, then per-token TopK),
+        exactly. Computing it costs less in three steps:
         1. the selected features' columns alone (F of the n latents) for every token, with a bound
            on their rounding difference from the dense product: a call where no token can pass a
            gate stops here, untouched;
@@ -420,27 +423,30 @@ class Enforcer:
            decision is certain by those bounds, they are the dense definition's;
         3. otherwise (a value within rounding of a gate or of a token's k-th value: ties, NaN,
            infinities, reduced-precision matmuls), the dense definition itself: the full product
-           over every token of the call, every decision and value taken from it.
+           over every token of `xs`, every decision and value taken from it.
         In steps 1-2 the values the edit scales come from step 1's product, within the matmul's
         rounding of the dense ones (which depend on the rows in the product anyway).
         """
         xc = xs - sae.b_dec  # xs is already in the SAE's dtype
         pre_f = torch.addmm(tab.b_enc, xc, tab.w_enc.T)  # [N, F], carries the gradient
-        with torch.no_grad():
-            xd, small = xc.detach(), pre_f.detach()
-            err = torch.addmm(tab.b_enc_abs, xd.abs(), tab.w_enc_abs.T).mul_(_rounding_bound(xd))
-            floor = tab.gates.clamp(min=0)  # firing needs relu(y) > gate and > 0: y > max(gate, 0)
-            reach = small + err
-            rows = ((reach > floor) | reach.isnan()).any(1).nonzero().flatten()  # NaN: the dense product decides
-            if rows.numel() == 0:
-                return None, None
-            # Past half of the call's tokens, step 2's product costs most of the dense one it may
-            # still need (a stateless rule: the same call always takes the same path).
-            bounded = rows.numel() <= self.bounded_rows * xd.shape[0]
-            settled = self._certain(sae, xd, tab, small, err, floor, rows) if bounded else None
+        settled: _Settled | None = None
+        c, a = _rounding_bound(xc)
+        if math.isfinite(c):  # else no bound holds at this width and precision: the dense product
+            with torch.no_grad():
+                xd, small = xc.detach(), pre_f.detach()
+                err = torch.addmm(tab.b_enc_abs, xd.abs(), tab.w_enc_abs.T).mul_(c).add_(a)
+                floor = tab.gates.clamp(min=0)  # firing needs relu(y) > gate and > 0: y > max(gate, 0)
+                reach = small + err
+                rows = ((reach > floor) | reach.isnan()).any(1).nonzero().flatten()  # NaN: the dense product decides
+                if rows.numel() == 0:
+                    return None, None
+                # Past half of the tokens, step 2's product costs most of the dense one it may still
+                # need (a stateless rule: the same call always takes the same path).
+                if rows.numel() <= self.bounded_rows * xd.shape[0]:
+                    settled = self._certain(sae, xd, tab, small, err, floor, rows, c, a)
         if settled is not None and settled.exact:
             return (None, None) if not bool(settled.fire.any()) else (torch.relu(pre_f), settled.fire)
-        # The dense definition (TopKSAE.pre_acts without its ReLU) over every token of the call.
+        # The dense definition (TopKSAE.pre_acts without its ReLU) over every token of xs.
         # Only the selected columns are ReLU'd (and carry the gradient); the TopK test needs each
         # token's k-th largest y, as relu is monotone, and only for the tokens with a candidate:
         # those step 2 left undecided, when it ran.
@@ -458,7 +464,7 @@ class Enforcer:
         return z_f, fire
 
     def _certain(self, sae: TopKSAE, xd: torch.Tensor, tab: _Table, small: torch.Tensor, err: torch.Tensor,
-                 floor: torch.Tensor, rows: torch.Tensor) -> _Settled | None:
+                 floor: torch.Tensor, rows: torch.Tensor, c: float, a: float) -> _Settled | None:
         """Step 2 of `_candidates`: the decisions that are certain from the bounded products, or
         None where no bound holds (NaN, infinities, a sum that may overflow). |small - y| <= err
         for the dense definition's y (per element); the rows' full product `yr` is within `m` of
@@ -471,18 +477,23 @@ class Enforcer:
         means fewer than k can be above (in, whatever the tie-breaking, if surely past the gate)."""
         xr = xd.index_select(0, rows)
         yr = torch.addmm(sae.encoder.bias.detach(), xr, sae.encoder.weight.detach().T)  # [R, n]
-        # sum_i |x_i w_ji| + |b_j| <= ||x|| ||w_j|| + |b_j| (Cauchy-Schwarz), bounded over j.
+        # sum_i |x_i w_ji| + |b_j| <= ||x|| ||w_j|| + |b_j| (Cauchy-Schwarz), bounded over j. The norm
+        # in float64, scaled by the row's largest entry, so that no square underflows.
         w_max, b_max = tab.row_bound
-        c, top = _rounding_bound(xd), torch.finfo(xd.dtype).max / 4
-        total = torch.linalg.vector_norm(xr.float(), dim=1) * w_max + b_max  # [R], >= sum|terms| of every column
+        x64 = xr.double()
+        scale = x64.abs().amax(dim=1)
+        norm = torch.linalg.vector_norm(x64 / scale.clamp(min=torch.finfo(torch.float64).tiny)[:, None], dim=1) * scale
+        total = norm * w_max + b_max  # [R], >= sum|terms| of every column
+        top = torch.finfo(xd.dtype).max / 4
         v, e = small.index_select(0, rows), err.index_select(0, rows)  # [R, F]
         # The bounds hold where no partial sum can overflow, in either product; NaN ranks highest.
-        # A NaN or infinity in yr makes its sum one (a finite sum that overflows is a false alarm,
-        # which only costs the dense product); 10x cheaper than isfinite over [R, n].
+        # A NaN or infinity in yr makes its sum one (half precision summed in float32; a finite
+        # sum that overflows is a false alarm, which costs the dense product only); 10x cheaper
+        # than isfinite over [R, n].
         if not (bool((total < top).all()) and bool((e < c * top).all()) and bool(torch.isfinite(v).all())
-                and bool(torch.isfinite(yr.sum()))):
+                and bool(torch.isfinite(yr.sum(dtype=torch.float32 if yr.element_size() < 4 else None)))):
             return None
-        m = total.mul_(c)
+        m = (total * c + a).to(yr.dtype)  # rounding it is covered by c's slack
         lo, hi = v - e, v + e
         passes, maybe_passes = lo > floor, hi > floor  # surely past its gate; possibly
         fire = torch.zeros_like(small, dtype=torch.bool)
@@ -490,15 +501,21 @@ class Enforcer:
         pr, pc = maybe_passes.nonzero(as_tuple=True)
         if pr.numel() == 0:
             return _Settled(fire, undecided, True)
-        # One row of yr per candidate (yr itself when each row holds one, as with one feature).
-        y_p = yr if pr.numel() == yr.shape[0] else yr.index_select(0, pr)  # [P, n]
-        m_p = m.index_select(0, pr)[:, None]
-        sure_in = passes[pr, pc] & ((y_p >= lo[pr, pc][:, None] - m_p).sum(1) <= sae.k)
-        sure_out = torch.zeros_like(sure_in)
-        rest = (~sure_in).nonzero().flatten()  # most candidates of a concept's tokens are in: count the rest only
-        if rest.numel():
-            above = (y_p.index_select(0, rest) > hi[pr[rest], pc[rest]][:, None] + m_p.index_select(0, rest)).sum(1)
-            sure_out[rest] = above >= sae.k
+        # Counted column by column over yr's rows (a threshold per row, infinite where the row has
+        # no candidate in that column): no [candidates, n] copy of yr. Most candidates on a
+        # concept's tokens are surely in: only the others are counted for the second threshold.
+        at_least = torch.zeros(pr.shape, dtype=torch.int64, device=yr.device)  # yr + m >= v - err
+        above = torch.zeros_like(at_least)  # yr - m > v + err
+        for j in pc.unique().tolist():
+            sel = (pc == j).nonzero().flatten()
+            r_j = pr.index_select(0, sel)
+            lo_t = torch.full_like(m, math.inf).index_copy_(0, r_j, lo[r_j, j] - m[r_j])
+            at_least[sel] = (yr >= lo_t[:, None]).sum(1).index_select(0, r_j)
+            rest = (~(passes[r_j, j] & (at_least[sel] <= sae.k))).nonzero().flatten()
+            if rest.numel():
+                r_o = r_j.index_select(0, rest)
+                above[sel[rest]] = (yr.index_select(0, r_o) > (hi[r_o, j] + m[r_o])[:, None]).sum(1)
+        sure_in, sure_out = passes[pr, pc] & (at_least <= sae.k), above >= sae.k
         tok = rows.index_select(0, pr)
         fire[tok[sure_in], pc[sure_in]] = True
         open_ = ~(sure_in | sure_out)  # within rounding of its gate or of the token's k-th place
@@ -610,11 +627,17 @@ class Enforcer:
                 })
 
 
-def _rounding_bound(x: torch.Tensor) -> float:
-    """The factor c with |a - b| <= c sum|terms| for two computations a, b of one dot product of
-    x's width d plus a bias, in any order: each is within (d + 1) u sum|terms| of the exact value;
-    twice that, doubled again for safety."""
-    return 4 * (x.shape[1] + 2) * _matmul_rounding(x.dtype)
+def _rounding_bound(x: torch.Tensor) -> tuple[float, float]:
+    """(c, a) with |p - q| <= c sum|terms| + a for two computations p, q of one dot product of
+    x's width d plus a bias, in any order: each is within (d + 1) u sum|terms| of the exact value
+    (while (d + 1) u is small: past (d + 2) u = 0.5 no such bound holds, and c is infinite), twice
+    that, doubled again for safety; `a` covers products and sums that underflow (each operation's
+    absolute error is at most the smallest normal number)."""
+    u = _matmul_rounding(x.dtype)
+    d = x.shape[1]
+    if (d + 2) * u > 0.5:
+        return math.inf, math.inf
+    return 4 * (d + 2) * u, 4 * (d + 2) * torch.finfo(x.dtype).tiny
 
 
 def _matmul_rounding(dtype: torch.dtype) -> float:

@@ -289,7 +289,7 @@ def test_certain_decisions_skip_the_dense_product_and_no_candidate_skips_every_p
     certain = enf._certain
 
     def spy(*args):  # the rows whose full product the hook took
-        rows.append(int(args[-1].numel()))
+        rows.append(int(args[6].numel()))  # (sae, xd, tab, small, err, floor, rows, c, a)
         return certain(*args)
 
     enf._certain = spy
@@ -341,6 +341,45 @@ def test_a_decision_within_rounding_takes_the_dense_product_for_itself_only(unet
     assert not fire[at, 0] and int(fire.sum()) == 5
     assert seen == [128] and kth_rows == []  # z > g settles it on the dense value: no k-th value needed
     assert torch.equal(to_tokens(out), expected)
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.0 ** -100])
+def test_a_near_tie_at_the_kth_place_decides_as_the_dense_definition_at_any_scale(unet, scale: float) -> None:
+    """Adversarial near-ties: token 0's selected feature sits just below another latent's value in
+    the dense product but above that latent's value in a one-row product (where this CPU's GEMM
+    rounds differently), with k putting the other latent at the k-th place. At 2^-100 a float32
+    norm of the token underflowed and the per-token bound became 0 (found by review, stop 33)."""
+    n = d = 64
+    c = 4 * (d + 2) * torch.finfo(torch.float32).eps
+    cases = 0
+    for seed in range(12):
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(n, d, generator=g)
+        w = torch.randn(n, d, generator=g) * 4
+        x0 = x[0].clone()
+        x[1:] -= (x[1:] @ x0 / x0.dot(x0) + 1.0)[:, None] * x0  # the other tokens stay below the gate
+        xs = x * scale
+        for j in range(1, n):
+            wt = w.clone()
+            wt[j] -= (wt[j].dot(x0) - 1e-2) / x0.dot(x0) * x0
+            sae = TopKSAE(SaeConfig(d_in=d, expansion_factor=1, num_latents=n, k=1))
+            with torch.no_grad():
+                sae.encoder.weight.copy_(wt)
+                sae.encoder.bias.zero_()
+                sae.b_dec.zero_()
+                yj, yrj = float(sae.encoder(xs)[0, j]), float(sae.encoder(xs[:1])[0, j])
+                if not (yj > 0 and yrj < yj * (1 - 3 * c)):
+                    continue  # this CPU rounds the two alike here
+                # Feature 0 along token 0, between the two values of latent j.
+                sae.encoder.weight[0] = x0 / x0.dot(x0) * ((yj + yrj * (1 + 3 * c)) / 2 / scale)
+                y0 = sae.encoder(xs)[0]
+            sae.cfg.k = int((y0 > y0[0]).sum())  # f just out of the dense TopK, j at its k-th place
+            t = ddim_timesteps(10)[0]
+            enf = Enforcer(fake_pipe(unet), EnforcedBlocklist(spec({0: (-1.0, 0.0)}, [t]), sae))
+            _, fire = dense_reference(sae, xs, [0], [-1.0], [0.0])
+            assert torch.equal(hook_fire(enf, xs, t), fire)
+            cases += 1
+    print(f"near-ties constructed: {cases}")  # none on a CPU whose GEMM rounds one row like many
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
