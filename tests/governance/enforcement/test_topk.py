@@ -391,7 +391,7 @@ def test_gates_exactly_at_a_tokens_value_decide_as_the_dense_definition(unet, dt
     feats = [3, 17, 42]
     x = torch.randn(2, 64, 8, 8) * 2
     x += sae.encoder.weight.detach().float()[feats].sum(0).view(1, -1, 1, 1) * torch.rand(2, 1, 8, 8) * 3
-    pre = sae.pre_acts(to_tokens(x).to(dtype))[:, feats].float()
+    pre = sae.pre_acts(to_tokens(x).to(dtype))[:, feats].detach().float()
     # Gates at a token's own value (it does not fire: z > g is false), and one ulp below another's.
     g0 = float(pre[:, 0].max())
     g1 = float(torch.nextafter(pre[:, 1].max(), torch.tensor(-1.0)))
