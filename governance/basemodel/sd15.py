@@ -28,6 +28,9 @@ SD15_SCHEDULER_CONFIG: dict[str, Any] = {
 
 
 def build_sd15_shaped_pipeline(seed: int = 0) -> Any:  # -> StableDiffusionPipeline
+    from governance.basemodel.loading import quiet_libraries
+
+    quiet_libraries()  # before diffusers' pipelines are imported: some hints come at import time
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
