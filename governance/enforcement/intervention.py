@@ -521,12 +521,10 @@ class Enforcer:
         open_ = ~(sure_in | sure_out)  # within rounding of its gate or of the token's k-th place
         undecided[tok[open_], pc[open_]] = True
         exact = not bool(open_.any())
-        for j, rules in tab.shared.items():  # a shared feature also decides at each concept's gate
-            on = sure_in & (pc == j)
-            for _, _, gate in rules:
-                g = max(gate, 0.0)
-                if bool((on & (lo[pr, pc] <= g) & (hi[pr, pc] > g)).any()):
-                    exact = False  # decided on the dense values, by _scales
+        if exact and tab.shared:  # a shared feature also decides at each concept's gate (in _scales)
+            lo_p, hi_p = lo[pr, pc], hi[pr, pc]
+            exact = not any(bool((sure_in & (pc == j) & (lo_p <= max(gate, 0.0)) & (hi_p > max(gate, 0.0))).any())
+                            for j, rules in tab.shared.items() for _, _, gate in rules)
         return _Settled(fire, undecided, exact)
 
     @staticmethod
